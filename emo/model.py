@@ -1,0 +1,314 @@
+"""EMO (ICCV 2023) in plain PyTorch, operation for operation equal to the official code.
+
+Read top to bottom: the iRMB block, the EMO network, the variant configs and factories.
+``fused=True`` routes every iRMB through the ``emo_kernels`` ops (the state dict is the same).
+"""
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+import emo_kernels
+from emo_kernels.reference import window_partition, window_unpartition
+
+from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold_bn,
+                     fold_bn_into_next_1x1, make_norm)
+
+
+class iRMB(nn.Module):
+    """Inverted residual mobile block (attention variant when ``attn=True``)."""
+
+    def __init__(self, dim_in, dim_out, *, norm="bn", act="silu", exp_ratio=1.0, v_proj=True,
+                 kernel_size=3, stride=1, skip=True, se=False, attn=False, head_dim=16,
+                 window_size=7, drop_path=0.0, fused=False):
+        super().__init__()
+        dim_mid = int(dim_in * exp_ratio)
+        self.norm = make_norm(norm, dim_in)
+        self.has_skip = dim_in == dim_out and stride == 1 and skip
+        self.attn = attn
+        self.act = act
+        self.stride = stride
+        self.fused = fused
+        if attn:
+            assert dim_in % head_dim == 0, "dim must be divisible by head_dim"
+            self.head_dim = head_dim
+            self.num_heads = dim_in // head_dim
+            self.window_size = window_size
+            self.scale = head_dim ** -0.5
+            self.qk = ConvNormAct(dim_in, dim_in * 2, 1, bias=True)
+        if v_proj:
+            self.v = ConvNormAct(dim_in, dim_mid, 1, bias=True, act=act)
+        else:
+            self.v = nn.Identity()
+        self.conv_local = ConvNormAct(dim_mid, dim_mid, kernel_size, stride, groups=dim_mid,
+                                      norm="bn", act="silu")
+        self.se = SE(dim_mid, dim_mid, act=act) if se else nn.Identity()
+        self.proj = ConvNormAct(dim_mid, dim_out, 1)
+        self.drop_path = DropPath(drop_path) if drop_path else nn.Identity()
+
+    # ----- the official computation -------------------------------------------------------
+    def _attention(self, y):
+        B, C, H, W = y.shape
+        ws, heads, d = self.window_size, self.num_heads, self.head_dim
+        pad_r, pad_b = (ws - W % ws) % ws, (ws - H % ws) % ws
+        y = F.pad(y, (0, pad_r, 0, pad_b))
+        n1, n2 = (H + pad_b) // ws, (W + pad_r) // ws
+        # 'b c (h1 n1) (w1 n2) -> (b n1 n2) c h1 w1'
+        y = window_partition(y, ws).reshape(B * n1 * n2, C, ws, ws)
+        qk = self.qk(y).reshape(B * n1 * n2, 2, heads, d, ws * ws).permute(1, 0, 2, 4, 3)
+        q, k = qk[0], qk[1]
+        attn = ((q @ k.transpose(-2, -1)) * self.scale).softmax(dim=-1)
+        vals = y.reshape(B * n1 * n2, heads, d, ws * ws).transpose(-1, -2)
+        o = (attn @ vals).transpose(-1, -2).reshape(B * n1 * n2, C, ws, ws)
+        o = self.v(o)
+        o = window_unpartition(o.reshape(B, n1 * n2, o.shape[1], ws * ws), n1, n2, ws)
+        return o[:, :, :H, :W]
+
+    def _forward_reference(self, x):
+        shortcut = x
+        x = self.norm(x)
+        x = self._attention(x) if self.attn else self.v(x)
+        d = self.se(self.conv_local(x))
+        x = x + d if self.has_skip else d
+        x = self.proj(x)
+        return shortcut + self.drop_path(x) if self.has_skip else x
+
+    # ----- the fused computation (emo_kernels ops) ----------------------------------------
+    def _dw_args(self):
+        """Depthwise weights + either a folded bias (eval) or BatchNorm arguments (train)."""
+        conv, bn = self.conv_local.conv, self.conv_local.norm
+        if not isinstance(bn, nn.BatchNorm2d):  # reparameterized
+            return conv.weight, conv.bias, {}
+        if bn.training or not bn.track_running_stats:
+            momentum = 0.0 if bn.momentum is None else bn.momentum
+            if bn.training and bn.track_running_stats:
+                bn.num_batches_tracked.add_(1)
+                if bn.momentum is None:
+                    momentum = 1.0 / float(bn.num_batches_tracked)
+            return conv.weight, conv.bias, dict(
+                bn_weight=bn.weight, bn_bias=bn.bias, running_mean=bn.running_mean,
+                running_var=bn.running_var, bn_training=True, momentum=momentum, eps=bn.eps)
+        w, b = fold_bn(conv.weight, conv.bias, bn)
+        return w, b, {}
+
+    def _forward_fused(self, x):
+        shortcut = x
+        if self.attn:
+            y = self.norm(x)
+            C = y.shape[1]
+            qk = F.conv2d(y, self.qk.conv.weight, self.qk.conv.bias)
+            x_in = emo_kernels.window_attention(
+                qk[:, :C], qk[:, C:], y, self.qk.conv.bias[C:], head_dim=self.head_dim,
+                window_size=self.window_size, scale=self.scale)
+            w_exp, b_exp = self.v.conv.weight, self.v.conv.bias
+        elif isinstance(self.v, nn.Identity):
+            x_in, w_exp, b_exp = self.norm(x), None, None
+        else:
+            w_exp, b_exp = self.v.conv.weight, self.v.conv.bias
+            if isinstance(self.norm, nn.BatchNorm2d) and not self.norm.training:
+                x_in = x
+                w_exp, b_exp = fold_bn_into_next_1x1(self.norm, w_exp, b_exp)
+            else:
+                x_in = self.norm(x)
+        w_dw, b_dw, bn = self._dw_args()
+        z = emo_kernels.expand_dwconv_act(
+            x_in, w_exp, b_exp, w_dw, b_dw, act=self.act if w_exp is not None else "none",
+            stride=self.stride, skip=self.has_skip, **bn)
+        z = self.proj(self.se(z))
+        return shortcut + self.drop_path(z) if self.has_skip else z
+
+    def forward(self, x):
+        return self._forward_fused(x) if self.fused else self._forward_reference(x)
+
+    @torch.no_grad()
+    def reparameterize(self):
+        """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion."""
+        cl = self.conv_local
+        if isinstance(cl.norm, nn.BatchNorm2d):
+            w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
+            cl.conv.bias = nn.Parameter(b)
+            cl.conv.weight.copy_(w)
+            cl.norm = nn.Identity()
+        if isinstance(self.norm, nn.BatchNorm2d) and not self.attn and not isinstance(self.v, nn.Identity):
+            w, b = fold_bn_into_next_1x1(self.norm, self.v.conv.weight, self.v.conv.bias)
+            self.v.conv.weight.copy_(w)
+            self.v.conv.bias.copy_(b)
+            self.norm = nn.Identity()
+
+
+class EMO(nn.Module):
+    """The EMO backbone: stem (stage0), four stages of iRMBs, LN2d, mean pool, linear head."""
+
+    def __init__(self, depths, embed_dims, exp_ratios, head_dims, *, drop_path_rate=0.05,
+                 num_classes=1000, in_chans=3, stem_dim=24, norms=("bn", "bn", "ln", "ln"),
+                 acts=("silu", "silu", "gelu", "gelu"), kernel_sizes=(3, 3, 5, 5),
+                 attns=(False, False, True, True), window_size=7, fused=False,
+                 features_only=False):
+        super().__init__()
+        self.in_chans = in_chans
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.grad_checkpointing = False
+        self.stage0 = nn.Sequential(
+            StemConv(in_chans, stem_dim),
+            iRMB(stem_dim, stem_dim, norm="none", act=acts[0], exp_ratio=1, v_proj=False,
+                 kernel_size=kernel_sizes[0], skip=False, se=True, fused=fused))
+        dprs = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dim_prev, idx = stem_dim, 0
+        self.feature_info = []
+        for i, depth in enumerate(depths):
+            blocks = []
+            for j in range(depth):
+                first = j == 0
+                blocks.append(iRMB(
+                    dim_prev, embed_dims[i], norm=norms[i], act=acts[i],
+                    exp_ratio=exp_ratios[i] * 2 if first else exp_ratios[i],
+                    kernel_size=kernel_sizes[i], stride=2 if first else 1, skip=not first,
+                    attn=attns[i] and not first, head_dim=head_dims[i],
+                    window_size=window_size, drop_path=dprs[idx], fused=fused))
+                dim_prev = embed_dims[i]
+                idx += 1
+            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2),
+                                          module=f"stage{i + 1}"))
+        self.num_features = dim_prev
+        self.norm = LayerNorm2d(dim_prev)
+        self.head = nn.Linear(dim_prev, num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ----- public API ----------------------------------------------------------------------
+    @property
+    def fused(self):
+        return any(m.fused for m in self.modules() if isinstance(m, iRMB))
+
+    def set_fused(self, fused=True):
+        for m in self.modules():
+            if isinstance(m, iRMB):
+                m.fused = fused
+        return self
+
+    def set_grad_checkpointing(self, enable=True):
+        self.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes):
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            self._init_weights(self.head)
+
+    def _check_input(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"EMO expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"EMO expects a 4-D input (B, {self.in_chans}, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"EMO expects {self.in_chans} input channels (B, {self.in_chans}, "
+                             f"H, W), got shape {tuple(x.shape)}")
+        if x.shape[2] < 1 or x.shape[3] < 1:
+            raise ValueError(f"EMO expects an image of at least 1x1 pixels, got shape "
+                             f"{tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"EMO expects a floating-point input, got {x.dtype}")
+
+    def _run_stage(self, stage, x):
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            for blk in stage:
+                x = checkpoint(blk, x, use_reentrant=False)
+            return x
+        return stage(x)
+
+    def forward_intermediates(self, x):
+        """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
+        self._check_input(x)
+        x = self._run_stage(self.stage0, x)
+        feats = []
+        for i in range(1, 5):
+            x = self._run_stage(getattr(self, f"stage{i}"), x)
+            feats.append(x)
+        return feats
+
+    def forward_features(self, x):
+        return self.forward_intermediates(x)[-1]
+
+    def forward_head(self, x, pre_logits=False):
+        x = self.norm(x).mean((2, 3))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x):
+        if self.features_only:
+            return self.forward_intermediates(x)
+        return self.forward_head(self.forward_features(x))
+
+    @torch.no_grad()
+    def reparameterize(self):
+        """Fold every BatchNorm into the adjacent conv for inference, in place (sets eval)."""
+        self.eval()
+        stem = self.stage0[0].convs[0]
+        if isinstance(stem[1], nn.BatchNorm2d):
+            w, b = fold_bn(stem[0].weight, stem[0].bias, stem[1])
+            stem[0].weight.copy_(w)
+            stem[0].bias.copy_(b)
+            stem[1] = nn.Identity()
+        for m in self.modules():
+            if isinstance(m, iRMB):
+                m.reparameterize()
+        return self
+
+    fuse = reparameterize
+
+
+# ----- variants ----------------------------------------------------------------------------
+CONFIGS = {
+    "emo_1m": dict(depths=(2, 2, 8, 3), embed_dims=(32, 48, 80, 168),
+                   exp_ratios=(2.0, 2.5, 3.0, 3.5), head_dims=(16, 16, 20, 21),
+                   drop_path_rate=0.04036),
+    "emo_2m": dict(depths=(3, 3, 9, 3), embed_dims=(32, 48, 120, 200),
+                   exp_ratios=(2.0, 2.5, 3.0, 3.5), head_dims=(16, 16, 20, 20),
+                   drop_path_rate=0.05),
+    "emo_5m": dict(depths=(3, 3, 9, 3), embed_dims=(48, 72, 160, 288),
+                   exp_ratios=(2.0, 3.0, 4.0, 4.0), head_dims=(24, 24, 32, 32),
+                   drop_path_rate=0.05),
+    "emo_6m": dict(depths=(3, 3, 9, 3), embed_dims=(48, 72, 160, 320),
+                   exp_ratios=(2.0, 3.0, 4.0, 5.0), head_dims=(16, 24, 20, 32),
+                   drop_path_rate=0.05),
+}
+
+
+def list_models():
+    return sorted(CONFIGS)
+
+
+def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_chans=3,
+                 drop_path_rate=None, features_only=False, **kwargs):
+    """Build an EMO variant; ``pretrained`` is a checkpoint path (or state dict) or None."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown EMO model {name!r}; available: {list_models()}")
+    cfg = dict(CONFIGS[name])
+    if drop_path_rate is not None:
+        cfg["drop_path_rate"] = drop_path_rate
+    cfg.update(kwargs)
+    model = EMO(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused,
+                features_only=features_only)
+    if pretrained is not None:
+        from .checkpoint import load_checkpoint
+        load_checkpoint(model, pretrained)
+    return model
+
+
+emo_1m = partial(create_model, "emo_1m")
+emo_2m = partial(create_model, "emo_2m")
+emo_5m = partial(create_model, "emo_5m")
+emo_6m = partial(create_model, "emo_6m")

@@ -1,0 +1,14 @@
+"""emo_kernels: fused kernels for EMO's iRMB hot path.
+
+Public ops (each with a pure-PyTorch reference in ``emo_kernels.reference``):
+    expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, *, act, stride, skip, bn_...)
+    window_attention(q, k, v, k_pad, *, head_dim, window_size=7)
+Backend control: set_backend, use_backend, get_backend, explain, $EMO_KERNELS_BACKEND.
+"""
+from .backends import (BACKENDS, BackendUnavailableError, explain, get_backend, set_backend,
+                       use_backend)
+from .ops import expand_dwconv_act, window_attention
+
+__version__ = "0.1.0"
+__all__ = ["expand_dwconv_act", "window_attention", "set_backend", "use_backend", "get_backend",
+           "explain", "BACKENDS", "BackendUnavailableError"]

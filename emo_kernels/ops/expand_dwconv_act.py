@@ -1,0 +1,87 @@
+"""Public op ``expand_dwconv_act``: the non-attention iRMB hot path.
+
+    v = act(conv1x1(x, w_exp) + b_exp)     (v = x when w_exp is None: the stem block)
+    p = dwconv_kxk(v, w_dw, stride, padding=ceil((k - stride)/2)) + b_dw
+    p = batch_norm(p)                      (only when BN parameters/stats are passed)
+    z = silu(p) + v   if skip   else silu(p)
+
+Arguments
+    x        (B, Cin, H, W), fp16/bf16/fp32/fp64, any memory format.
+    w_exp    (Cmid, Cin) or (Cmid, Cin, 1, 1), or None for the identity (then act='none').
+    b_exp    (Cmid,) or None.
+    w_dw     (Cmid, 1, k, k), k odd (kernels: 3 or 5).
+    b_dw     (Cmid,) or None: the depthwise bias (eval: the folded BatchNorm shift).
+    act      'silu' | 'gelu' | 'none' (exact erf GELU).
+    stride   1 or 2.  skip: add v (needs stride 1).
+    bn_*     optional BatchNorm applied to p, as ``F.batch_norm(p, running_mean, running_var,
+             bn_weight, bn_bias, bn_training, momentum, eps)``: in training it uses batch
+             statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
+Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
+
+Memory traffic (per image, element size e): the reference reads x and writes v, reads v and
+writes p, reads p / writes the BN output, reads it / writes d, reads d and v / writes z --
+about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:
+e*(Cin*H*W + Cmid*Ho*Wo).
+"""
+from .. import backends
+from ..reference import expand_dwconv_act_ref
+from ._checks import check_tensor
+
+OP = "expand_dwconv_act"
+
+
+def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
+              running_mean, running_var, bn_training):
+    check_tensor("x", x, dim=4)
+    cin = x.shape[1]
+    if w_exp is None:
+        if act != "none":
+            raise ValueError("w_exp=None (identity expansion) needs act='none'")
+        if b_exp is not None:
+            raise ValueError("b_exp must be None when w_exp is None")
+        cmid = cin
+    else:
+        check_tensor("w_exp", w_exp, like=x)
+        if w_exp.dim() == 4 and tuple(w_exp.shape[2:]) != (1, 1) or w_exp.dim() not in (2, 4):
+            raise ValueError(f"w_exp must be (Cmid, Cin) or (Cmid, Cin, 1, 1), got {tuple(w_exp.shape)}")
+        if w_exp.shape[1] != cin:
+            raise ValueError(f"w_exp expects {w_exp.shape[1]} input channels but x has {cin}")
+        cmid = w_exp.shape[0]
+        check_tensor("b_exp", b_exp, shape=(cmid,), like=x, optional=True)
+    if act not in ("silu", "gelu", "none"):
+        raise ValueError(f"act must be 'silu', 'gelu' or 'none', got {act!r}")
+    check_tensor("w_dw", w_dw, dim=4, like=x)
+    k = w_dw.shape[-1]
+    if tuple(w_dw.shape) != (cmid, 1, k, k) or k % 2 == 0:
+        raise ValueError(f"w_dw must be (Cmid={cmid}, 1, k, k) with odd k, got {tuple(w_dw.shape)}")
+    check_tensor("b_dw", b_dw, shape=(cmid,), like=x, optional=True)
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
+    if skip and stride != 1:
+        raise ValueError("skip=True needs stride=1 (the skip adds the expansion output)")
+    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
+                    ("running_mean", running_mean), ("running_var", running_var)):
+        check_tensor(name, t, shape=(cmid,), optional=True)
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("pass both running_mean and running_var, or neither")
+    if not bn_training and (bn_weight is not None or bn_bias is not None) and running_mean is None:
+        raise ValueError("BatchNorm in eval mode (bn_training=False) needs running_mean/running_var")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(f"x must have a non-empty spatial map, got {tuple(x.shape)}")
+
+
+def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
+                      bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
+                      bn_training=False, momentum=0.1, eps=1e-6):
+    _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
+              running_mean, running_var, bn_training)
+    kwargs = dict(act=act, stride=stride, skip=skip, bn_weight=bn_weight, bn_bias=bn_bias,
+                  running_mean=running_mean, running_var=running_var, bn_training=bn_training,
+                  momentum=momentum, eps=eps)
+    fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+    return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+
+
+backends.register(OP, "torch", expand_dwconv_act_ref)

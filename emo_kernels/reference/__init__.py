@@ -1,0 +1,6 @@
+"""Pure-PyTorch references of every op: the CPU fallback and the oracle of every kernel test."""
+from .expand_dwconv_act import expand_dwconv_act_ref, activation, dw_padding
+from .window_attention import window_attention_ref, window_partition, window_unpartition
+
+__all__ = ["expand_dwconv_act_ref", "window_attention_ref", "activation", "dw_padding",
+           "window_partition", "window_unpartition"]

@@ -1,0 +1,47 @@
+"""Pure-PyTorch reference of ``expand_dwconv_act``: the CPU fallback and the test oracle.
+
+Computes, for an NCHW input ``x``::
+
+    v = act(conv1x1(x, w_exp) + b_exp)        # or v = x when w_exp is None (stem block)
+    p = dwconv_kxk(v, w_dw, stride, padding=ceil((k - stride) / 2)) + b_dw
+    p = batch_norm(p, ...)                     # only when bn_weight is given
+    d = silu(p)
+    z = v + d  if skip else d
+
+Eager PyTorch reads and writes every intermediate (v, p, the BN output, d) to memory;
+this is the composition the fused kernels must reproduce.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def activation(x, act):
+    if act == "silu":
+        return F.silu(x)
+    if act == "gelu":
+        return F.gelu(x)
+    if act == "none":
+        return x
+    raise ValueError(f"act must be 'silu', 'gelu' or 'none', got {act!r}")
+
+
+def dw_padding(kernel_size, stride):
+    """EMO's ConvNormAct padding: ceil((k - stride) / 2)."""
+    return -(-(kernel_size - stride) // 2)
+
+
+def expand_dwconv_act_ref(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
+                          skip=False, bn_weight=None, bn_bias=None, running_mean=None,
+                          running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+    if w_exp is None:
+        v = x
+    else:
+        w = w_exp if w_exp.dim() == 4 else w_exp[:, :, None, None]
+        v = activation(F.conv2d(x, w, b_exp), act)
+    k = w_dw.shape[-1]
+    p = F.conv2d(v, w_dw, b_dw, stride=stride, padding=dw_padding(k, stride), groups=v.shape[1])
+    if bn_weight is not None or running_mean is not None or bn_training:
+        p = F.batch_norm(p, running_mean, running_var, bn_weight, bn_bias,
+                         training=bn_training, momentum=momentum, eps=eps)
+    d = F.silu(p)
+    return v + d if skip else d

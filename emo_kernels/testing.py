@@ -1,0 +1,33 @@
+"""Helpers for tests of kernels: one tolerance table, NaN-poisoning of outputs."""
+import contextlib
+
+import torch
+
+# Relative error (max |out - ref| / max |ref|) allowed against the float64 reference, per dtype.
+# One table for every op and backend; never loosen it to make a test pass.
+TOLERANCE = {
+    torch.float64: 1e-10,
+    torch.float32: 1e-5,
+    torch.float16: 5e-3,
+    torch.bfloat16: 4e-2,
+}
+
+
+@contextlib.contextmanager
+def poison_empty():
+    """Make torch.empty / empty_like return NaN-filled tensors (unwritten outputs show up)."""
+    orig_empty, orig_like = torch.empty, torch.empty_like
+
+    def empty(*a, **k):
+        t = orig_empty(*a, **k)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    def empty_like(*a, **k):
+        t = orig_like(*a, **k)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty, torch.empty_like = empty, empty_like
+    try:
+        yield
+    finally:
+        torch.empty, torch.empty_like = orig_empty, orig_like
