@@ -30,3 +30,33 @@ def rel_err(a, b):
     """max |a - b| / max |b| (the issue's relative error)."""
     a, b = a.double(), b.double()
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
+
+
+# Kernel backends every op test is parametrized over. The test files are shared by the
+# backends; a backend that cannot run here is skipped with the reason.
+KERNEL_BACKENDS = ("triton", "cuda")
+
+
+def backend_device(name):
+    """The device a kernel backend's tests run on here, or skip with the reason."""
+    if name == "cuda":
+        if not HAS_CUDA:
+            pytest.skip("cuda backend needs a GPU; here the extension is only built, linked "
+                        "and checked for clear errors (tests/test_cuda_build.py)")
+        return torch.device("cuda")
+    if name == "triton":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            pytest.skip("triton is not installed")
+        return torch.device("cuda") if HAS_CUDA else torch.device("cpu")
+    raise ValueError(name)
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """(backend name, device), with that backend selected for the test's duration."""
+    import emo_kernels
+    dev = backend_device(request.param)
+    with emo_kernels.use_backend(request.param):
+        yield request.param, dev
