@@ -1,0 +1,145 @@
+"""Whole-model throughput of EMO on the present device: fused=False vs fused=True.
+
+    python -m bench.throughput                        # EMO-5M, inference, batch 1 and 16
+    python -m bench.throughput --models emo_1m emo_5m --batch 1 16 --train --compile
+
+Variants are timed interleaved (round-robin, one timed call each per round) so that the
+noise of a shared machine hits all of them alike; the table reports medians. On CUDA, times
+come from CUDA events after a warm-up. Prints a markdown table; --json writes the rows.
+"""
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import emo
+import emo_kernels
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def make_step(model, x, train):
+    if not train:
+        def step():
+            with torch.inference_mode():
+                model(x)
+        return step
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
+
+    def step():
+        loss = torch.nn.functional.cross_entropy(model(x), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def timer(device):
+    if device.type == "cuda":
+        def timed(fn):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b) / 1e3
+    else:
+        def timed(fn):
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+    return timed
+
+
+def build_variants(name, device, dtype, channels_last, train, compile_):
+    variants = {}
+    base = emo.create_model(name).to(device=device, dtype=dtype)
+    base.train(train)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    base = base.to(memory_format=fmt)
+    variants["eager fused=False"] = base
+    fused = emo.create_model(name, fused=True).to(device=device, dtype=dtype, memory_format=fmt)
+    fused.load_state_dict(base.state_dict())
+    fused.train(train)
+    variants[f"fused=True ({emo_kernels.get_backend()})"] = fused
+    if compile_:
+        variants["torch.compile fused=False"] = torch.compile(base)
+    return variants
+
+
+def run(args):
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = getattr(torch, args.dtype)
+    timed = timer(device)
+    rows = []
+    for name in args.models:
+        for batch in args.batch:
+            for train in ([False, True] if args.train else [False]):
+                torch.manual_seed(0)
+                x = torch.randn(batch, 3, args.size, args.size, device=device, dtype=dtype)
+                if args.channels_last:
+                    x = x.to(memory_format=torch.channels_last)
+                variants = build_variants(name, device, dtype, args.channels_last, train,
+                                          args.compile)
+                steps = {k: make_step(m, x, train) for k, m in variants.items()}
+                for fn in steps.values():  # warm-up (and compile)
+                    for _ in range(args.warmup):
+                        fn()
+                times = {k: [] for k in steps}
+                for _ in range(args.iters):
+                    for k, fn in steps.items():
+                        times[k].append(timed(fn))
+                base = statistics.median(times["eager fused=False"])
+                for k, ts in times.items():
+                    med = statistics.median(ts)
+                    rows.append(dict(
+                        model=name, mode="train" if train else "infer", variant=k, batch=batch,
+                        size=args.size, dtype=args.dtype, channels_last=args.channels_last,
+                        device=device_name(device), ms=med * 1e3, img_s=batch / med,
+                        speedup_vs_eager=base / med, iters=args.iters, torch=torch.__version__))
+    return rows
+
+
+def table(rows):
+    head = "| model | mode | batch | variant | ms (median) | img/s | vs eager |"
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['mode']} | {r['batch']} | {r['variant']} | "
+                     f"{r['ms']:.1f} | {r['img_s']:.1f} | {r['speedup_vs_eager']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["emo_5m"], choices=emo.list_models())
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default=None)
+    p.add_argument("--train", action="store_true", help="also time a training step")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(fused=False)")
+    p.add_argument("--iters", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the rows to this file")
+    args = p.parse_args(argv)
+    rows = run(args)
+    r0 = rows[0]
+    print(f"device: {r0['device']}  dtype: {args.dtype}  size: {args.size}  torch "
+          f"{torch.__version__}  backend: {emo_kernels.get_backend()}  iters: {args.iters}")
+    print(table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

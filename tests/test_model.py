@@ -1,0 +1,180 @@
+"""The EMO model zoo: variants, shapes, API, fused=True (torch backend) parity, bad input."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import emo
+import emo_kernels
+from conftest import rel_err
+
+PARAMS_M = {"emo_1m": 1.36, "emo_2m": 2.38, "emo_5m": 5.11, "emo_6m": 6.17}
+SIZES = [(224, 224), (64, 64), (96, 160), (193, 221)]
+
+
+@pytest.mark.parametrize("name", list(PARAMS_M))
+def test_param_count(name):
+    n = sum(p.numel() for p in emo.create_model(name).parameters())
+    assert abs(n / 1e6 - PARAMS_M[name]) <= 0.01
+
+
+def test_list_and_create():
+    assert emo.list_models() == ["emo_1m", "emo_2m", "emo_5m", "emo_6m"]
+    assert isinstance(emo.emo_5m(num_classes=7), emo.EMO)
+    with pytest.raises(ValueError, match="unknown EMO model"):
+        emo.create_model("emo_3m")
+
+
+def _pair(name, **kw):
+    torch.manual_seed(0)
+    ref = emo.create_model(name, **kw)
+    # non-trivial BN statistics so that folding is exercised
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    fused = emo.create_model(name, fused=True, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused
+
+
+@pytest.mark.parametrize("name", list(PARAMS_M))
+@pytest.mark.parametrize("hw", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
+def test_variants_run_eval_and_train(name, hw):
+    ref, fused = _pair(name)
+    ref.eval(), fused.eval()
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, *hw)
+        with torch.no_grad():
+            out = ref(x)
+            assert out.shape == (batch, 1000) and torch.isfinite(out).all()
+            assert rel_err(fused(x), out) <= 1e-5
+    ref.train()
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, *hw)
+        out = ref(x)
+        out.sum().backward()
+        assert out.shape == (batch, 1000) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["emo_1m", "emo_2m"])
+def test_fused_train_step_matches(name):
+    """fused=True (torch backend) in train mode: same loss grads and BN running stats."""
+    ref, fused = _pair(name)
+    ref.train(), fused.train()
+    x = torch.randn(2, 3, 64, 96)
+    target = torch.randint(0, 1000, (2,))
+    grads, stats = [], []
+    for model in (ref, fused):
+        torch.manual_seed(1)  # same drop-path masks
+        loss = nn.functional.cross_entropy(model(x), target)
+        model.zero_grad()
+        loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+        stats.append({n: b.clone() for n, b in model.named_buffers()})
+    for n, g in grads[0].items():
+        assert grads[1][n] is not None, n
+        assert rel_err(grads[1][n], g) <= 1e-5, n
+    for n, b in stats[0].items():
+        if b.is_floating_point():
+            assert rel_err(stats[1][n], b) <= 1e-6, n
+        else:
+            assert torch.equal(stats[1][n], b), n
+    assert set(ref.state_dict()) == set(fused.state_dict())
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["fused0", "fused1"])
+def test_reparameterize_keeps_logits(fused):
+    ref, f = _pair("emo_1m")
+    model = f if fused else ref
+    model.eval()
+    x = torch.randn(2, 3, 80, 72)
+    with torch.no_grad():
+        before = model(x)
+        model.reparameterize()
+        after = model(x)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert rel_err(after, before) <= 1e-5
+
+
+def test_features_only_and_intermediates():
+    model = emo.emo_5m(features_only=True).eval()
+    x = torch.randn(1, 3, 96, 160)
+    with torch.no_grad():
+        feats = model(x)
+    assert [f.shape[1] for f in feats] == [48, 72, 160, 288]
+    assert [f.shape[2:] for f in feats] == [(24, 40), (12, 20), (6, 10), (3, 5)]
+    assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
+    full = emo.emo_5m().eval()
+    full.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(full.forward_intermediates(x)[-1], feats[-1])
+        assert torch.equal(full.forward_features(x), feats[-1])
+
+
+def test_head_api():
+    model = emo.emo_1m().eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        f = model.forward_features(x)
+        pre = model.forward_head(f, pre_logits=True)
+        assert pre.shape == (2, 168)
+        assert torch.allclose(model.forward_head(f), model.head(pre))
+        assert torch.allclose(model(x), model.head(pre))
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, 168)
+
+
+def test_grad_checkpointing_same_grads():
+    ref, _ = _pair("emo_1m", drop_path_rate=0.0)
+    ck = copy.deepcopy(ref)
+    ck.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 64, 64)
+    for m in (ref, ck):
+        m.train()
+        m(x).square().mean().backward()
+    for (n, p), q in zip(ref.named_parameters(), ck.parameters()):
+        assert rel_err(q.grad, p.grad) <= 1e-6, n
+
+
+def test_in_chans():
+    model = emo.emo_1m(in_chans=1, num_classes=3).eval()
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.randn(3, 64, 64), "4-D input"),
+    (torch.randn(1, 4, 64, 64), "3 input channels"),
+    (torch.randn(1, 3, 0, 64), "at least 1x1"),
+    (torch.zeros(1, 3, 8, 8, dtype=torch.long), "floating-point"),
+])
+def test_bad_input(bad, match):
+    model = emo.emo_1m().eval()
+    with pytest.raises((ValueError, TypeError), match=match):
+        model(bad)
+
+
+def test_tiny_images():
+    model = emo.emo_1m(fused=True).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 1, 1)).shape == (1, 1000)
+        assert model(torch.randn(1, 3, 5, 3)).shape == (1, 1000)
+
+
+def test_fused_uses_the_ops(monkeypatch):
+    calls = []
+    for name in ("expand_dwconv_act", "window_attention"):
+        orig = getattr(emo_kernels, name)
+        monkeypatch.setattr(emo_kernels, name,
+                            lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    model = emo.emo_1m(fused=True).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+    # 1 stem + 2+2+8+3 blocks; attention in blocks 2.. of stages 3 and 4
+    assert calls.count("expand_dwconv_act") == 16
+    assert calls.count("window_attention") == 7 + 2
