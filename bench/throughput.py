@@ -9,66 +9,21 @@ come from CUDA events after a warm-up. Prints a markdown table; --json writes th
 """
 import argparse
 import json
-import platform
 import statistics
-import time
 
 import torch
 
 import emo
 import emo_kernels
 
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
-
-
-def make_step(model, x, train):
-    if not train:
-        def step():
-            with torch.inference_mode():
-                model(x)
-        return step
-    opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-    target = torch.randint(0, 1000, (x.shape[0],), device=x.device)
-
-    def step():
-        loss = torch.nn.functional.cross_entropy(model(x), target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return step
-
-
-def timer(device):
-    if device.type == "cuda":
-        def timed(fn):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            return a.elapsed_time(b) / 1e3
-    else:
-        def timed(fn):
-            t0 = time.perf_counter()
-            fn()
-            return time.perf_counter() - t0
-    return timed
+from .common import build_model, device_name, make_step, timer  # shared with bench_*.py
 
 
 def build_variants(name, device, dtype, channels_last, train, compile_):
-    variants = {}
-    base = emo.create_model(name).to(device=device, dtype=dtype)
-    base.train(train)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    base = base.to(memory_format=fmt)
-    variants["eager fused=False"] = base
-    fused = emo.create_model(name, fused=True).to(device=device, dtype=dtype, memory_format=fmt)
-    fused.load_state_dict(base.state_dict())
-    fused.train(train)
+    layout = "nhwc" if channels_last else "nchw"
+    base = build_model(name, device, dtype, layout, train)
+    variants = {"eager fused=False": base}
+    fused = build_model(name, device, dtype, layout, train, fused=True, like=base)
     variants[f"fused=True ({emo_kernels.get_backend()})"] = fused
     if compile_:
         variants["torch.compile fused=False"] = torch.compile(base)

@@ -1,0 +1,95 @@
+"""pytest-benchmark suite of whole EMO models: inference and training-step throughput (img/s)
+with peak memory, for
+
+    eager            fused=False, eager PyTorch (the baseline)
+    fused[<b>]       fused=True with emo_kernels backend <b>, each backend that can run
+                     every op call of the model (``explain``), the torch reference included
+    compile          torch.compile of fused=False          } only with EMO_BENCH_COMPILE=1
+    compile-fused[<b>]  torch.compile of fused=True, with   } (slow: ~50-80 s per EMO-5M
+                     the first backend that can run it     } compile on 2 CPU cores)
+
+    python -m pytest bench/bench_model.py --benchmark-json=model.json
+Settings: EMO_BENCH_* environment variables (bench/common.py, ``config``). Each row builds its
+model afresh (same seed, same weights), warms up, measures peak memory over one step, then
+times ``rounds`` steps (pytest-benchmark; on CUDA also CUDA-event medians in extra_info).
+"""
+import time
+
+import pytest
+import torch
+
+from bench import common
+from emo_kernels import backends
+
+
+def variants(cfg):
+    out = [] if cfg.compile == "only" else ["eager"] + [f"fused[{b}]" for b in backends.BACKENDS]
+    if cfg.compile != "0":
+        out += ["compile", "compile-fused[best]"]
+    return out
+
+
+def cases():
+    cfg = common.config()
+    params = []
+    for dtype in cfg.dtypes:
+        for layout in cfg.layouts:
+            for batch in cfg.batches:
+                for name in cfg.models:
+                    for mode in ("infer", "train"):
+                        for var in variants(cfg):
+                            params.append(pytest.param(
+                                name, mode, dtype, layout, batch, var,
+                                id=f"{name}-{mode}-{common.SHORT_DTYPE[dtype]}-{layout}-"
+                                   f"B{batch}-{var}"))
+    return params
+
+
+@pytest.mark.parametrize("name,mode,dtype,layout,batch,variant", cases())
+def test_model(benchmark, name, mode, dtype, layout, batch, variant):
+    cfg = common.config()
+    dev, train = cfg.device, mode == "train"
+    benchmark.group = f"{name} {mode} {common.SHORT_DTYPE[dtype]} {layout} B{batch}"
+    compiled = variant.startswith("compile")
+    fused = "fused" in variant
+    backend = None
+    if fused:
+        reasons = common.model_backend_reasons(name, dev, dtype, layout, cfg.size, train)
+        backend = variant[variant.index("[") + 1:-1]
+        if backend == "best":
+            backend = next((b for b in backends.BACKENDS if reasons[b] is None), None)
+            if backend is None:
+                pytest.skip(f"no backend can run {name}: {reasons}")
+        elif reasons[backend] is not None:
+            pytest.skip(f"{backend}: {reasons[backend]}")
+    torch.manual_seed(0)
+    base = common.build_model(name, dev, dtype, layout, train)
+    model = common.build_model(name, dev, dtype, layout, train, fused=True, like=base) \
+        if fused else base
+    if compiled:
+        torch._dynamo.reset()
+        model = torch.compile(model)
+    x = common.model_input(batch, cfg.size, dev, dtype, layout)
+    step = common.BackendStep(common.make_step(model, x, train), backend)
+    compile_s = None
+    if compiled:
+        t0 = time.perf_counter()
+        try:
+            step()
+            common.sync(dev)
+        except Exception as e:  # noqa: BLE001
+            pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
+        compile_s = time.perf_counter() - t0
+    for _ in range(cfg.warmup):
+        step()
+    mem_mb, mem_metric = common.peak_memory(step, dev)
+    ev_ms = common.run_benchmark(benchmark, step, dev, cfg.rounds, warmup=0)
+    info = common.base_info(cfg, dtype, layout, batch)
+    info.update(suite="model", model=name, case=name, mode=mode, provider=variant,
+                backend=backend, fused=fused, compiled=compiled, peak_mem_mb=mem_mb,
+                mem_metric=mem_metric)
+    if compile_s is not None:
+        info["compile_s"] = compile_s
+    if ev_ms is not None:
+        info["cuda_event_median_ms"] = ev_ms
+    benchmark.extra_info.update(info)

@@ -1,0 +1,19 @@
+"""pytest-benchmark suite of ``emo_kernels.window_attention``: every distinct EMO-5M/EMO-1M
+attention shape (C, head_dim, H, W read off the models; q and k are channel halves of one qk
+map as in the model), fwd and fwd+bwd, each backend that ``explain`` says can run, and the
+torch reference.
+
+    python -m pytest bench/bench_window_attention.py --benchmark-json=attn.json
+Settings: EMO_BENCH_* environment variables (bench/common.py, ``config``).
+"""
+import pytest
+
+from bench import common
+
+OP = "window_attention"
+
+
+@pytest.mark.parametrize("spec,uses,mode,dtype,layout,batch,provider", common.op_cases(OP))
+def test_window_attention(benchmark, spec, uses, mode, dtype, layout, batch, provider):
+    benchmark.group = f"{OP} {mode} {common.SHORT_DTYPE[dtype]} {layout} B{batch}"
+    common.run_op_row(benchmark, OP, spec, uses, mode, dtype, layout, batch, provider)

@@ -1,0 +1,131 @@
+"""Build (JIT or in place) and load the CUDA extension for the GPU check, then say, per op,
+which backends can run on this device (``emo_kernels.explain`` on small tensors).
+
+    python -m bench.cuda_build            # on the GPU machine (bench/gpu_check.sh runs it)
+    python -m bench.cuda_build --dry-run  # say what would be done; build nothing
+
+How it loads, first that works:
+1. a loader that ``emo_kernels`` exposes: in ``emo_kernels._cuda`` or ``emo_kernels.cuda``,
+   the first of ``build``, ``jit_build``, ``build_jit``, ``jit_load``, ``load_jit``,
+   ``ensure_built``, ``load`` (called with no arguments);
+2. when that fails and csrc/ has CUDA sources: ``python setup.py build_ext --inplace``
+   (offline; the installed torch's cpp_extension, MAX_JOBS=$(nproc), arch 9.0 by default
+   through EMO_KERNELS_CUDA_ARCHS), then the loader again.
+Without CUDA sources (the cuda backend not merged yet) it says so and exits 0.
+Exit status: 0 loaded or nothing to build, 1 the build or load failed.
+"""
+import argparse
+import glob
+import importlib
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LOADER_MODULES = ("emo_kernels._cuda", "emo_kernels.cuda")
+LOADER_NAMES = ("build", "jit_build", "build_jit", "jit_load", "load_jit", "ensure_built", "load")
+
+
+def find_loaders():
+    found = []
+    for modname in LOADER_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError:
+            continue
+        for fn in LOADER_NAMES:
+            if callable(getattr(mod, fn, None)):
+                found.append((f"{modname}.{fn}", getattr(mod, fn)))
+                break
+    return found
+
+
+def cuda_sources():
+    return sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu"))
+                  + glob.glob(os.path.join(ROOT, "csrc", "**", "*.cu"), recursive=True))
+
+
+def try_loaders(loaders):
+    for name, fn in loaders:
+        t0 = time.perf_counter()
+        try:
+            mod = fn()
+            print(f"cuda_build: {name}() loaded {getattr(mod, '__file__', mod)} "
+                  f"in {time.perf_counter() - t0:.1f} s")
+            return True
+        except Exception as e:  # noqa: BLE001
+            print(f"cuda_build: {name}() failed after {time.perf_counter() - t0:.1f} s: "
+                  f"{type(e).__name__}: {e}")
+    return False
+
+
+def build_in_place():
+    env = dict(os.environ)
+    env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
+    env.setdefault("EMO_KERNELS_CUDA_ARCHS", "90")
+    if os.path.isdir("/usr/local/cuda"):
+        env.setdefault("CUDA_HOME", "/usr/local/cuda")
+    cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
+    print(f"cuda_build: running {' '.join(cmd)} (MAX_JOBS={env['MAX_JOBS']}, "
+          f"EMO_KERNELS_CUDA_ARCHS={env['EMO_KERNELS_CUDA_ARCHS']})", flush=True)
+    t0 = time.perf_counter()
+    rc = subprocess.call(cmd, cwd=ROOT, env=env)
+    print(f"cuda_build: setup.py build_ext exited {rc} after {time.perf_counter() - t0:.1f} s")
+    return rc == 0
+
+
+def explain_table(device):
+    import torch
+
+    import emo_kernels
+    from bench import common
+    dw = common.DwSpec(cin=8, cmid=16, k=3, stride=1, act="silu", skip=True, identity=False,
+                       H=9, W=9)
+    at = common.AttnSpec(C=32, head_dim=16, H=9, W=9, window_size=7)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for op, spec in (("expand_dwconv_act", dw), ("window_attention", at)):
+            args, kw, _ = common.OPS[op]["inputs"](spec, 1, device, dtype)
+            for b, r in emo_kernels.explain(op, *args, **kw).items():
+                print(f"explain {device} {common.SHORT_DTYPE[dtype]} {op} {b}: "
+                      f"{'can run' if r is None else r}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    import torch
+    srcs = cuda_sources()
+    loaders = find_loaders()
+    print(f"cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda}), "
+          f"GPU: {torch.cuda.is_available()}; {len(srcs)} CUDA sources in csrc/; loaders: "
+          f"{[n for n, _ in loaders] or 'none'}")
+    device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
+    ok = True
+    if args.dry_run:
+        print("cuda_build: --dry-run: nothing built; would call the loaders above, then "
+              "`setup.py build_ext --inplace` if they fail and csrc/ has CUDA sources")
+    elif not srcs:
+        print("cuda_build: no CUDA sources in csrc/: the cuda backend is not on this branch "
+              "yet; skipped")
+    else:
+        ok = try_loaders(loaders)
+        if not ok:
+            ok = build_in_place()
+            if ok:
+                for modname in LOADER_MODULES:
+                    if modname in sys.modules:
+                        importlib.reload(sys.modules[modname])
+                ok = try_loaders(find_loaders())
+    try:
+        explain_table(device)
+    except Exception:  # noqa: BLE001
+        traceback.print_exc()
+    print(f"cuda_build: {'OK' if ok else 'FAILED'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
