@@ -114,7 +114,12 @@ def config() -> Config:
     EMO_BENCH_COMPILE  0 | 1 | only: torch.compile rows (slow: ~50-80 s per EMO-5M compile
                        on 2 CPU cores, each mode and batch compiled separately) (default 0)
     EMO_BENCH_TINY=1   smoke mode: emo_1m at 64x64, batch 1, 1 round (CI's dry run)
+    EMO_BENCH_THREADS  torch CPU threads (default: torch's). On a shared, oversubscribed
+                       machine use 1: with 2 OpenMP threads and busy cores, every parallel
+                       region can stall ~100 ms at its barrier (seen here: a 0.15 ms
+                       depthwise conv took 150 ms with 2 threads under load).
     """
+    set_threads()
     device = default_device()
     cuda = device.type == "cuda"
     tiny = os.environ.get("EMO_BENCH_TINY", "0") not in ("", "0")
@@ -139,6 +144,12 @@ def config() -> Config:
         if lay not in ("nchw", "nhwc"):
             raise ValueError(f"EMO_BENCH_LAYOUTS: {lay!r} is not nchw or nhwc")
     return cfg
+
+
+def set_threads():
+    n = os.environ.get("EMO_BENCH_THREADS")
+    if n and torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
 
 
 def memory_format(layout):

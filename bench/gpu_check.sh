@@ -4,13 +4,17 @@
 #   2 build    JIT/in-place build of the CUDA extension (bench/cuda_build.py; skipped with a
 #              message when the cuda backend is not on this branch)
 #   3 tests    python -m pytest tests (the full suite, on the GPU)      -> tests.log
-#   4 ops      bench/bench_expand_dwconv_act.py + bench_window_attention.py (pytest-benchmark)
-#   5 model    bench/bench_model.py (eager, fused per backend)
-#   6 compile  bench/bench_model.py, torch.compile rows (EMO-5M, bf16, batch 256) if time is left
+#   4 ops      bench/bench_expand_dwconv_act.py + bench_window_attention.py (pytest-benchmark;
+#              bf16 then fp32, channels_last, batch 256; 30 % of the time left)
+#   5 model    bench/bench_model.py (eager, fused per backend; bf16, fp16, fp32, channels_last,
+#              batch 256 then 1; 60 % of the time left)
+#   6 compile  bench/bench_model.py, torch.compile rows (EMO-5M, bf16, batch 256) with the rest,
+#              if at least 40 s are left
 #   7 report   bench/report.py -> <stem>.md / .json / .png
 # Every part runs under `timeout` (SIGINT first, so pytest-benchmark still writes the rows it
-# has); one global deadline keeps the whole run under GPU_CHECK_TOTAL seconds (default 450 s,
-# i.e. within 8 minutes with the kill grace). Output: ONE folder, at most 8 files:
+# has; rows are ordered most important first); one global deadline keeps the whole run under
+# GPU_CHECK_TOTAL seconds (default 450 s: within 8 minutes with the kill grace); time a part
+# does not use goes to the later ones. Output: ONE folder, at most 8 files:
 #   $OUT if set, else bench/results/gpu-<device>-<date>/:
 #   env.txt summary.txt tests.log <stem>.md <stem>.json <stem>.png logs.tar.gz
 #
@@ -18,8 +22,9 @@
 #   bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh --dry-run   # CPU smoke run of every part with tiny settings
 #                                       # (CI: tests/test_bench.py), then checks the outputs
-# Caps (seconds, env): GPU_CHECK_TOTAL=450 CAP_BUILD=150 CAP_TESTS=120 CAP_OPS=60
-#   CAP_MODEL=75 CAP_COMPILE=60 (compile runs only if >= 40 s are left). PYTHON=python3.
+# Caps (seconds, env): GPU_CHECK_TOTAL=450 CAP_BUILD=150 CAP_TESTS=120, and upper bounds
+#   CAP_OPS=150 CAP_MODEL=200 CAP_COMPILE=150 on the shares above. PYTHON=python3.
+#   EMO_BENCH_* (bench/common.py) override the benchmark settings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -34,7 +39,7 @@ done
 
 PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GPU_CHECK_ACTIVE=1
 START=$(date +%s)
 TOTAL=${GPU_CHECK_TOTAL:-450}
 RESERVE=30                     # kept for the report and packing
@@ -116,7 +121,7 @@ if [ $DRY = 1 ]; then
   COMPILE_ARGS=(--collect-only -q)
 else
   BUILD_ARGS=()
-  TEST_ARGS=(-q -rs tests)
+  TEST_ARGS=(-q -rs tests --deselect tests/test_bench.py::test_gpu_check_dry_run)
   OPS_K=()
   MODEL_K=()
   COMPILE_ARGS=(-q)
@@ -129,30 +134,32 @@ part build "${CAP_BUILD:-150}" "$LOGS/build.log" "$PY" -m bench.cuda_build "${BU
 # 3 tests
 part tests "${CAP_TESTS:-120}" "$DEST/tests.log" "$PY" -m pytest -p no:cacheprovider "${TEST_ARGS[@]}"
 
+left() { echo $(( START + TOTAL - RESERVE - $(date +%s) )); }
+share() { local c=$(( $(left) * $1 / 100 )); (( c > $2 )) && c=$2; echo $c; }
+
 # 4 op benchmarks (GPU: bf16 and fp32, channels_last, batch 256)
 EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$([ $DRY = 1 ] && echo fp32 || echo bf16,fp32)} \
-part ops "${CAP_OPS:-60}" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
+part ops "$(share 30 "${CAP_OPS:-150}")" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
   bench/bench_expand_dwconv_act.py bench/bench_window_attention.py "${OPS_K[@]}" \
   --benchmark-json="$LOGS/ops.json"
 
 # 5 model benchmarks (GPU: bf16/fp16/fp32, channels_last, batch 256 then 1; 10 rounds)
 EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
 EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-$([ $DRY = 1 ] && echo 1 || echo 3)} \
-part model "${CAP_MODEL:-75}" "$LOGS/bench_model.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
+part model "$(share 60 "${CAP_MODEL:-200}")" "$LOGS/bench_model.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
   bench/bench_model.py "${MODEL_K[@]}" --benchmark-json="$LOGS/model.json"
 
 # 6 torch.compile rows, if time is left (GPU: EMO-5M, bf16, batch 256; dry: collection only)
-left=$(( START + TOTAL - RESERVE - $(date +%s) ))
-if (( left >= 40 )); then
+if (( $(left) >= 40 )); then
   EMO_BENCH_COMPILE=only EMO_BENCH_MODELS=${EMO_BENCH_COMPILE_MODELS:-emo_5m} \
   EMO_BENCH_DTYPES=${EMO_BENCH_COMPILE_DTYPES:-$([ $DRY = 1 ] && echo fp32 || echo bf16)} \
   EMO_BENCH_BATCHES=${EMO_BENCH_COMPILE_BATCHES:-$([ $DRY = 1 ] && echo 1 || echo 256)} \
   EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-10} EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-3} \
-  part compile "${CAP_COMPILE:-60}" "$LOGS/bench_compile.log" "$PY" -m pytest \
+  part compile "$(share 100 "${CAP_COMPILE:-150}")" "$LOGS/bench_compile.log" "$PY" -m pytest \
     "${BENCH_OPTS[@]}" bench/bench_model.py "${COMPILE_ARGS[@]}" \
     --benchmark-json="$LOGS/compile.json"
 else
-  echo "[compile] SKIPPED: ${left}s left" | tee -a "$SUMMARY"
+  echo "[compile] SKIPPED: $(left)s left" | tee -a "$SUMMARY"
 fi
 
 # 7 report

@@ -85,7 +85,11 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", default=None, help="write the rows to this file")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 on a shared, oversubscribed machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     rows = run(args)
     r0 = rows[0]
     print(f"device: {r0['device']}  dtype: {args.dtype}  size: {args.size}  torch "

@@ -81,6 +81,7 @@ def test_report_tiny_json(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(bool(os.environ.get("GPU_CHECK_ACTIVE")), reason="inside bench/gpu_check.sh")
 def test_gpu_check_dry_run(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
