@@ -113,7 +113,7 @@ echo "[env] written: env.txt" | tee -a "$SUMMARY"
 
 if [ $DRY = 1 ]; then
   # tiny settings: every part runs, quickly, on CPU
-  export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu
+  export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu EMO_BENCH_THREADS=1  # 1: no OpenMP stalls on a busy CI box
   BUILD_ARGS=(--dry-run)
   TEST_ARGS=(--collect-only -q tests/test_backends.py tests/test_reference_ops.py)
   OPS_K=(-k "Cin24-Cmid24 or C80-hd20")

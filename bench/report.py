@@ -93,7 +93,8 @@ def markdown(machine, rows, dates, note=None):
                f"{eb.get('warmup', '?')} warm-up calls per row, compile={eb.get('compile', '0')}"
                + (" (TINY smoke settings: not a measurement)" if eb.get("tiny") else ""))
     out.append("- time: median per call; CUDA rows: CUDA-event median (pytest-benchmark's "
-               "own, synchronized host timer is in the JSON); CPU rows: pytest-benchmark median")
+               "own, synchronized host timer is in the JSON); CPU rows: pytest-benchmark median;"
+               " IQR: pytest-benchmark's interquartile range (host timer)")
     out.append("- speedups: vs `eager` (models: fused=False; ops: the torch reference) and vs "
                "`torch.compile` of the same, within one group (same shape, mode, dtype, "
                "layout, batch); – where that row was not run")
@@ -103,12 +104,13 @@ def markdown(machine, rows, dates, note=None):
     if models:
         mem = sorted({r.get("mem_metric", "") for r in models})
         out += ["", "## Whole model", "", f"peak memory: {'; '.join(mem)}", "",
-                "| model | mode | dtype | layout | batch | variant | ms | img/s | peak MiB "
-                "| vs eager | vs compile | compile s |",
-                "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+                "| model | mode | dtype | layout | batch | variant | ms | IQR ms | img/s | "
+                "peak MiB | vs eager | vs compile | compile s |",
+                "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in models:
             out.append(f"| {r['model']} | {r['mode']} | {r['dtype']} | {r['layout']} | "
-                       f"{r['batch']} | {r['provider']} | {r['ms']:.2f} | {r['img_s']:.1f} | "
+                       f"{r['batch']} | {r['provider']} | {r['ms']:.2f} | {r['iqr_ms']:.2f} | "
+                       f"{r['img_s']:.1f} | "
                        f"{_f(r.get('peak_mem_mb'), '.0f', 'n/a')} | {_x(r['vs_eager'])} | "
                        f"{_x(r['vs_compile'])} | {_f(r.get('compile_s'), '.0f')} |")
     for op in sorted({r["op"] for r in rows if r["suite"] == "op"}):
@@ -118,15 +120,16 @@ def markdown(machine, rows, dates, note=None):
         if cuda:
             out += ["bytes: compulsory traffic (formula in bench/common.py, "
                     f"`bytes_{op}`); GB/s = bytes / time; % of the measured copy bandwidth", ""]
-        head = "| shape | mode | dtype | layout | batch | provider | ms | vs eager | vs compile |"
-        sep = "|---|---|---|---|---|---|---:|---:|---:|"
+        head = ("| shape | mode | dtype | layout | batch | provider | ms | IQR ms | vs eager "
+                "| vs compile |")
+        sep = "|---|---|---|---|---|---|---:|---:|---:|---:|"
         if cuda:
             head += " MB moved | GB/s | % copy BW |"
             sep += "---:|---:|---:|"
         out += [head, sep]
         for r in ops:
             line = (f"| {r['case']} | {r['mode']} | {r['dtype']} | {r['layout']} | {r['batch']} | "
-                    f"{r['provider']} | {r['ms']:.3f} | {_x(r['vs_eager'])} | "
+                    f"{r['provider']} | {r['ms']:.3f} | {r['iqr_ms']:.3f} | {_x(r['vs_eager'])} | "
                     f"{_x(r['vs_compile'])} |")
             if cuda:
                 line += (f" {r['bytes'] / 1e6:.1f} | {_f(r.get('gbps'), '.0f')} | "

@@ -66,11 +66,11 @@ def test_report_tiny_json(tmp_path):
     src.write_text(json.dumps(data))
     assert report.main([str(src), "--out-dir", str(tmp_path), "--stem", "r"]) == 0
     md = (tmp_path / "r.md").read_text()
-    assert "| emo_1m | infer | fp32 | nchw | 4 | fused[torch] | 100.00 | 40.0 | n/a | 2.00x | 0.50x |" in md
-    assert "| emo_1m | infer | fp32 | nchw | 4 | compile | 50.00 | 80.0 | n/a | 4.00x | 1.00x | 12 |" in md
+    assert "| emo_1m | infer | fp32 | nchw | 4 | fused[torch] | 100.00 | 0.00 | 40.0 | n/a | 2.00x | 0.50x |" in md
+    assert "| emo_1m | infer | fp32 | nchw | 4 | compile | 50.00 | 0.00 | 80.0 | n/a | 4.00x | 1.00x | 12 |" in md
     # CUDA op rows: CUDA-event medians, bytes / time, share of the copy bandwidth
-    assert "| C8-hd4-7x7-ws7 | fwd | fp32 | nchw | 4 | torch | 2.000 | 1.00x | – | 4000.0 | 2000 | 200 |" in md
-    assert "| triton | 8.000 | 0.25x | – | 4000.0 | 500 | 50 |" in md
+    assert "| C8-hd4-7x7-ws7 | fwd | fp32 | nchw | 4 | torch | 2.000 | 0.000 | 1.00x | – | 4000.0 | 2000 | 200 |" in md
+    assert "| triton | 8.000 | 0.000 | 0.25x | – | 4000.0 | 500 | 50 |" in md
     merged = json.loads((tmp_path / "r.json").read_text())
     assert len(merged["rows"]) == 5
     try:
