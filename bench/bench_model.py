@@ -86,7 +86,8 @@ def test_model(benchmark, name, mode, dtype, layout, batch, variant):
     mem_mb, mem_metric = common.peak_memory(step, dev)
     ev_ms = common.run_benchmark(benchmark, step, dev, cfg.rounds, warmup=0)
     info = common.base_info(cfg, dtype, layout, batch)
-    info.update(suite="model", model=name, case=name, mode=mode, provider=variant,
+    info.update(suite="model", model=name, case=name, mode=mode,
+                provider=variant.replace("[best]", f"[{backend}]"),
                 backend=backend, fused=fused, compiled=compiled, peak_mem_mb=mem_mb,
                 mem_metric=mem_metric)
     if compile_s is not None:

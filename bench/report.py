@@ -22,11 +22,14 @@ COMPILE = {"model": "compile", "op": "torch.compile"}
 
 def load(paths):
     """(machine_info of the first file, [rows]) with one flat dict per benchmark."""
-    machine, rows, dates = {}, [], []
+    machine, rows, dates, compiles = {}, [], [], []
     for p in paths:
         with open(p) as f:
             data = json.load(f)
-        machine = machine or data.get("machine_info", {})
+        machine = machine or json.loads(json.dumps(data.get("machine_info", {})))
+        c = data.get("machine_info", {}).get("emo_bench", {}).get("compile")
+        if c is not None and c not in compiles:
+            compiles.append(c)
         dates.append(data.get("datetime") or "")
         if "rows" in data:  # a merged JSON this script wrote: regenerate from it
             rows += data["rows"]
@@ -41,7 +44,16 @@ def load(paths):
             info["timer"] = "cuda events" if info.get("cuda_event_median_ms") else "host"
             info["rounds"] = st.get("rounds")
             info["iqr_ms"] = st.get("iqr", 0.0) * 1e3
+            if "[best]" in info["provider"] and info.get("backend"):
+                info["provider"] = info["provider"].replace("best", info["backend"])
             rows.append(info)
+    if compiles and "emo_bench" in machine:
+        machine["emo_bench"]["compile"] = "+".join(compiles)
+    # rows of one group together (a compile run's rows next to the eager rows they compare to)
+    first = {}
+    for r in rows:
+        first.setdefault(_key(r), len(first))
+    rows.sort(key=lambda r: first[_key(r)])
     return machine, rows, [d for d in dates if d]
 
 
@@ -185,7 +197,7 @@ def plot(rows, path, title):
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return None
