@@ -4,9 +4,11 @@ with peak memory, for
     eager            fused=False, eager PyTorch (the baseline)
     fused[<b>]       fused=True with emo_kernels backend <b>, each backend that can run
                      every op call of the model (``explain``), the torch reference included
+    fused[auto:<bs>] fused=True with backend 'auto' (per op call, the first backend that can
+                     run it), only when that mixes backends (e.g. triton+torch)
     compile          torch.compile of fused=False          } only with EMO_BENCH_COMPILE=1
-    compile-fused[<b>]  torch.compile of fused=True, with   } (slow: ~50-80 s per EMO-5M
-                     the first backend that can run it     } compile on 2 CPU cores)
+    compile-fused[auto:<bs>]  torch.compile of fused=True } (slow: ~50-80 s per EMO-5M
+                     with backend 'auto'                   } compile on 2 CPU cores)
 
     python -m pytest bench/bench_model.py --benchmark-json=model.json
 Settings: EMO_BENCH_* environment variables (bench/common.py, ``config``). Each row builds its
@@ -23,9 +25,10 @@ from emo_kernels import backends
 
 
 def variants(cfg):
-    out = [] if cfg.compile == "only" else ["eager"] + [f"fused[{b}]" for b in backends.BACKENDS]
+    out = [] if cfg.compile == "only" else (
+        ["eager"] + [f"fused[{b}]" for b in backends.BACKENDS] + ["fused[auto]"])
     if cfg.compile != "0":
-        out += ["compile", "compile-fused[best]"]
+        out += ["compile", "compile-fused[auto]"]
     return out
 
 
@@ -52,16 +55,20 @@ def test_model(benchmark, name, mode, dtype, layout, batch, variant):
     benchmark.group = f"{name} {mode} {common.SHORT_DTYPE[dtype]} {layout} B{batch}"
     compiled = variant.startswith("compile")
     fused = "fused" in variant
-    backend = None
+    backend, provider = None, variant
     if fused:
-        reasons = common.model_backend_reasons(name, dev, dtype, layout, cfg.size, train)
         backend = variant[variant.index("[") + 1:-1]
-        if backend == "best":
-            backend = next((b for b in backends.BACKENDS if reasons[b] is None), None)
-            if backend is None:
-                pytest.skip(f"no backend can run {name}: {reasons}")
-        elif reasons[backend] is not None:
-            pytest.skip(f"{backend}: {reasons[backend]}")
+        if backend == "auto":
+            # what emo_kernels picks by itself, op call by op call: a mix where some kernels
+            # exist only for some ops; a single backend's rows already cover the rest
+            picks = common.model_auto_backends(name, dev, dtype, layout, cfg.size, train)
+            provider = variant.replace("[auto]", f"[auto:{'+'.join(picks)}]")
+            if len(picks) == 1 and not compiled:
+                pytest.skip(f"auto picks only {picks[0]} here: that is the fused[{picks[0]}] row")
+        else:
+            reasons = common.model_backend_reasons(name, dev, dtype, layout, cfg.size, train)
+            if reasons[backend] is not None:
+                pytest.skip(f"{backend}: {reasons[backend]}")
     torch.manual_seed(0)
     base = common.build_model(name, dev, dtype, layout, train)
     model = common.build_model(name, dev, dtype, layout, train, fused=True, like=base) \
@@ -87,7 +94,7 @@ def test_model(benchmark, name, mode, dtype, layout, batch, variant):
     ev_ms = common.run_benchmark(benchmark, step, dev, cfg.rounds, warmup=0)
     info = common.base_info(cfg, dtype, layout, batch)
     info.update(suite="model", model=name, case=name, mode=mode,
-                provider=variant.replace("[best]", f"[{backend}]"),
+                provider=provider,
                 backend=backend, fused=fused, compiled=compiled, peak_mem_mb=mem_mb,
                 mem_metric=mem_metric)
     if compile_s is not None:

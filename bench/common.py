@@ -396,6 +396,22 @@ def model_backend_reasons(model_name, device, dtype, layout, size, train) -> Dic
     return out
 
 
+def model_auto_backends(model_name, device, dtype, layout, size, train) -> List[str]:
+    """The backends 'auto' picks over the model's op calls (explain's order: the first that
+    can run each call, never an implementation auto skips, nor the Triton interpreter)."""
+    picks = set()
+    for _, spec in block_specs(model_name, size):
+        if isinstance(spec, DwSpec):
+            op, (args, kw, _) = "expand_dwconv_act", dw_inputs(spec, 1, device, dtype, layout, train)
+        else:
+            op, (args, kw, _) = "window_attention", attn_inputs(spec, 1, device, dtype, layout, train)
+        reasons = emo_kernels.explain(op, *args, **kw)
+        if torch.device(device).type != "cuda" and backends.triton_interpreted():
+            reasons["triton"] = "interpreter"
+        picks.add(next((b for b in backends.BACKENDS if reasons[b] is None), "none"))
+    return [b for b in backends.BACKENDS + ("none",) if b in picks]
+
+
 # ----- bytes moved (for achieved GB/s on GPU rows) ------------------------------------------
 def bytes_expand_dwconv_act(spec: DwSpec, batch, elem_size, mode):
     """Compulsory memory traffic of one ``expand_dwconv_act`` call, in bytes.
