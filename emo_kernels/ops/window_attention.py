@@ -13,6 +13,10 @@ Windows: the map is padded right/bottom to Hp, Wp (multiples of ws), n1 = Hp/ws,
 n2 = Wp/ws; token (i, j) of window (a, b) is pixel (i*n1 + a, j*n2 + b).
 Returns (B, C, H, W).
 
+Backends: ``torch`` (the reference), ``triton`` (emo_kernels/triton/window_attention.py, the
+custom op ``emo_kernels::window_attention_triton`` with a Triton backward: CUDA tensors, or
+CPU tensors under TRITON_INTERPRET=1 for tests; head_dim <= 64, window_size <= 8).
+
 Memory traffic: the reference writes the padded copy, two window/head-order copies of q, k
 and v, the (ws^2 x ws^2) scores and probabilities per window and head, and two copies of the
 output; a fused kernel reads q, k and v once and writes the output once: 4*B*C*H*W elements.
