@@ -45,6 +45,7 @@ CASES = [
     (2, 21, 1, 8, 8, torch.float32, "qk-slices"),      # padded to 14x14
     (1, 24, 1, 3, 5, torch.float32, "qk-slices"),      # smaller than a window
     (1, 32, 1, 9, 16, torch.float32, "channels_last"), # padded to 14x21, n1=2, n2=3
+    (1, 20, 1, 16, 16, torch.float32, "qk-slices"),    # EMO-2M stage 3 at 256px: 21x21, n=3
     (1, 21, 2, 8, 8, torch.float16, "qk-slices"),
     (1, 20, 1, 9, 16, torch.bfloat16, "channels_last"),
     (2, 16, 1, 3, 5, torch.float64, "qk-slices"),
