@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <optional>
 #include <vector>
 
@@ -33,8 +34,8 @@ struct Ctx {
   at::ScalarType dtype{at::kFloat};
   c10::cuda::OptionalCUDAGuard guard;
 
-  Ctx(const char* name, const Tensor& ref) : op(name) {
-    check_device(ref, "first input");
+  Ctx(const char* name, const Tensor& ref, const char* ref_name) : op(name) {
+    check_device(ref, ref_name);
     device = ref.device();
     dtype = ref.scalar_type();
     TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
@@ -82,8 +83,11 @@ struct Ctx {
   void shape(const OptT& t, const char* name, at::IntArrayRef want) const {
     if (t.has_value()) shape(*t, name, want);
   }
+  // Emulation (a test tool) poisons every output with NaN, so unwritten elements show up.
   Tensor empty(at::IntArrayRef sizes, bool is_acc = false) const {
-    return at::empty(sizes, at::TensorOptions().device(device).dtype(is_acc ? acc() : dtype));
+    Tensor t = at::empty(sizes, at::TensorOptions().device(device).dtype(is_acc ? acc() : dtype));
+    if (EMU) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    return t;
   }
   emo::Launch launch() const {
     if (EMU) return {false, nullptr};
@@ -118,7 +122,7 @@ emo::EdcShape edc_shape(const Ctx<EMU>& c, const Tensor& v, int64_t cin, int64_t
 
 template <bool EMU>
 Tensor edc_expand_fwd(const Tensor& x, const Tensor& w_exp, const OptT& b_exp, int64_t act) {
-  Ctx<EMU> c("edc_expand_fwd", x);
+  Ctx<EMU> c("edc_expand_fwd", x, "x");
   TORCH_CHECK(x.dim() == 4 && w_exp.dim() == 2 && w_exp.size(1) == x.size(1), c.op,
               ": x must be (B, Cin, H, W) and w_exp (Cmid, Cin), got ", x.sizes(), " and ",
               w_exp.sizes());
@@ -145,7 +149,7 @@ void check_dw(const Ctx<EMU>& c, const Tensor& v, const Tensor& w_dw, const OptT
 template <bool EMU>
 Tensor edc_dw_fwd(const Tensor& v, const Tensor& w_dw, const OptT& b_dw, const OptT& scale,
                   const OptT& shift, int64_t stride, bool skip, bool fused) {
-  Ctx<EMU> c("edc_dw_fwd", v);
+  Ctx<EMU> c("edc_dw_fwd", v, "v");
   check_dw(c, v, w_dw, b_dw, scale, shift);
   auto s = edc_shape(c, v, 0, w_dw.size(-1), stride, 0, skip);
   Tensor out = c.empty({s.B, s.Cmid, s.Ho, s.Wo}, /*is_acc=*/!fused);
@@ -159,7 +163,7 @@ Tensor edc_dw_fwd(const Tensor& v, const Tensor& w_dw, const OptT& b_dw, const O
 template <bool EMU>
 Tensor edc_epilogue_fwd(const Tensor& p, const OptT& scale, const OptT& shift, const Tensor& v,
                         bool skip) {
-  Ctx<EMU> c("edc_epilogue_fwd", v);
+  Ctx<EMU> c("edc_epilogue_fwd", v, "v");
   TORCH_CHECK(p.dim() == 4 && p.size(0) == v.size(0) && p.size(1) == v.size(1), c.op,
               ": p ", p.sizes(), " does not match v ", v.sizes());
   if (skip) c.shape(p, "p", v.sizes());
@@ -178,7 +182,7 @@ template <bool EMU>
 std::vector<Tensor> edc_dq_bwd(const Tensor& v, const Tensor& w_dw, const OptT& b_dw,
                                const OptT& scale, const OptT& shift, const Tensor& gz,
                                int64_t stride, bool need_p) {
-  Ctx<EMU> c("edc_dq_bwd", v);
+  Ctx<EMU> c("edc_dq_bwd", v, "v");
   check_dw(c, v, w_dw, b_dw, scale, shift);
   auto s = edc_shape(c, v, 0, w_dw.size(-1), stride, 0, false);
   c.shape(gz, "grad_z", {s.B, s.Cmid, s.Ho, s.Wo});
@@ -205,7 +209,7 @@ template <bool EMU>
 Tensor edc_dv_bwd(const Tensor& x, const OptT& w_exp, const OptT& b_exp, const Tensor& w_dw,
                   const Tensor& gz, const Tensor& gq, const OptT& p, const OptT& ca,
                   const OptT& cb, const OptT& cc, int64_t act, int64_t stride, bool skip) {
-  Ctx<EMU> c("edc_dv_bwd", x);
+  Ctx<EMU> c("edc_dv_bwd", x, "x");
   TORCH_CHECK(x.dim() == 4, c.op, ": x must be (B, Cin, H, W), got ", x.sizes());
   int64_t cmid = x.size(1);
   if (w_exp.has_value()) {
@@ -235,7 +239,7 @@ constexpr int64_t kChunk = 256;  // reduction elements per partial sum
 template <bool EMU>
 Tensor edc_dwweight_bwd(const Tensor& v, const Tensor& gq, const OptT& p, const OptT& ca,
                         const OptT& cb, const OptT& cc, int64_t k, int64_t stride) {
-  Ctx<EMU> c("edc_dwweight_bwd", v);
+  Ctx<EMU> c("edc_dwweight_bwd", v, "v");
   auto s = edc_shape(c, v, 0, k, stride, 0, false);
   check_gp(c, s, gq, p, ca, cb, cc);
   const int64_t nch = (s.B * s.Ho * s.Wo + kChunk - 1) / kChunk;
@@ -249,7 +253,7 @@ Tensor edc_dwweight_bwd(const Tensor& v, const Tensor& gq, const OptT& p, const 
 // grad of x (B, Cin, H, W), dtype of w_exp.
 template <bool EMU>
 Tensor edc_expand_dx_bwd(const Tensor& w_exp, const Tensor& gu) {
-  Ctx<EMU> c("edc_expand_dx_bwd", w_exp);
+  Ctx<EMU> c("edc_expand_dx_bwd", w_exp, "w_exp");
   TORCH_CHECK(w_exp.dim() == 2 && gu.dim() == 4 && gu.size(1) == w_exp.size(0), c.op,
               ": w_exp must be (Cmid, Cin) and grad_u (B, Cmid, H, W), got ", w_exp.sizes(),
               " and ", gu.sizes());
@@ -264,7 +268,7 @@ Tensor edc_expand_dx_bwd(const Tensor& w_exp, const Tensor& gu) {
 // grad of w_exp (Cmid, Cin), accumulation dtype.
 template <bool EMU>
 Tensor edc_expand_dw_bwd(const Tensor& x, const Tensor& gu) {
-  Ctx<EMU> c("edc_expand_dw_bwd", x);
+  Ctx<EMU> c("edc_expand_dw_bwd", x, "x");
   TORCH_CHECK(x.dim() == 4 && gu.dim() == 4 && gu.size(0) == x.size(0) &&
                   gu.size(2) == x.size(2) && gu.size(3) == x.size(3),
               c.op, ": x (B, Cin, H, W) ", x.sizes(), " and grad_u (B, Cmid, H, W) ", gu.sizes(),
@@ -314,7 +318,7 @@ emo::WaShape wa_shape(const Ctx<EMU>& c, const Tensor& q, const Tensor& k, const
 template <bool EMU>
 std::vector<Tensor> wa_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptT& k_pad,
                            int64_t head_dim, int64_t window_size, double scale) {
-  Ctx<EMU> c("wa_fwd", q);
+  Ctx<EMU> c("wa_fwd", q, "q");
   auto s = wa_shape(c, q, k, v, k_pad, head_dim, window_size, scale);
   Tensor out = c.empty(q.sizes());
   Tensor lse = c.empty({s.B, s.heads, s.H, s.W}, true);
@@ -329,7 +333,7 @@ template <bool EMU>
 std::vector<Tensor> wa_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptT& k_pad,
                            const Tensor& out, const Tensor& dout, const Tensor& lse,
                            int64_t head_dim, int64_t window_size, double scale) {
-  Ctx<EMU> c("wa_bwd", q);
+  Ctx<EMU> c("wa_bwd", q, "q");
   auto s = wa_shape(c, q, k, v, k_pad, head_dim, window_size, scale);
   c.shape(out, "out", q.sizes());
   c.shape(dout, "grad_out", q.sizes());
