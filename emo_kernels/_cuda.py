@@ -60,24 +60,30 @@ def _jit_build():
     return JIT_NAME
 
 
+def _loaded(name):
+    from .cuda import _fake
+    _fake.register()  # FakeTensor/torch.compile support for the ops just registered
+    _state["loaded"] = name
+    return name
+
+
 def load():
-    """Load the extension (ops under torch.ops.emo_kernels_cuda); ImportError says how to build."""
+    """Load the extension (ops under torch.ops.emo_kernels_cuda) and return its name
+    ('emo_kernels._C' or the JIT module name); ImportError says how to build it."""
     if _state["loaded"] is not None:
         return _state["loaded"]
     if _state["error"] is not None:
         raise ImportError(_state["error"])
     try:
         from . import _C  # noqa: F401  (registers the ops)
-        _state["loaded"] = "emo_kernels._C"
-        return _state["loaded"]
+        return _loaded("emo_kernels._C")
     except ImportError as e:
         first = e
     import torch
     jit_ok = os.environ.get("EMO_KERNELS_CUDA_JIT", "1") not in ("", "0")
     if jit_ok and torch.version.cuda is not None and torch.cuda.is_available():
         try:
-            _state["loaded"] = _jit_build()
-            return _state["loaded"]
+            return _loaded(_jit_build())
         except Exception as e:  # noqa: BLE001  (any build failure: report it with the hint)
             _state["error"] = f"{_BUILD_HINT}; the JIT build failed: {e}"
             raise ImportError(_state["error"]) from e
@@ -87,6 +93,8 @@ def load():
 
 def unavailable_reason() -> Optional[str]:
     """None when the extension is loaded (or loads now), else why not, with the build hint."""
+    if _state["loaded"] is not None:  # cheap path (also what torch.compile traces)
+        return None
     try:
         load()
         return None

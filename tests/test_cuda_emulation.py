@@ -179,3 +179,43 @@ def test_emulation_rejects_cuda_namespace_misuse():
         torch.ops.emo_kernels_cuda.wa_fwd(x, x, x, None, 2, 7, 0.5)
     out, lse = torch.ops.emo_kernels_cuda_emu.wa_fwd(x, x, x, None, 2, 7, 0.5)
     assert out.shape == x.shape and lse.shape == (1, 2, 6, 6)
+
+
+def _opcheck_cases():
+    E = torch.ops.emo_kernels_cuda_emu
+    g = torch.Generator().manual_seed(6)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    x, w, b, wd, sc = r(2, 4, 9, 10), r(6, 4), r(6), r(6, 3, 3), r(6).abs() + 0.5
+    v = E.edc_expand_fwd(x, w, b, 1)
+    p = E.edc_dw_fwd(v, wd, b, None, None, 1, False, False)
+    gz = r(2, 6, 9, 10)
+    gq, pp = E.edc_dq_bwd(v, wd, b, sc, sc, gz, 1, True)
+    gu = E.edc_dv_bwd(x, w, b, wd, gz, gq, pp, sc, sc, sc, 1, 1, True)
+    q, kp = r(1, 8, 9, 10), r(8)
+    o, lse = E.wa_fwd(q, q, q, kp, 4, 7, 0.5)
+    return {
+        "edc_expand_fwd": (E.edc_expand_fwd, (x, w, b, 1)),
+        "edc_dw_fwd-s2": (E.edc_dw_fwd, (v, wd, b, None, None, 2, False, False)),
+        "edc_dw_fwd-fused": (E.edc_dw_fwd, (v, wd, b, sc, sc, 1, True, True)),
+        "edc_epilogue_fwd": (E.edc_epilogue_fwd, (p, sc, sc, v, True)),
+        "edc_dq_bwd": (E.edc_dq_bwd, (v, wd, b, sc, sc, gz, 1, True)),
+        "edc_dv_bwd": (E.edc_dv_bwd, (x, w, b, wd, gz, gq, pp, sc, sc, sc, 1, 1, True)),
+        "edc_dwweight_bwd": (E.edc_dwweight_bwd, (v, gq, pp, sc, sc, sc, 3, 1)),
+        "edc_expand_dx_bwd": (E.edc_expand_dx_bwd, (w, gu)),
+        "edc_expand_dw_bwd": (E.edc_expand_dw_bwd, (x, gu)),
+        "wa_fwd": (E.wa_fwd, (q, q, q, kp, 4, 7, 0.5)),
+        "wa_bwd": (E.wa_bwd, (q, q, q, kp, o, r(1, 8, 9, 10), lse, 4, 7, 0.5)),
+    }
+
+
+OPCHECK_NAMES = ["edc_expand_fwd", "edc_dw_fwd-s2", "edc_dw_fwd-fused", "edc_epilogue_fwd",
+                 "edc_dq_bwd", "edc_dv_bwd", "edc_dwweight_bwd", "edc_expand_dx_bwd",
+                 "edc_expand_dw_bwd", "wa_fwd", "wa_bwd"]
+
+
+@pytest.mark.parametrize("name", OPCHECK_NAMES)
+def test_op_schema_and_fake_impl(name):
+    """torch.library.opcheck: schema, FakeTensor (register_fake) and AOT-dispatch consistency,
+    checked on the emulation namespace (same schemas and fake functions as the CUDA one)."""
+    op, args = _opcheck_cases()[name]
+    torch.library.opcheck(op, args)

@@ -7,7 +7,8 @@ NEEDS_CUDA = "cuda backend needs CUDA tensors"
 
 def ops(emulate: bool):
     """The op namespace: CUDA kernels, or their host emulation on CPU tensors (tests)."""
-    _cuda.load()
+    if _cuda._state["loaded"] is None:  # load once, outside any torch.compile trace
+        _cuda.load()
     return torch.ops.emo_kernels_cuda_emu if emulate else torch.ops.emo_kernels_cuda
 
 
