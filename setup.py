@@ -40,7 +40,8 @@ def nvidia_wheel_includes():
 
 def cuda_arch_flags():
     archs = os.environ.get("EMO_KERNELS_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-    return [f"-gencode=arch=compute_{a.strip()},code=sm_{a.strip()}" for a in archs if a.strip()]
+    archs = [a.strip().replace(".", "") for a in archs if a.strip()]  # "9.0" -> "90"
+    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
 
 
 def cuda_extensions():
