@@ -64,8 +64,12 @@ template <typename A> EMO_HD A act_grad(int act, A u) {
 
 // ---- running an element function over [0, n) on the GPU or on the host ----------------------
 
+constexpr int kThreads = 256;
+
+// __launch_bounds__ caps register use so that a block of kThreads always fits on an SM
+// (the attention kernels keep up to 4 head vectors of 64 in registers).
 template <typename F, typename Args>
-__global__ void grid_stride_kernel(Args args, int64_t n) {
+__global__ void __launch_bounds__(kThreads) grid_stride_kernel(Args args, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (int64_t)gridDim.x * blockDim.x)
     F::run(args, i);
@@ -79,10 +83,9 @@ const char* run_elementwise(const Args& args, int64_t n, const Launch& launch) {
     for (int64_t i = 0; i < n; ++i) F::run(args, i);
     return nullptr;
   }
-  const int threads = 256;
-  int64_t blocks = (n + threads - 1) / threads;
+  int64_t blocks = (n + kThreads - 1) / kThreads;
   if (blocks > 65536) blocks = 65536;
-  grid_stride_kernel<F, Args><<<(unsigned)blocks, threads, 0, (cudaStream_t)launch.stream>>>(args, n);
+  grid_stride_kernel<F, Args><<<(unsigned)blocks, kThreads, 0, (cudaStream_t)launch.stream>>>(args, n);
   cudaError_t err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
 }
