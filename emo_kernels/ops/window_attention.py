@@ -128,3 +128,12 @@ def window_attention_triton(q, k, v, k_pad=None, *, head_dim, window_size=7, sca
 
 
 backends.register(OP, "triton", window_attention_triton, _can_run_triton)
+
+
+# ---- cuda backend (csrc/window_attention.cu via emo_kernels.cuda) --------------------------
+# Not verified on GPU hardware yet: auto_ok=False, so `auto` never picks it. can_run refuses
+# CPU tensors, head_dim > 64 and an unbuilt extension (with the build hint).
+from .. import cuda as _cuda_backend  # noqa: E402
+
+backends.register(OP, "cuda", _cuda_backend.window_attention_cuda,
+                  _cuda_backend.can_run_window_attention, auto_ok=False)
