@@ -8,7 +8,9 @@ Backends, in the order ``auto`` prefers them:
 
 Choose with the environment variable ``EMO_KERNELS_BACKEND=torch|triton|cuda|auto``
 (read at every call), or in code with :func:`set_backend` or the :func:`use_backend`
-context manager (which take precedence over the variable). Asking for a backend that
+context manager (which take precedence over the variable); both take ``ops=[...]`` to
+select a backend for some ops only (``use_backend('triton', ops=['window_attention'])``),
+the other ops keeping the outer selection. Asking for a backend that
 cannot serve a call raises :class:`BackendUnavailableError` naming the reason; ``auto``
 takes the first backend that can, and :func:`explain` says why the others were passed over.
 
@@ -58,9 +60,20 @@ def _check_name(name: str) -> str:
     return name
 
 
-def get_backend() -> str:
-    """The backend in force: set_backend/use_backend, else $EMO_KERNELS_BACKEND, else 'auto'."""
-    name = _selected.get()
+def _selection(name, ops):
+    """The context value: {op: backend} with key None for "every other op"."""
+    if ops is None:
+        return None if name is None else {None: _check_name(name)}
+    sel = dict(_selected.get() or {})
+    sel.update({op: _check_name(name) for op in ([ops] if isinstance(ops, str) else ops)})
+    return sel
+
+
+def get_backend(op: Optional[str] = None) -> str:
+    """The backend in force (for ``op``): set_backend/use_backend, else $EMO_KERNELS_BACKEND,
+    else 'auto'."""
+    sel = _selected.get() or {}
+    name = sel.get(op, sel.get(None))
     if name is None:
         name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         if name not in CHOICES:
@@ -68,15 +81,17 @@ def get_backend() -> str:
     return name
 
 
-def set_backend(name: Optional[str]) -> None:
-    """Select a backend for this thread/context (None: back to $EMO_KERNELS_BACKEND/auto)."""
-    _selected.set(None if name is None else _check_name(name))
+def set_backend(name: Optional[str], ops=None) -> None:
+    """Select a backend for this thread/context (None: back to $EMO_KERNELS_BACKEND/auto);
+    with ``ops``, only for those ops."""
+    _selected.set(_selection(name, ops))
 
 
 @contextlib.contextmanager
-def use_backend(name: str):
-    """``with use_backend('triton'): ...`` -- select a backend inside the block."""
-    token = _selected.set(_check_name(name))
+def use_backend(name: str, ops=None):
+    """``with use_backend('triton'): ...`` -- select a backend inside the block (with
+    ``ops=[...]``, only for those ops)."""
+    token = _selected.set(_selection(name, ops))
     try:
         yield
     finally:
@@ -97,7 +112,9 @@ def explain(op: str, *args, **kwargs) -> Dict[str, Optional[str]]:
     out = {}
     for b in BACKENDS:
         r = _reason(op, b, args, kwargs)
-        if r is None and not _REGISTRY[op][b].auto_ok:
+        if r is None and b == "triton" and triton_interpreted():
+            r = "runs only in the Triton interpreter here (TRITON_INTERPRET=1), which auto skips"
+        elif r is None and not _REGISTRY[op][b].auto_ok:
             r = "usable when asked for explicitly, but not verified on hardware, so auto skips it"
         out[b] = r
     return out
@@ -105,7 +122,7 @@ def explain(op: str, *args, **kwargs) -> Dict[str, Optional[str]]:
 
 def resolve(op: str, *args, **kwargs) -> Callable:
     """The implementation of ``op`` that the selected backend provides for these arguments."""
-    name = get_backend()
+    name = get_backend(op)
     if name == "auto":
         reasons = explain(op, *args, **kwargs)
         for b in BACKENDS:

@@ -85,3 +85,12 @@ def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
 
 
 backends.register(OP, "torch", expand_dwconv_act_ref)
+
+
+# ---- cuda backend (csrc/expand_dwconv_act.cu via emo_kernels.cuda) -------------------------
+# Not verified on GPU hardware yet: auto_ok=False, so `auto` never picks it. can_run refuses
+# CPU tensors and an unbuilt extension (with the build hint).
+from .. import cuda as _cuda_backend  # noqa: E402
+
+backends.register(OP, "cuda", _cuda_backend.expand_dwconv_act_cuda,
+                  _cuda_backend.can_run_expand_dwconv_act, auto_ok=False)
