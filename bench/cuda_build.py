@@ -4,14 +4,16 @@ which backends can run on this device (``emo_kernels.explain`` on small tensors)
     python -m bench.cuda_build            # on the GPU machine (bench/gpu_check.sh runs it)
     python -m bench.cuda_build --dry-run  # say what would be done; build nothing
 
-How it loads, first that works:
-1. a loader that ``emo_kernels`` exposes: in ``emo_kernels._cuda`` or ``emo_kernels.cuda``,
-   the first of ``build``, ``jit_build``, ``build_jit``, ``jit_load``, ``load_jit``,
-   ``ensure_built``, ``load`` (called with no arguments);
-2. when that fails and csrc/ has CUDA sources: ``python setup.py build_ext --inplace``
-   (offline; the installed torch's cpp_extension, MAX_JOBS=$(nproc), arch 9.0 by default
-   through EMO_KERNELS_CUDA_ARCHS), then the loader again.
-Without CUDA sources (the cuda backend not merged yet) it says so and exits 0.
+Steps (on a GPU, with CUDA sources in csrc/):
+1. ``python setup.py build_ext --inplace`` (offline: the installed torch's cpp_extension and
+   ninja; MAX_JOBS=$(nproc); EMO_KERNELS_CUDA_ARCHS = this GPU's capability, e.g. 90), so that
+   every later process imports ``emo_kernels._C`` directly;
+2. then the loader ``emo_kernels`` exposes (``emo_kernels._cuda.load``, which also JIT-builds
+   with torch.utils.cpp_extension.load when _C is missing), or, in other layouts, the first of
+   ``build``, ``jit_build``, ``build_jit``, ``jit_load``, ``load_jit``, ``ensure_built``,
+   ``load`` in ``emo_kernels._cuda`` / ``emo_kernels.cuda``;
+3. in a fresh process, ``explain`` per op, dtype and backend on small CUDA tensors.
+Without CUDA sources (the cuda backend not on this branch) it says so and exits 0.
 Exit status: 0 loaded or nothing to build, 1 the build or load failed.
 """
 import argparse
@@ -61,17 +63,22 @@ def try_loaders(loaders):
 
 
 def build_in_place():
+    import torch
     env = dict(os.environ)
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
-    env.setdefault("EMO_KERNELS_CUDA_ARCHS", "90")
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        env.setdefault("EMO_KERNELS_CUDA_ARCHS", f"{major}{minor}")
     if os.path.isdir("/usr/local/cuda"):
         env.setdefault("CUDA_HOME", "/usr/local/cuda")
     cmd = [sys.executable, "setup.py", "build_ext", "--inplace"]
     print(f"cuda_build: running {' '.join(cmd)} (MAX_JOBS={env['MAX_JOBS']}, "
-          f"EMO_KERNELS_CUDA_ARCHS={env['EMO_KERNELS_CUDA_ARCHS']})", flush=True)
+          f"EMO_KERNELS_CUDA_ARCHS={env.get('EMO_KERNELS_CUDA_ARCHS', 'setup.py default')})",
+          flush=True)
     t0 = time.perf_counter()
     rc = subprocess.call(cmd, cwd=ROOT, env=env)
-    print(f"cuda_build: setup.py build_ext exited {rc} after {time.perf_counter() - t0:.1f} s")
+    print(f"cuda_build: setup.py build_ext exited {rc} after {time.perf_counter() - t0:.1f} s",
+          flush=True)
     return rc == 0
 
 
@@ -106,20 +113,18 @@ def main(argv=None):
     device = torch.device("cuda" if torch.cuda.is_available() and not args.dry_run else "cpu")
     ok = True
     if args.dry_run:
-        print("cuda_build: --dry-run: nothing built; would call the loaders above, then "
-              "`setup.py build_ext --inplace` if they fail and csrc/ has CUDA sources")
+        print("cuda_build: --dry-run: nothing built; on a GPU: `setup.py build_ext --inplace`, "
+              "then the loader above (JIT fallback)")
+    elif not torch.cuda.is_available():
+        print("cuda_build: no GPU here: nothing built (the CPU build and its checks are "
+              "tests/test_cuda_build.py's job)")
     elif not srcs:
         print("cuda_build: no CUDA sources in csrc/: the cuda backend is not on this branch "
               "yet; skipped")
     else:
-        ok = try_loaders(loaders)
-        if not ok:
-            ok = build_in_place()
-            if ok:
-                for modname in LOADER_MODULES:
-                    if modname in sys.modules:
-                        importlib.reload(sys.modules[modname])
-                ok = try_loaders(find_loaders())
+        if not build_in_place():
+            print("cuda_build: the in-place build failed; trying the loader (JIT) instead")
+        ok = try_loaders(find_loaders())
     # in a fresh process: backends register themselves when emo_kernels is imported
     subprocess.call([sys.executable, "-c", f"from bench.cuda_build import explain_table; "
                      f"explain_table({str(device)!r})"], cwd=ROOT)

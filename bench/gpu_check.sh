@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One-shot GPU check for a fresh GPU machine (torch + triton preinstalled, no network):
 #   1 env      device, versions (torch, triton, CUDA, driver), date   -> env.txt
-#   2 build    JIT/in-place build of the CUDA extension (bench/cuda_build.py; skipped with a
-#              message when the cuda backend is not on this branch)
+#   2 build    in-place build of the CUDA extension for this GPU (bench/cuda_build.py: setup.py
+#              build_ext --inplace, then emo_kernels._cuda.load(), its JIT fallback; skipped
+#              with a message when the cuda backend is not on this branch)
 #   3 tests    python -m pytest tests (the full suite, on the GPU)      -> tests.log
 #   4 ops      bench/bench_expand_dwconv_act.py + bench_window_attention.py (pytest-benchmark;
 #              bf16 then fp32, channels_last, batch 256; 30 % of the time left)
@@ -76,6 +77,7 @@ part() {
   t0=$(date +%s)
   timeout -s INT -k 10 "$cap" "$@" >"$log" 2>&1
   rc=$?
+  PART_RC=$rc
   local how=ok
   if (( rc == 124 || rc == 130 || rc == 137 )); then how="TIMED OUT (partial)"
   elif (( rc != 0 )); then how="exit $rc"; fi
@@ -130,6 +132,12 @@ BENCH_OPTS=(-p no:cacheprovider -rs --benchmark-columns=median,iqr,rounds --benc
 
 # 2 build
 part build "${CAP_BUILD:-150}" "$LOGS/build.log" "$PY" -m bench.cuda_build "${BUILD_ARGS[@]}"
+
+# without a built extension, every later process would retry the JIT build: switch it off
+if [ $DRY = 0 ] && [ "${PART_RC:-0}" != 0 ]; then
+  export EMO_KERNELS_CUDA_JIT=0
+  echo "[build] failed: EMO_KERNELS_CUDA_JIT=0 for the later parts (cuda rows will skip)" | tee -a "$SUMMARY"
+fi
 
 # 3 tests
 part tests "${CAP_TESTS:-120}" "$DEST/tests.log" "$PY" -m pytest -p no:cacheprovider "${TEST_ARGS[@]}"
