@@ -624,6 +624,8 @@ def run_op_row(benchmark, op, spec, uses, mode, dtype, layout, batch, provider):
                 call()
     try:
         ev_ms = run_benchmark(benchmark, fn, dev, cfg.rounds, cfg.warmup)
+    except emo_kernels.BackendUnavailableError as e:
+        pytest.skip(f"{provider}: {e}")
     except Exception as e:  # noqa: BLE001
         if provider == COMPILED:
             pytest.skip(f"torch.compile failed: {type(e).__name__}: {str(e)[:300]}")
