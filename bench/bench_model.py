@@ -35,9 +35,10 @@ def variants(cfg):
 def cases():
     cfg = common.config()
     params = []
-    for dtype in cfg.dtypes:
-        for layout in cfg.layouts:
-            for batch in cfg.batches:
+    # most important first (a time-capped run keeps what it finished): batch, dtype, model
+    for batch in cfg.batches:
+        for dtype in cfg.dtypes:
+            for layout in cfg.layouts:
                 for name in cfg.models:
                     for mode in ("infer", "train"):
                         for var in variants(cfg):
