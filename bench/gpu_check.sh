@@ -17,7 +17,7 @@
 # GPU_CHECK_TOTAL seconds (default 450 s: within 8 minutes with the kill grace); time a part
 # does not use goes to the later ones. Output: ONE folder, at most 8 files:
 #   $OUT if set, else bench/results/gpu-<device>-<date>/:
-#   env.txt summary.txt tests.log <stem>.md <stem>.json <stem>.png logs.tar.gz
+#   env.txt summary.txt build.log tests.log <stem>.md <stem>.json <stem>.png logs.tar.gz
 #
 # Usage (repo root, as root on the GPU machine; system python3, PYTHONPATH=repo, no pip):
 #   bash bench/gpu_check.sh
@@ -131,7 +131,7 @@ fi
 BENCH_OPTS=(-p no:cacheprovider -rs --benchmark-columns=median,iqr,rounds --benchmark-sort=name)
 
 # 2 build
-part build "${CAP_BUILD:-150}" "$LOGS/build.log" "$PY" -m bench.cuda_build "${BUILD_ARGS[@]}"
+part build "${CAP_BUILD:-150}" "$DEST/build.log" "$PY" -m bench.cuda_build "${BUILD_ARGS[@]}"
 
 # without a built extension, every later process would retry the JIT build: switch it off
 if [ $DRY = 0 ] && [ "${PART_RC:-0}" != 0 ]; then
@@ -191,7 +191,7 @@ ls -1 "$DEST" | tee -a "$SUMMARY"
 
 # check the expected outputs (the dry run must produce all of them)
 status=0
-for f in env.txt summary.txt tests.log logs.tar.gz "$STEM.md" "$STEM.json"; do
+for f in env.txt summary.txt build.log tests.log logs.tar.gz "$STEM.md" "$STEM.json"; do
   [ -s "$DEST/$f" ] || { echo "gpu_check: MISSING $f" | tee -a "$SUMMARY"; status=1; }
 done
 n=$(find "$DEST" -type f | wc -l)

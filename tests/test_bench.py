@@ -94,7 +94,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert len(files) <= 8, files
     stem = next(f[:-3] for f in files if f.endswith(".md"))
     assert stem.startswith("dryrun-cpu-")
-    for f in ("env.txt", "summary.txt", "tests.log", "logs.tar.gz", stem + ".json"):
+    for f in ("env.txt", "summary.txt", "build.log", "tests.log", "logs.tar.gz", stem + ".json"):
         assert (out / f).stat().st_size > 0, f
     md = (out / (stem + ".md")).read_text()
     assert "| eager |" in md and "fused[torch]" in md          # the model part ran
