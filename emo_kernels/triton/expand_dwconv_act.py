@@ -414,10 +414,16 @@ def _p2(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
+# Largest (BLOCK_P pixels, BLOCK_C mid channels, BLOCK_K input channels) per program. The
+# interpreter pays ~0.25 ms per op per program, so it gets few, large programs; tests lower
+# these to exercise the multi-tile / multi-block / multi-chunk paths on small shapes.
+MAX_BLOCKS_GPU = (64, 32, 32)
+MAX_BLOCKS_INTERPRETER = (256, 1024, 256)
+
+
 def _blocks(npix, cmid, cin):
-    if _interpreted():  # few, large programs: the interpreter pays ~0.25 ms per op per program
-        return _p2(npix, 16, 256), _p2(cmid, 16, 1024), _p2(cin, 16, 256)
-    return _p2(npix, 16, 64), _p2(cmid, 16, 32), _p2(cin, 16, 32)
+    mp, mc, mk = MAX_BLOCKS_INTERPRETER if _interpreted() else MAX_BLOCKS_GPU
+    return _p2(npix, 16, mp), _p2(cmid, 16, mc), _p2(cin, 16, mk)
 
 
 def acc_dtype(dtype):
