@@ -442,10 +442,15 @@ ZERO_GRAD_IN_TRAIN = ("stage0.0.convs.0.0.bias", "stage0.0.convs.0.1.weight",
 
 
 @pytest.mark.slow
-def test_whole_model_emo_1m(kernel_backend):
+def test_whole_model_emo_1m(kernel_backend, monkeypatch):
     """emo_1m(fused=True) with this backend for expand_dwconv_act (window_attention left to
-    auto) equals fused=False: eval logits, one training step's grads and BN running stats."""
+    auto) equals fused=False: eval logits, one training step's grads and BN running stats;
+    every iRMB (stem, non-attention, attention value path) goes through this backend."""
     name, device = kernel_backend
+    impl = backends._REGISTRY["expand_dwconv_act"][name]
+    calls = []
+    orig_fn = impl.fn
+    monkeypatch.setattr(impl, "fn", lambda *a, **k: calls.append(1) or orig_fn(*a, **k))
     torch.manual_seed(0)
     ref = emo.emo_1m(drop_path_rate=0.0).to(device)
     fused = emo.emo_1m(drop_path_rate=0.0, fused=True).to(device)
@@ -462,11 +467,14 @@ def test_whole_model_emo_1m(kernel_backend):
     with torch.no_grad():
         out_ref = ref(x)
     assert rel_err(out, out_ref) < 1e-4
+    n_blocks = sum(isinstance(m, iRMB) for m in fused.modules())
+    assert len(calls) == n_blocks == 16
 
     ref.train(), fused.train()
     with per_op():
         fused(x).square().mean().backward()
     ref(x).square().mean().backward()
+    assert len(calls) == 2 * n_blocks
     params = dict(fused.named_parameters())
     scale0 = ref.stage0[0].convs[0][0].weight.grad.abs().max()
     for n, p_ref in ref.named_parameters():

@@ -19,38 +19,43 @@ neighbouring pixels hit L1/L2 (compulsory DRAM traffic: x once + z once).
 Alternatives considered (Triton has no explicit shared memory):
 * stage each program's haloed v tile in a per-program global scratch that stays in L2:
   expansion once per halo pixel (factor ((T-1)s+k)^2 / (T^2 s^2) instead of k^2/s^2) but
-  needs an intra-program barrier between scratch write and read and an L2 round trip of
-  the halo tile per program;
-* expand the haloed tile in registers and build the taps with ``tl.gather``: same FLOPs as
-  the scratch scheme, but tl.gather is not in every Triton we support / the interpreter
-  path is unproven, and the pow2 block padding of a halo tile wastes up to half the lanes.
+  it needs an intra-program barrier between scratch write and read (tl.debug_barrier) and
+  an L2 round trip of the halo tile per program;
+* expand the haloed tile in registers and build the taps with ``tl.gather``: the same FLOPs
+  as the scratch scheme, but unverified here on Triton 3.6 and in the interpreter, and the
+  power-of-two padding of a halo tile wastes up to half the lanes.
 Per-tap recompute was chosen because it is the simplest correct scheme, needs no barrier,
-runs unchanged in the interpreter and on Triton 3.6-3.8, and is DRAM-optimal. Its cost is
-expansion FLOPs x k^2/s^2, which is large for k=5 stride-1 blocks (see the table): the
-scratch/gather scheme is the follow-up if GPU profiling shows these kernels compute-bound.
-No GPU was available in this task: nothing here is measured, the table is arithmetic.
+runs unchanged in the interpreter and on Triton 3.6-3.8, and is DRAM-optimal; its price is
+expansion FLOPs x k^2/s^2 (table below).
 
-FLOPs and DRAM bytes per image, EMO-5M at 224x224 (fp16, e=2 bytes; MAC=2 FLOP; GFLOP/MB).
-Columns: eager = conv1x1 + dwconv (v written once, read by dw and the skip, p, bn, d, z
-round trips; ~e*(Cin*H*W + 6*Cmid*H*W)); fused-recompute = this module
-(2*Cin*Cmid*Ho*Wo*k^2 + 2*Cmid*Ho*Wo*k^2; bytes e*(Cin*H*W + Cmid*Ho*Wo));
-halo = staged 8x8-output tile (expansion x ((8-1)s+k)^2/64/s^2...; same DRAM bytes plus an
-L2 round trip of the halo tile, not counted).
+FLOPs and DRAM bytes per image, EMO-5M at 224x224, fp16 (e = 2 bytes), MAC = 2 FLOP,
+computed from ``emo.emo_5m()``'s modules (no GPU in this task: arithmetic, not measurements):
+  eager     FLOP 2*Cin*Cmid*H*W + 2*Cmid*Ho*Wo*k^2; bytes: conv1x1 (x in, u out), act (u in,
+            v out), dwconv (v in, p out), silu (p in, d out), skip add (v, d in, z out)
+  recompute (this module) FLOP 2*Cin*Cmid*Ho*Wo*k^2 + 2*Cmid*Ho*Wo*k^2; bytes e*(Cin*H*W +
+            Cmid*Ho*Wo) (x re-reads under neighbouring taps hit cache)
+  halo8     staged 8x8-output tiles: expansion on ((8-1)s+k)^2 pixels per tile, same DRAM bytes
+            plus an L2 round trip of the halo tile (not counted)
 
-    block (count)              Cin->Cmid k s  HxW      eager GF / MB   recompute GF / MB   halo GF
-    stage0.1 stem (1)           24-> 24  3 1  112x112  0.005 / 3.6      0.005 / 1.2       0.005
-    stage1.0 (1)                24-> 96  3 2  112x112  0.064 / 15.1     0.130 / 1.8       0.085
-    stage1.1-2 (2)              48-> 96  3 1   56x56   0.034 / 3.9      0.265 / 0.9       0.047
-    stage2.0 (1)                48->288  3 2   56x56   0.102 / 10.0     0.205 / 0.7       0.134
-    stage2.1-2 (2)              72->216  3 1   28x28   0.028 / 1.4      0.228 / 0.4       0.039
-    stage3.0 (1)                72->576  5 2   28x28   0.076 / 5.6      0.399 / 0.3       0.145
-    stage3.1-8 attn (8)        160->640  5 1   14x14   0.043 / 1.5      1.009 / 0.3       0.081
-    stage4.0 (1)               160->1280 5 2   14x14   0.082 / 3.0      0.418 / 0.1       0.158
-    stage4.1-2 attn (2)        288->1152 5 1    7x7    0.035 / 0.7      0.814 / 0.1       0.060
-(Per block; the attention blocks also route their value projection through this op.)
-The per-tap recompute cuts DRAM bytes 3-20x but multiplies expansion FLOPs by 2-23x; on
-an H200 (about 4.8 TB/s, ~990 dense fp16 TFLOP/s) the stage-1/2 blocks stay memory-bound,
-the k=5 stride-1 blocks become compute-bound: those are where the halo scheme pays.
+    block             Cin->Cmid  k s  H x W  |  GFLOP eager recompute halo8 | MB eager fused
+    stage0.1 (stem)     24->24   3 1 112x112 |        0.005   0.005   0.005 |   3.6    1.2
+    stage1.0            24->96   3 2 112x112 |        0.063   0.135   0.071 |  12.0    1.2
+    stage1.1-2 (x2)     48->96   3 1  56x56  |        0.034   0.266   0.051 |   6.3    0.9
+    stage2.0            48->288  3 2  56x56  |        0.091   0.199   0.132 |   8.9    0.8
+    stage2.1-2 (x2)     72->216  3 1  28x28  |        0.027   0.223   0.053 |   3.5    0.5
+    stage3.0            72->576  5 2  28x28  |        0.071   0.412   0.125 |   4.4    0.3
+    stage3.1-8 (x8) *  160->640  5 1  14x14  |        0.046   1.010   0.124 |   2.6    0.3
+    stage4.0           160->1280 5 2  14x14  |        0.083   0.505   0.151 |   2.4    0.2
+    stage4.1-2 (x2) * 288->1152 5 1   7x7   |        0.035   0.816   0.098 |   1.2    0.1
+    total per image (19 blocks)               |        0.88   11.94    1.88  |  73.9    9.2
+    (* attention blocks: their value projection + dwconv also go through this op)
+Per-tap recompute cuts DRAM bytes 8x (74 -> 9 MB/image) but multiplies the expansion FLOPs:
+5x over the non-attention blocks (0.44 -> 2.2 GFLOP) and 22x on the k=5 stride-1 attention
+value paths (0.35 -> 8.1 GFLOP). With fp16/bf16 (tensor-core dots, fp32 accumulation) the
+extra FLOPs are cheap next to the saved bytes on an H200; in fp32 (exact "ieee" dots, no
+TF32, to meet the 1e-5 tolerance) the k=5 stride-1 blocks are compute-bound. The halo scheme
+(1.9 GFLOP total) is the follow-up for those; it was not attempted here for lack of a GPU to
+validate its barrier/scratch traffic.
 
 Backward (no v saved; v/u recomputed once per input pixel)
 -----------------------------------------------------------
@@ -63,10 +68,12 @@ the per-channel batch mean and rstd. Kernels:
    parity masks), gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
    sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (ACC dtype,
    transient, freed after the two GEMMs) or, for the identity stem, gx directly.
-3. ``_gemm_gx``: gx = gu^T-contract w_exp;  4. ``_gemm_gw``: g_w_exp = gu . x over pixels.
-Saved bytes per image, EMO-5M 224x224 fp16 (eager saves x, u/v, p, bn out, d per block for
-autograd; sum over the 21 blocks using this op): eager ~ e*(Cin*H*W + 4*Cmid*H*W + ...) = about
-30 MB; this op saves x (fp16) + p (fp32): about 8.5 MB (x is saved by the previous layer anyway).
+3. ``_gemm_gx``: gx[b,k,i] = sum_c gu[b,c,i] w_exp[c,k];  4. ``_gemm_gw``: g_w_exp[c,k] =
+   sum_{b,i} gu[b,c,i] x[b,k,i].
+Saved for backward per image, EMO-5M 224x224 fp16, summed over the 19 blocks using this op:
+eager autograd keeps x, u (act input), v (dwconv input), p (BN input) and the BN output (SiLU
+input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x (e bytes) and p
+(fp32, 4 bytes): e*Cin*H*W + 4*Cmid*Ho*Wo = 15.3 MB (x is kept by the previous layer anyway).
 Backward FLOPs: 1 expansion (recompute) + 2 GEMMs of the expansion size + k^2 taps.
 """
 import math
