@@ -18,6 +18,10 @@ Arguments
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 
+Backends: ``torch`` (the reference) and ``triton`` (emo_kernels/triton/expand_dwconv_act.py:
+fused kernels that never store v, k in {3, 5}, CUDA tensors or CPU tensors under
+TRITON_INTERPRET=1; ``auto`` does not pick it on CPU).
+
 Memory traffic (per image, element size e): the reference reads x and writes v, reads v and
 writes p, reads p / writes the BN output, reads it / writes d, reads d and v / writes z --
 about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:

@@ -460,8 +460,17 @@ def out_size(h, k, stride):
     return (h + 2 * dw_padding(k, stride) - k) // stride + 1
 
 
+_CONSTS = {}
+
+
 def _consts(device, acc):
-    return torch.tensor([math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)], dtype=acc, device=device)
+    """[1/sqrt(2), 1/sqrt(2*pi)] for GELU in the accumulation dtype, loaded by the kernels (a
+    float literal in a kernel would be rounded to fp32, too coarse for fp64 gradcheck)."""
+    key = (device, acc)
+    if key not in _CONSTS:
+        _CONSTS[key] = torch.tensor([math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)],
+                                    dtype=acc, device=device)
+    return _CONSTS[key]
 
 
 def _dummy(device, acc):
