@@ -480,8 +480,12 @@ def test_whole_model_emo_1m(kernel_backend, monkeypatch):
             assert torch.equal(bufs[n], b_ref), n
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="with a GPU the other tests compile and run the kernels")
 def test_kernels_compile_for_gpu(tmp_path):
-    """The interpreter is lenient: compile the kernels for sm_90 (no GPU or driver needed)."""
+    """The interpreter never lowers the kernels: compile them ahead of time to sm_90 cubins
+    (Triton's bundled ptxas, no GPU or driver needed) so GPU-only lowering errors fail CI."""
     pytest.importorskip("triton")
     import subprocess
     import sys
