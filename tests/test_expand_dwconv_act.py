@@ -238,6 +238,30 @@ def test_channels_last(kernel_backend, name):
     assert z.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_inference_allocates_only_the_output(monkeypatch):
+    """No-grad forward: the only activation-sized buffer is z (v and p never hit memory)."""
+    pytest.importorskip("triton")
+    if not (torch.cuda.is_available() or backends.triton_interpreted()):
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = SMALL["k3s1skip"]
+    t = {n: (v.float().to(device) if v is not None else None)
+         for n, v in make_inputs(cfg, 2, 9, 9).items()}
+    sizes, orig = [], torch.empty
+
+    def empty(*a, **k):
+        out = orig(*a, **k)
+        sizes.append(out.numel())
+        return out
+    monkeypatch.setattr(torch, "empty", empty)
+    with torch.no_grad(), emo_kernels.use_backend("triton"):
+        z = emo_kernels.expand_dwconv_act(t["x"], t["w_exp"], t["b_exp"], t["w_dw"], t["b_dw"],
+                                          act="silu", stride=1, skip=True)
+    monkeypatch.undo()
+    big = [n for n in sizes if n >= t["x"].numel()]
+    assert big == [z.numel()], sizes
+
+
 # ------------------------------------------------------------------------ BatchNorm training
 BN_CASES = [pytest.param(SMALL[n], dt, id=cfg_id(SMALL[n], 2, 9, 7, dt, "bntrain"))
             for n, dt in [("stem", torch.float32), ("k3s2", torch.float32),
