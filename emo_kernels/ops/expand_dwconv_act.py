@@ -18,6 +18,10 @@ Arguments
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 
+Backends: ``torch`` (the reference) and ``triton`` (emo_kernels/triton/expand_dwconv_act.py:
+fused kernels that never store v, k in {3, 5}, CUDA tensors or CPU tensors under
+TRITON_INTERPRET=1; ``auto`` does not pick it on CPU).
+
 Memory traffic (per image, element size e): the reference reads x and writes v, reads v and
 writes p, reads p / writes the BN output, reads it / writes d, reads d and v / writes z --
 about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:
@@ -94,3 +98,33 @@ from .. import cuda as _cuda_backend  # noqa: E402
 
 backends.register(OP, "cuda", _cuda_backend.expand_dwconv_act_cuda,
                   _cuda_backend.can_run_expand_dwconv_act, auto_ok=False)
+
+
+# ----- triton backend (emo_kernels/triton/expand_dwconv_act.py), imported on first use so that
+# a missing triton package only makes can_run give a reason, and so that TRITON_INTERPRET is
+# read when the kernels are defined (after tests have set it).
+TRITON_KERNEL_SIZES = (3, 5)
+
+
+def _triton_can_run(x, w_exp, b_exp, w_dw, b_dw=None, **kwargs):
+    try:
+        import triton  # noqa: F401
+    except ImportError as e:
+        return f"triton is not installed ({e})"
+    if x.device.type == "cpu":
+        if not backends.triton_interpreted():
+            return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
+    elif x.device.type != "cuda":
+        return f"Triton kernels need CUDA tensors, got a tensor on {x.device}"
+    k = w_dw.shape[-1]
+    if k not in TRITON_KERNEL_SIZES:
+        return f"depthwise kernel size {k} is not supported (only {TRITON_KERNEL_SIZES})"
+    return None
+
+
+def _triton_fn(*args, **kwargs):
+    from ..triton.expand_dwconv_act import expand_dwconv_act_triton
+    return expand_dwconv_act_triton(*args, **kwargs)
+
+
+backends.register(OP, "triton", _triton_fn, _triton_can_run)

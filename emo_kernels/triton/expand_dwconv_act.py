@@ -1,0 +1,740 @@
+"""Triton kernels for ``expand_dwconv_act`` (fused 1x1 expansion + depthwise conv + BN + SiLU).
+
+See ``emo_kernels/ops/expand_dwconv_act.py`` for the semantics. This module holds the
+kernels, their launch helpers and, at the end, the torch.library custom ops
+(``emo_kernels::expand_dwconv_act_triton`` and its ``_backward``) with their fake
+functions and autograd registration. ``expand_dwconv_act_triton`` is the function the
+``triton`` backend of ``emo_kernels.expand_dwconv_act`` calls.
+
+Forward scheme: recompute the expansion per depthwise tap
+----------------------------------------------------------
+A program owns BLOCK_P output pixels (flattened Ho*Wo of one image) x BLOCK_C mid channels.
+For each of the k*k taps it loads the x pixels under that tap (BLOCK_P x Cin, zero outside),
+computes u = x @ w_exp^T + b_exp with ``tl.dot`` (fp32 accumulation; fp64 for fp64 inputs),
+v = act(u), zeroes v at padded positions (the padding is on v, not x) and accumulates
+v * w_dw[tap]. The centre tap (stride 1) is kept for the inner skip, so ``z = silu(p) + v``
+needs no extra work. v never touches memory; x is read k*k times but the re-reads of
+neighbouring pixels hit L1/L2 (compulsory DRAM traffic: x once + z once).
+
+Alternatives considered (Triton has no explicit shared memory):
+* stage each program's haloed v tile in a per-program global scratch that stays in L2:
+  expansion once per halo pixel (factor ((T-1)s+k)^2 / (T^2 s^2) instead of k^2/s^2) but
+  it needs an intra-program barrier between scratch write and read (tl.debug_barrier) and
+  an L2 round trip of the halo tile per program;
+* expand the haloed tile in registers and build the taps with ``tl.gather``: the same FLOPs
+  as the scratch scheme, but unverified here on Triton 3.6 and in the interpreter, and the
+  power-of-two padding of a halo tile wastes up to half the lanes.
+Per-tap recompute was chosen because it is the simplest correct scheme, needs no barrier,
+runs unchanged in the interpreter and on Triton 3.6-3.8, and is DRAM-optimal; its price is
+expansion FLOPs x k^2/s^2 (table below).
+
+FLOPs and DRAM bytes per image, EMO-5M at 224x224, fp16 (e = 2 bytes), MAC = 2 FLOP,
+computed from ``emo.emo_5m()``'s modules (no GPU in this task: arithmetic, not measurements):
+  eager     FLOP 2*Cin*Cmid*H*W + 2*Cmid*Ho*Wo*k^2; bytes: conv1x1 (x in, u out), act (u in,
+            v out), dwconv (v in, p out), silu (p in, d out), skip add (v, d in, z out)
+  recompute (this module) FLOP 2*Cin*Cmid*Ho*Wo*k^2 + 2*Cmid*Ho*Wo*k^2; bytes e*(Cin*H*W +
+            Cmid*Ho*Wo) (x re-reads under neighbouring taps hit cache)
+  halo8     staged 8x8-output tiles: expansion on ((8-1)s+k)^2 pixels per tile, same DRAM bytes
+            plus an L2 round trip of the halo tile (not counted)
+
+    block             Cin->Cmid  k s  H x W  |  GFLOP eager recompute halo8 | MB eager fused
+    stage0.1 (stem)     24->24   3 1 112x112 |        0.005   0.005   0.005 |   3.6    1.2
+    stage1.0            24->96   3 2 112x112 |        0.063   0.135   0.071 |  12.0    1.2
+    stage1.1-2 (x2)     48->96   3 1  56x56  |        0.034   0.266   0.051 |   6.3    0.9
+    stage2.0            48->288  3 2  56x56  |        0.091   0.199   0.132 |   8.9    0.8
+    stage2.1-2 (x2)     72->216  3 1  28x28  |        0.027   0.223   0.053 |   3.5    0.5
+    stage3.0            72->576  5 2  28x28  |        0.071   0.412   0.125 |   4.4    0.3
+    stage3.1-8 (x8) *  160->640  5 1  14x14  |        0.046   1.010   0.124 |   2.6    0.3
+    stage4.0           160->1280 5 2  14x14  |        0.083   0.505   0.151 |   2.4    0.2
+    stage4.1-2 (x2) * 288->1152 5 1   7x7   |        0.035   0.816   0.098 |   1.2    0.1
+    total per image (19 blocks)               |        0.88   11.94    1.88  |  73.9    9.2
+    (* attention blocks: their value projection + dwconv also go through this op)
+Per-tap recompute cuts DRAM bytes 8x (74 -> 9 MB/image) but multiplies the expansion FLOPs:
+5x over the non-attention blocks (0.44 -> 2.2 GFLOP) and 22x on the k=5 stride-1 attention
+value paths (0.35 -> 8.1 GFLOP). With fp16/bf16 (tensor-core dots, fp32 accumulation) the
+extra FLOPs are cheap next to the saved bytes on an H200; in fp32 (exact "ieee" dots, no
+TF32, to meet the 1e-5 tolerance) the k=5 stride-1 blocks are compute-bound. The halo scheme
+(1.9 GFLOP total) is the follow-up for those; it was not attempted here for lack of a GPU to
+validate its barrier/scratch traffic.
+
+Backward (no v saved; v/u recomputed once per input pixel)
+-----------------------------------------------------------
+Saved: x, the weights, p (pre-norm dwconv output, ACC dtype) and, with BatchNorm training,
+the per-channel batch mean and rstd. Kernels:
+1. ``_bwd_stats``: per output tile partial sums of gq = gz * silu'(q), gq * xhat and xhat
+   (q = BN(p) or p) -> g_bn_bias, g_bn_weight, g_b_dw and the BN backward coefficients.
+2. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
+   gather gp = dL/dp at the k*k outputs that read the pixel (transposed conv; stride-2
+   parity masks), gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
+   sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (ACC dtype,
+   transient, freed after the two GEMMs) or, for the identity stem, gx directly.
+3. ``_gemm_gx``: gx[b,k,i] = sum_c gu[b,c,i] w_exp[c,k];  4. ``_gemm_gw``: g_w_exp[c,k] =
+   sum_{b,i} gu[b,c,i] x[b,k,i].
+Saved for backward per image, EMO-5M 224x224 fp16, summed over the 19 blocks using this op:
+eager autograd keeps x, u (act input), v (dwconv input), p (BN input) and the BN output (SiLU
+input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x (e bytes) and p
+(fp32, 4 bytes): e*Cin*H*W + 4*Cmid*Ho*Wo = 15.3 MB (x is kept by the previous layer anyway).
+Backward FLOPs: 1 expansion (recompute) + 2 GEMMs of the expansion size + k^2 taps.
+"""
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+ACTS = {"none": 0, "silu": 1, "gelu": 2}
+
+
+# ----------------------------------------------------------------------------------- helpers
+@triton.jit
+def _act_fwd(u, c_ptr, ACT: tl.constexpr):
+    if ACT == 1:
+        r = u / (1.0 + tl.exp(-u))
+    elif ACT == 2:
+        r = 0.5 * u * (1.0 + tl.math.erf(u * tl.load(c_ptr)))
+    else:
+        r = u
+    return r
+
+
+@triton.jit
+def _act_grad(u, c_ptr, ACT: tl.constexpr):
+    """d act(u) / du.  c_ptr holds [1/sqrt(2), 1/sqrt(2*pi)] in the accumulation dtype."""
+    if ACT == 1:
+        s = 1.0 / (1.0 + tl.exp(-u))
+        r = s * (1.0 + u * (1.0 - s))
+    elif ACT == 2:
+        r = 0.5 * (1.0 + tl.math.erf(u * tl.load(c_ptr))) + u * tl.exp(-0.5 * u * u) * tl.load(c_ptr + 1)
+    else:
+        r = u * 0.0 + 1.0
+    return r
+
+
+@triton.jit
+def _silu_grad(q):
+    s = 1.0 / (1.0 + tl.exp(-q))
+    return s * (1.0 + q * (1.0 - s))
+
+
+@triton.jit
+def _expand_at(x_ptr, xoff, ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
+               HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, NATIVE_DOT: tl.constexpr,
+               BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+               ACC_DT: tl.constexpr):
+    """u (pre-activation) at pixels ``xoff`` (BLOCK_P offsets into x, channel 0) for channels c.
+
+    With HAS_EXP=False (identity expansion) u is x itself at channels c. Rows with ok=False
+    read x as 0 (callers mask v themselves: act(b_exp) != 0).
+    """
+    if HAS_EXP:
+        u = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
+        for k0 in range(0, CIN, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = k < CIN
+            xa = tl.load(x_ptr + xoff[:, None] + k[None, :].to(tl.int64) * sxc,
+                         mask=ok[:, None] & k_ok[None, :], other=0.0)
+            wa = tl.load(wexp_ptr + c[None, :] * CIN + k[:, None],
+                         mask=k_ok[:, None] & c_ok[None, :], other=0.0)
+            if NATIVE_DOT:  # fp16/bf16 on GPU: tensor cores, fp32 accumulation (exact products)
+                u = tl.dot(xa, wa.to(xa.dtype), u)
+            else:
+                u = tl.dot(xa.to(ACC_DT), wa.to(ACC_DT), u, input_precision="ieee")
+        if HAS_BEXP:
+            u += tl.load(bexp_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
+    else:
+        u = tl.load(x_ptr + xoff[:, None] + c[None, :].to(tl.int64) * sxc,
+                    mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
+    return u
+
+
+# ----------------------------------------------------------------------------------- forward
+@triton.jit
+def _fwd_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, bdw_ptr, cst_ptr, z_ptr, p_ptr,
+                pmean_ptr, pm2_ptr,
+                CIN, CMID, H, W, HO, WO, NT,
+                sxb, sxc, sxh, sxw, szb, szc, szh, szw,
+                K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, HAS_BDW: tl.constexpr,
+                ACT: tl.constexpr, SKIP: tl.constexpr, STORE_Z: tl.constexpr,
+                STORE_P: tl.constexpr, STATS: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                ACC_DT: tl.constexpr):
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    o_ok = o < HO * WO
+    oh = o // WO
+    ow = o % WO
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < CMID
+
+    acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
+    vc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
+    # a runtime loop over taps (not static_range): 25 unrolled k=5 taps of dot + erf took
+    # ~100 s to compile for sm_90
+    for tap in range(K * K):
+        kh = tap // K
+        kw = tap % K
+        ih = oh * STRIDE - PAD + kh
+        iw = ow * STRIDE - PAD + kw
+        ok = o_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+        u = _expand_at(x_ptr, xoff, ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
+                       HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
+        v = tl.where(ok[:, None], _act_fwd(u, cst_ptr, ACT), 0.0)
+        wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
+        acc += v * wt[None, :]
+        if SKIP:  # keep the centre tap: v at the output pixel (stride 1)
+            vc = tl.where(tap == PAD * K + PAD, v, vc)
+    if HAS_BDW:
+        acc += tl.load(bdw_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
+    m2d = o_ok[:, None] & c_ok[None, :]
+    if STORE_P:  # p: contiguous (B, CMID, HO*WO), ACC dtype
+        tl.store(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], acc, mask=m2d)
+    if STATS:  # per-tile mean and sum of squared deviations (Chan merge on the host)
+        cnt = tl.sum(o_ok.to(ACC_DT), axis=0)
+        tmean = tl.sum(tl.where(m2d, acc, 0.0), axis=0) / cnt
+        dev = tl.where(m2d, acc - tmean[None, :], 0.0)
+        tl.store(pmean_ptr + pid * CMID + c, tmean, mask=c_ok)
+        tl.store(pm2_ptr + pid * CMID + c, tl.sum(dev * dev, axis=0), mask=c_ok)
+    if STORE_Z:
+        d = acc / (1.0 + tl.exp(-acc))
+        if SKIP:
+            d += vc
+        zoff = b * szb + c[None, :].to(tl.int64) * szc + oh[:, None].to(tl.int64) * szh \
+            + ow[:, None].to(tl.int64) * szw
+        tl.store(z_ptr + zoff, d.to(z_ptr.dtype.element_ty), mask=m2d)
+
+
+@triton.jit
+def _bn_apply_kernel(x_ptr, wexp_ptr, bexp_ptr, cst_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr,
+                     beta_ptr, z_ptr,
+                     CIN, CMID, H, W, HO, WO, NT,
+                     sxb, sxc, sxh, sxw, szb, szc, szh, szw,
+                     HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, ACT: tl.constexpr,
+                     SKIP: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                     ACC_DT: tl.constexpr):
+    """z = silu(BN(p)) (+ v, recomputed at the output pixel: stride 1 when SKIP)."""
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    o_ok = o < HO * WO
+    oh = o // WO
+    ow = o % WO
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < CMID
+    m2d = o_ok[:, None] & c_ok[None, :]
+    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)
+    q = (p - mean[None, :]) * rstd[None, :] * gamma[None, :] + beta[None, :]
+    d = q / (1.0 + tl.exp(-q))
+    if SKIP:
+        xoff = b * sxb + oh.to(tl.int64) * sxh + ow.to(tl.int64) * sxw
+        u = _expand_at(x_ptr, xoff, o_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
+                       HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
+        d += _act_fwd(u, cst_ptr, ACT)
+    zoff = b * szb + c[None, :].to(tl.int64) * szc + oh[:, None].to(tl.int64) * szh \
+        + ow[:, None].to(tl.int64) * szw
+    tl.store(z_ptr + zoff, d.to(z_ptr.dtype.element_ty), mask=m2d)
+
+
+# ---------------------------------------------------------------------------------- backward
+@triton.jit
+def _bwd_stats_kernel(gz_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
+                      s1_ptr, s2_ptr, s3_ptr,
+                      CMID, HO, WO, NT, sgb, sgc, sgh, sgw,
+                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DT: tl.constexpr):
+    """Per-tile partial sums of gq, gq*xhat and xhat (gq = gz * silu'(q), q = BN(p))."""
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    o_ok = o < HO * WO
+    oh = o // WO
+    ow = o % WO
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < CMID
+    m2d = o_ok[:, None] & c_ok[None, :]
+    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
+    g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + oh[:, None].to(tl.int64) * sgh
+                + ow[:, None].to(tl.int64) * sgw, mask=m2d, other=0.0).to(ACC_DT)
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
+    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)
+    xhat = (p - mean[None, :]) * rstd[None, :]
+    q = xhat * gamma[None, :] + beta[None, :]
+    gq = tl.where(m2d, g * _silu_grad(q), 0.0)
+    xhat = tl.where(m2d, xhat, 0.0)
+    tl.store(s1_ptr + pid * CMID + c, tl.sum(gq, axis=0), mask=c_ok)
+    tl.store(s2_ptr + pid * CMID + c, tl.sum(gq * xhat, axis=0), mask=c_ok)
+    tl.store(s3_ptr + pid * CMID + c, tl.sum(xhat, axis=0), mask=c_ok)
+
+
+@triton.jit
+def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
+                   mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, ca_ptr, cb_ptr, cc_ptr,
+                   gu_ptr, gx_ptr, gwdw_ptr, gbexp_ptr,
+                   CIN, CMID, H, W, HO, WO, NT,
+                   sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, sob, soc, soh, sow,
+                   K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                   HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, ACT: tl.constexpr,
+                   SKIP: tl.constexpr, NATIVE_DOT: tl.constexpr,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                   ACC_DT: tl.constexpr):
+    """Input-pixel tile: gv = sum_taps gp(o(i, tap)) * w_dw[tap] (+ gz), gu = gv * act'(u)."""
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    i = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    i_ok = i < H * W
+    ih = i // W
+    iw = i % W
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < CMID
+    m2d = i_ok[:, None] & c_ok[None, :]
+    xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
+    u = _expand_at(x_ptr, xoff, i_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
+                   HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
+    v = tl.where(m2d, _act_fwd(u, cst_ptr, ACT), 0.0)
+
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)[None, :]
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)[None, :]
+    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)[None, :]
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)[None, :]
+    ca = tl.load(ca_ptr + c, mask=c_ok, other=0.0)[None, :]
+    cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0)[None, :]
+    cc = tl.load(cc_ptr + c, mask=c_ok, other=0.0)[None, :]
+
+    if SKIP:  # stride 1: z and x share the pixel grid
+        gv = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + ih[:, None].to(tl.int64) * sgh
+                     + iw[:, None].to(tl.int64) * sgw, mask=m2d, other=0.0).to(ACC_DT)
+    else:
+        gv = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
+    for tap in range(K * K):
+        kh = tap // K
+        kw = tap % K
+        th = ih + PAD - kh
+        tw = iw + PAD - kw
+        if STRIDE == 1:
+            oh = th
+            ow = tw
+            ok = i_ok & (th >= 0) & (th < HO) & (tw >= 0) & (tw < WO)
+        else:
+            oh = th // STRIDE
+            ow = tw // STRIDE
+            ok = i_ok & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0) \
+                & (oh < HO) & (ow < WO)
+        mk = ok[:, None] & c_ok[None, :]
+        g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc
+                    + oh[:, None].to(tl.int64) * sgh + ow[:, None].to(tl.int64) * sgw,
+                    mask=mk, other=0.0).to(ACC_DT)
+        pp = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
+                     mask=mk, other=0.0)
+        xhat = (pp - mean) * rstd
+        q = xhat * gamma + beta
+        gp = tl.where(mk, ca * (g * _silu_grad(q)) + cb + cc * xhat, 0.0)
+        wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
+        gv += gp * wt[None, :]
+        tl.store(gwdw_ptr + (pid * (K * K) + tap) * CMID + c, tl.sum(gp * v, axis=0), mask=c_ok)
+    gu = tl.where(m2d, gv * _act_grad(u, cst_ptr, ACT), 0.0)
+    if HAS_EXP:  # gu: contiguous (B, CMID, H*W), ACC dtype
+        tl.store(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None], gu, mask=m2d)
+        tl.store(gbexp_ptr + pid * CMID + c, tl.sum(gu, axis=0), mask=c_ok)
+    else:  # identity expansion: gx = gv
+        tl.store(gx_ptr + b * sob + c[None, :].to(tl.int64) * soc + ih[:, None].to(tl.int64) * soh
+                 + iw[:, None].to(tl.int64) * sow, gu.to(gx_ptr.dtype.element_ty), mask=m2d)
+
+
+@triton.jit
+def _gemm_gx_kernel(gu_ptr, wexp_ptr, gx_ptr, CIN, CMID, H, W, NT, sob, soc, soh, sow,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ACC_DT: tl.constexpr):
+    """gx[b, k, i] = sum_c gu[b, c, i] * w_exp[c, k]."""
+    pid = tl.program_id(0)
+    pk = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    i = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    i_ok = i < H * W
+    k = pk * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_ok = k < CIN
+    acc = tl.zeros([BLOCK_P, BLOCK_K], dtype=ACC_DT)
+    for c0 in range(0, CMID, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        c_ok = c < CMID
+        a = tl.load(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None],
+                    mask=i_ok[:, None] & c_ok[None, :], other=0.0)
+        w = tl.load(wexp_ptr + c[:, None] * CIN + k[None, :], mask=c_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(ACC_DT)
+        acc = tl.dot(a, w, acc, input_precision="ieee")
+    ih = i // W
+    iw = i % W
+    tl.store(gx_ptr + b * sob + k[None, :].to(tl.int64) * soc + ih[:, None].to(tl.int64) * soh
+             + iw[:, None].to(tl.int64) * sow, acc.to(gx_ptr.dtype.element_ty),
+             mask=i_ok[:, None] & k_ok[None, :])
+
+
+@triton.jit
+def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sxw,
+                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+                    ACC_DT: tl.constexpr):
+    """g_w_exp[c, k] = sum_{b, i} gu[b, c, i] * x[b, k, i]."""
+    pc = tl.program_id(0)
+    pk = tl.program_id(1)
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_ok = c < CMID
+    k = pk * BLOCK_K + tl.arange(0, BLOCK_K)
+    k_ok = k < CIN
+    acc = tl.zeros([BLOCK_C, BLOCK_K], dtype=ACC_DT)
+    HW = H * W
+    for n0 in range(0, B * HW, BLOCK_P):
+        n = n0 + tl.arange(0, BLOCK_P)
+        n_ok = n < B * HW
+        bb = (n // HW).to(tl.int64)
+        i = n % HW
+        a = tl.load(gu_ptr + (bb[None, :] * CMID + c[:, None]) * HW + i[None, :],
+                    mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+        xx = tl.load(x_ptr + bb[:, None] * sxb + k[None, :].to(tl.int64) * sxc
+                     + (i // W)[:, None].to(tl.int64) * sxh + (i % W)[:, None].to(tl.int64) * sxw,
+                     mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(ACC_DT)
+        acc = tl.dot(a, xx, acc, input_precision="ieee")
+    tl.store(gw_ptr + c[:, None] * CIN + k[None, :], acc, mask=c_ok[:, None] & k_ok[None, :])
+
+
+# ------------------------------------------------------------------------------ launch helpers
+def _interpreted():
+    import os
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _p2(n, lo, hi):
+    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+
+
+# Largest (BLOCK_P pixels, BLOCK_C mid channels, BLOCK_K input channels) per program. The
+# interpreter pays ~0.25 ms per op per program, so it gets few, large programs; tests lower
+# these to exercise the multi-tile / multi-block / multi-chunk paths on small shapes.
+MAX_BLOCKS_GPU = (64, 32, 32)
+MAX_BLOCKS_INTERPRETER = (256, 1024, 256)
+
+
+def _blocks(npix, cmid, cin):
+    mp, mc, mk = MAX_BLOCKS_INTERPRETER if _interpreted() else MAX_BLOCKS_GPU
+    return _p2(npix, 16, mp), _p2(cmid, 16, mc), _p2(cin, 16, mk)
+
+
+def acc_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _tl_acc(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _native_dot(dtype):
+    return dtype in (torch.float16, torch.bfloat16) and not _interpreted()
+
+
+def out_memory_format(x):
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def dw_padding(k, stride):
+    return -(-(k - stride) // 2)
+
+
+def out_size(h, k, stride):
+    return (h + 2 * dw_padding(k, stride) - k) // stride + 1
+
+
+_CONSTS = {}
+
+
+def _consts(device, acc):
+    """[1/sqrt(2), 1/sqrt(2*pi)] for GELU in the accumulation dtype, loaded by the kernels (a
+    float literal in a kernel would be rounded to fp32, too coarse for fp64 gradcheck)."""
+    key = (device, acc)
+    if key not in _CONSTS:
+        _CONSTS[key] = torch.tensor([math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)],
+                                    dtype=acc, device=device)
+    return _CONSTS[key]
+
+
+def _dummy(device, acc):
+    return torch.zeros(1, dtype=acc, device=device)
+
+
+def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training,
+            eps, save):
+    """Returns (z, p, mean, rstd, var); p is saved (ACC dtype) when ``save`` or BN training;
+    mean, rstd and the biased variance are the batch statistics when ``bn_training`` (else
+    empty). The running-stat update is the caller's (functional op)."""
+    B, cin, H, W = x.shape
+    cmid = w_dw.shape[0]
+    k = w_dw.shape[-1]
+    pad = dw_padding(k, stride)
+    Ho, Wo = out_size(H, k, stride), out_size(W, k, stride)
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    has_exp = w_exp is not None
+    wexp = w_exp.reshape(cmid, cin).contiguous() if has_exp else _dummy(dev, acc)
+    bexp = b_exp.contiguous() if b_exp is not None else _dummy(dev, acc)
+    wdw = w_dw.reshape(cmid, k * k).contiguous()
+    bdw = b_dw.contiguous() if b_dw is not None else _dummy(dev, acc)
+    cst = _consts(dev, acc)
+    z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=dev,
+                    memory_format=out_memory_format(x))
+    BP, BC, BK = _blocks(Ho * Wo, cmid, cin)
+    NT = triton.cdiv(Ho * Wo, BP)
+    grid = (B * NT, triton.cdiv(cmid, BC))
+    store_p = bool(save or bn_training)
+    p = torch.empty((B, cmid, Ho, Wo) if store_p else (0,), dtype=acc, device=dev)
+    if bn_training:
+        pmean = torch.empty((B * NT, cmid), dtype=acc, device=dev)
+        pm2 = torch.empty((B * NT, cmid), dtype=acc, device=dev)
+    else:
+        pmean = pm2 = _dummy(dev, acc)
+    common = dict(HAS_EXP=has_exp, HAS_BEXP=b_exp is not None, ACT=ACTS[act], SKIP=bool(skip),
+                  NATIVE_DOT=_native_dot(x.dtype), BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK,
+                  ACC_DT=_tl_acc(x.dtype))
+    _fwd_kernel[grid](x, wexp, bexp, wdw, bdw, cst, z, p if store_p else _dummy(dev, acc),
+                      pmean, pm2, cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(),
+                      K=k, STRIDE=stride, PAD=pad, HAS_BDW=b_dw is not None,
+                      STORE_Z=not bn_training, STORE_P=store_p, STATS=bool(bn_training), **common)
+    if not bn_training:
+        return z, p, *(torch.empty(0, dtype=acc, device=dev) for _ in range(3))
+    # Chan merge of the per-tile statistics
+    n = B * Ho * Wo
+    if n < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
+                         f"{(B, cmid, Ho, Wo)}")
+    cnt = torch.full((NT,), float(BP), dtype=acc, device=dev)
+    cnt[-1] = Ho * Wo - (NT - 1) * BP
+    cnt = cnt.repeat(B)[:, None]
+    mean = (pmean * cnt).sum(0) / n
+    m2 = (pm2 + cnt * (pmean - mean) ** 2).sum(0)
+    var = m2 / n
+    rstd = torch.rsqrt(var + eps)
+    gamma = bn_weight.to(acc).contiguous() if bn_weight is not None else torch.ones(cmid, dtype=acc, device=dev)
+    beta = bn_bias.to(acc).contiguous() if bn_bias is not None else torch.zeros(cmid, dtype=acc, device=dev)
+    _bn_apply_kernel[grid](x, wexp, bexp, cst, p, mean, rstd, gamma, beta, z,
+                           cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(), **common)
+    return z, p, mean, rstd, var
+
+
+def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,
+             bn_training):
+    """Returns (gx, g_w_exp, g_b_exp, g_w_dw, g_b_dw, g_bn_weight, g_bn_bias) with None for
+    absent inputs. w_exp is (Cmid, Cin) or None; p as saved by ``forward``."""
+    B, cin, H, W = x.shape
+    cmid = w_dw.shape[0]
+    k = w_dw.shape[-1]
+    pad = dw_padding(k, stride)
+    Ho, Wo = p.shape[2], p.shape[3]
+    acc = acc_dtype(x.dtype)
+    dev = x.device
+    has_exp = w_exp is not None
+    wexp = w_exp.reshape(cmid, cin).contiguous() if has_exp else _dummy(dev, acc)
+    bexp = b_exp.contiguous() if b_exp is not None else _dummy(dev, acc)
+    wdw = w_dw.reshape(cmid, k * k).contiguous()
+    cst = _consts(dev, acc)
+    if bn_training:
+        gamma = bn_weight.to(acc).contiguous() if bn_weight is not None else torch.ones(cmid, dtype=acc, device=dev)
+        beta = bn_bias.to(acc).contiguous() if bn_bias is not None else torch.zeros(cmid, dtype=acc, device=dev)
+    else:  # q = p
+        mean = torch.zeros(cmid, dtype=acc, device=dev)
+        rstd = torch.ones(cmid, dtype=acc, device=dev)
+        gamma, beta = rstd, mean
+
+    # 1. per-channel sums over the output: S1 = sum gq, S2 = sum gq * xhat, S3 = sum xhat
+    BP, BC, BK = _blocks(Ho * Wo, cmid, cin)
+    NT = triton.cdiv(Ho * Wo, BP)
+    grid = (B * NT, triton.cdiv(cmid, BC))
+    s = torch.empty((3, B * NT, cmid), dtype=acc, device=dev)
+    _bwd_stats_kernel[grid](gz, p, mean, rstd, gamma, beta, s[0], s[1], s[2],
+                            cmid, Ho, Wo, NT, *gz.stride(), BLOCK_P=BP, BLOCK_C=BC,
+                            ACC_DT=_tl_acc(x.dtype))
+    S1, S2, S3 = (t.clone() for t in s.sum(1))  # distinct tensors: op outputs may not alias
+    n = B * Ho * Wo
+    if bn_training:  # gp = gamma*rstd*(gq - S1/n - xhat*S2/n)
+        ca = gamma * rstd
+        cb = -ca * S1 / n
+        cc = -ca * S2 / n
+        g_bdw = ca * S1 + cb * n + cc * S3
+        g_bnw = S2.to(bn_weight.dtype) if bn_weight is not None else None
+        g_bnb = S1.to(bn_bias.dtype) if bn_bias is not None else None
+    else:
+        ca, cb, cc = rstd, mean, mean  # ones, zeros, zeros
+        g_bdw = S1
+        g_bnw = g_bnb = None
+
+    # 2. input-pixel tiles: gu (or gx for the identity stem), partial g_w_dw, g_b_exp
+    BP, BC, BK = _blocks(H * W, cmid, cin)
+    NT = triton.cdiv(H * W, BP)
+    grid = (B * NT, triton.cdiv(cmid, BC))
+    gx = torch.empty(x.shape, dtype=x.dtype, device=dev, memory_format=out_memory_format(x))
+    gu = torch.empty((B, cmid, H, W) if has_exp else (1,), dtype=acc, device=dev)
+    gwdw_part = torch.empty((B * NT, k * k, cmid), dtype=acc, device=dev)
+    gbexp_part = torch.empty((B * NT, cmid) if has_exp else (1,), dtype=acc, device=dev)
+    _bwd_dv_kernel[grid](x, wexp, bexp, wdw, cst, gz, p, mean, rstd, gamma, beta, ca, cb, cc,
+                         gu, gx, gwdw_part, gbexp_part,
+                         cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *gz.stride(), *gx.stride(),
+                         K=k, STRIDE=stride, PAD=pad, HAS_EXP=has_exp,
+                         HAS_BEXP=b_exp is not None, ACT=ACTS[act], SKIP=bool(skip),
+                         NATIVE_DOT=_native_dot(x.dtype), BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK,
+                         ACC_DT=_tl_acc(x.dtype))
+    g_wdw = gwdw_part.sum(0).t().reshape(w_dw.shape).to(w_dw.dtype).contiguous()
+    g_wexp = g_bexp = None
+    if has_exp:
+        g_bexp = gbexp_part.sum(0).to(b_exp.dtype) if b_exp is not None else None
+        # 3. gx = gu . w_exp
+        _gemm_gx_kernel[(B * NT, triton.cdiv(cin, BK))](
+            gu, wexp, gx, cin, cmid, H, W, NT, *gx.stride(),
+            BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK, ACC_DT=_tl_acc(x.dtype))
+        # 4. g_w_exp = gu . x over every pixel
+        gw = torch.empty((cmid, cin), dtype=acc, device=dev)
+        _gemm_gw_kernel[(triton.cdiv(cmid, BC), triton.cdiv(cin, BK))](
+            gu, x, gw, B, cin, cmid, H, W, *x.stride(),
+            BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK, ACC_DT=_tl_acc(x.dtype))
+        g_wexp = gw.to(w_exp.dtype)
+    return gx, g_wexp, g_bexp, g_wdw, g_bdw, g_bnw, g_bnb
+
+
+# -------------------------------------------------------------- torch.library ops + autograd
+from typing import List, Optional, Tuple  # noqa: E402
+
+Tensor = torch.Tensor
+
+
+# Functional (mutates_args=()): torch.library cannot attach autograd to a mutating op, so the
+# op returns the batch mean/var and the wrapper updates the running stats in place, outside.
+@torch.library.custom_op("emo_kernels::expand_dwconv_act_triton", mutates_args=())
+def expand_dwconv_act_triton_op(
+        x: Tensor, w_exp: Optional[Tensor], b_exp: Optional[Tensor], w_dw: Tensor,
+        b_dw: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
+        act: str, stride: int, skip: bool, bn_training: bool, eps: float,
+        save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(z, p, mean, rstd, var). w_exp is (Cmid, Cin) or None. BatchNorm only in training mode
+    (the wrapper folds eval-mode BN into w_dw/b_dw); p is saved for backward when ``save``."""
+    return forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip,
+                   bn_training, eps, save)
+
+
+@expand_dwconv_act_triton_op.register_fake
+def _(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training, eps,
+      save):
+    B, _, H, W = x.shape
+    cmid, k = w_dw.shape[0], w_dw.shape[-1]
+    Ho, Wo = out_size(H, k, stride), out_size(W, k, stride)
+    acc = acc_dtype(x.dtype)
+    z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=x.device,
+                    memory_format=out_memory_format(x))
+    p = x.new_empty((B, cmid, Ho, Wo) if (save or bn_training) else (0,), dtype=acc)
+    stat = (cmid,) if bn_training else (0,)
+    return z, p, *(x.new_empty(stat, dtype=acc) for _ in range(3))
+
+
+@torch.library.custom_op("emo_kernels::expand_dwconv_act_triton_backward", mutates_args=())
+def expand_dwconv_act_triton_backward_op(
+        gz: Tensor, x: Tensor, w_exp: Optional[Tensor], b_exp: Optional[Tensor], w_dw: Tensor,
+        p: Tensor, mean: Tensor, rstd: Tensor, bn_weight: Optional[Tensor],
+        bn_bias: Optional[Tensor], act: str, stride: int, skip: bool,
+        bn_training: bool) -> List[Tensor]:
+    """[gx, g_w_exp, g_b_exp, g_w_dw, g_b_dw (ACC dtype), g_bn_weight, g_bn_bias]; an empty
+    tensor stands for the gradient of an absent (None) input."""
+    grads = backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act,
+                     stride, skip, bn_training)
+    return [g if g is not None else x.new_empty(0) for g in grads]
+
+
+@expand_dwconv_act_triton_backward_op.register_fake
+def _(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,
+      bn_training):
+    def like(t):
+        return torch.empty_like(t) if t is not None else x.new_empty(0)
+    bn = bn_training
+    return [torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=out_memory_format(x)),
+            like(w_exp), like(b_exp), torch.empty_like(w_dw),
+            x.new_empty((w_dw.shape[0],), dtype=acc_dtype(x.dtype)),
+            like(bn_weight if bn else None), like(bn_bias if bn else None)]
+
+
+def _setup_context(ctx, inputs, output):
+    (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training,
+     _eps, _save) = inputs
+    _z, p, mean, rstd, _var = output
+    ctx.save_for_backward(x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias)
+    ctx.cfg = (act, stride, skip, bn_training)
+    ctx.b_dw_dtype = None if b_dw is None else b_dw.dtype
+
+
+def _backward(ctx, gz, _gp, _gmean, _grstd, _gvar):
+    x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias = ctx.saved_tensors
+    if p.numel() == 0 and x.numel() > 0:
+        raise RuntimeError("expand_dwconv_act_triton: backward needs p, which the forward did "
+                           "not save (it ran with save=False)")
+    g = torch.ops.emo_kernels.expand_dwconv_act_triton_backward(
+        gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, *ctx.cfg)
+    gx, gwe, gbe, gwd, gbd, gbw, gbb = g
+    bn_training = ctx.cfg[3]
+    return (gx,
+            gwe if w_exp is not None else None,
+            gbe if b_exp is not None else None,
+            gwd,
+            gbd.to(ctx.b_dw_dtype) if ctx.b_dw_dtype is not None else None,
+            gbw if (bn_training and bn_weight is not None) else None,
+            gbb if (bn_training and bn_bias is not None) else None,
+            None, None, None, None, None, None)
+
+
+expand_dwconv_act_triton_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
+                             skip=False, bn_weight=None, bn_bias=None, running_mean=None,
+                             running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+    """The ``triton`` backend of ``emo_kernels.expand_dwconv_act`` (arguments validated there).
+
+    Eval-mode BatchNorm (running stats, bn_training=False) is folded here into w_dw / b_dw
+    with differentiable torch ops (in the accumulation dtype), so the kernels only know
+    training-mode BN."""
+    if w_exp is not None and w_exp.dim() == 4:
+        w_exp = w_exp.flatten(1)
+    use_bn = bn_weight is not None or running_mean is not None or bn_training
+    if use_bn and not bn_training:
+        acc = acc_dtype(x.dtype)
+        scale = torch.rsqrt(running_var.to(acc) + eps)
+        if bn_weight is not None:
+            scale = scale * bn_weight.to(acc)
+        shift = -running_mean.to(acc) * scale
+        if b_dw is not None:
+            shift = shift + b_dw.to(acc) * scale
+        if bn_bias is not None:
+            shift = shift + bn_bias.to(acc)
+        w_dw, b_dw = w_dw.to(acc) * scale[:, None, None, None], shift
+        bn_weight = bn_bias = running_mean = running_var = None
+    save = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias))
+    z, p, mean, _rstd, var = torch.ops.emo_kernels.expand_dwconv_act_triton(
+        x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, int(stride), bool(skip),
+        bool(bn_training), float(eps), save)
+    if bn_training and running_mean is not None:  # as F.batch_norm: unbiased var for the update
+        n = p.numel() // p.shape[1]
+        with torch.no_grad():
+            running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
+            running_var.mul_(1 - momentum).add_(
+                momentum * (var * (n / (n - 1))).to(running_var.dtype))
+    return z
