@@ -23,7 +23,7 @@ writes p, reads p / writes the BN output, reads it / writes d, reads d and v / w
 about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:
 e*(Cin*H*W + Cmid*Ho*Wo).
 """
-from .. import backends
+from .. import backends, cpu
 from ..reference import expand_dwconv_act_ref
 from ._checks import check_tensor
 
@@ -85,3 +85,4 @@ def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
 
 
 backends.register(OP, "torch", expand_dwconv_act_ref)
+backends.register(OP, "cpu", cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_can_run)

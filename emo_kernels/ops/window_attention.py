@@ -17,7 +17,7 @@ Memory traffic: the reference writes the padded copy, two window/head-order copi
 and v, the (ws^2 x ws^2) scores and probabilities per window and head, and two copies of the
 output; a fused kernel reads q, k and v once and writes the output once: 4*B*C*H*W elements.
 """
-from .. import backends
+from .. import backends, cpu
 from ..reference import window_attention_ref
 from ._checks import check_tensor
 
@@ -46,3 +46,4 @@ def window_attention(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None
 
 
 backends.register(OP, "torch", window_attention_ref)
+backends.register(OP, "cpu", cpu.window_attention_cpu, cpu.window_attention_can_run)
