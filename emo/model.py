@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import emo_kernels
+from emo_kernels import cpu as cpu_backend
 from emo_kernels.reference import window_partition, window_unpartition
 
 from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold_bn,
@@ -18,14 +19,25 @@ from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold
 
 
 def _param_key(module):
-    """Identity of a module's parameters and buffers: changes when any is replaced or modified
+    """Identity of a module's parameters and buffers: changes when one is replaced or modified
     in place (version counter), or the module moves device/dtype. None: cannot tell (inference
-    tensors have no version counter), so do not cache."""
+    tensors have no version counter), so do not cache. The list of submodules is cached (it is
+    walked on every call); ``reparameterize()`` and ``train()``/``eval()`` refresh it."""
+    mods = module.__dict__.get("_key_modules")
+    if mods is None:
+        mods = module.__dict__["_key_modules"] = list(module.modules())
     try:
         return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                     for t in list(module.parameters()) + list(module.buffers()))
+                     for m in mods for d in (m._parameters, m._buffers)
+                     for t in d.values() if t is not None)
     except RuntimeError:
         return None
+
+
+def _drop_key_cache(module):
+    for m in module.modules():
+        for k in ("_key_modules", "_infer_cache", "_stem_cache"):
+            m.__dict__.pop(k, None)
 
 
 def _pointwise(x, w, bias=None, residual=None):
@@ -171,36 +183,43 @@ class iRMB(nn.Module):
         self._infer_cache = (key, p)
         return p
 
-    def _forward_infer_cpu(self, x):
+    def _forward_infer_cpu(self, x, direct=False):
+        """Eval forward on CPU with cached folded weights, NHWC (channels_last) activations and
+        the 1x1 convs as GEMMs. ``direct``: the caller checked that the ``cpu`` backend serves
+        this input (EMO's stage loop does, once per forward), so call its kernels without
+        per-op dispatch, and fuse the projection (+ residual) into the expansion pass."""
         p = self._inference_params()
         shortcut = x
         if self.attn:
             y = self.norm(x)  # LN2d on a channels_last map: no copy
             C = y.shape[1]
             qk = _pointwise(y, p["w_qk"], p["b_qk"])
-            x_in = emo_kernels.window_attention(
-                qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
-                window_size=self.window_size, scale=self.scale)
-        elif isinstance(self.norm, nn.BatchNorm2d) or isinstance(self.v, nn.Identity):
-            x_in = x if p["w_exp"] is not None else self.norm(x)  # input BN folded into w_exp
+            attn = cpu_backend.window_attention_cpu if direct else emo_kernels.window_attention
+            x_in = attn(qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
+                        window_size=self.window_size, scale=self.scale)
+        elif p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d):
+            x_in = x  # the input BN is folded into w_exp
         else:
             x_in = self.norm(x)
-        z = emo_kernels.expand_dwconv_act(
-            x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"],
-            act=self.act if p["w_exp"] is not None else "none", stride=self.stride,
-            skip=self.has_skip)
-        if isinstance(self.se, SE):  # fold the SE channel scale into the projection weights
-            se = self.se
-            s = z.mean((2, 3))
-            s = se.act(F.linear(s, se.conv_reduce.weight.flatten(1), se.conv_reduce.bias))
-            s = torch.sigmoid(F.linear(s, se.conv_expand.weight.flatten(1), se.conv_expand.bias))
-            w = p["w_proj"][None] * s[:, None, :]  # (B, Cout, Cmid)
-            B, C, H, W = z.shape
-            zz = z.permute(0, 2, 3, 1).reshape(B, H * W, C)
-            out = torch.bmm(zz, w.transpose(1, 2)).view(B, H, W, -1).permute(0, 3, 1, 2)
-        else:
-            out = _pointwise(z, p["w_proj"], residual=shortcut if self.has_skip else None)
-        return out
+        act = self.act if p["w_exp"] is not None else "none"
+        args = (x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"])
+        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
+        se = isinstance(self.se, SE)
+        if direct and not se:
+            return cpu_backend.expand_dwconv_act_proj(
+                *args, p["w_proj"], shortcut if self.has_skip else None, **kw)
+        z = (cpu_backend.expand_dwconv_act_cpu if direct else emo_kernels.expand_dwconv_act)(
+            *args, **kw)
+        if not se:
+            return _pointwise(z, p["w_proj"], residual=shortcut if self.has_skip else None)
+        # squeeze-excite (stem block): fold its channel scale into the projection weights
+        s = z.mean((2, 3))
+        s = self.se.act(F.linear(s, self.se.conv_reduce.weight.flatten(1), self.se.conv_reduce.bias))
+        s = torch.sigmoid(F.linear(s, self.se.conv_expand.weight.flatten(1), self.se.conv_expand.bias))
+        w = p["w_proj"][None] * s[:, None, :]  # (B, Cout, Cmid)
+        B, C, H, W = z.shape
+        zz = z.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        return torch.bmm(zz, w.transpose(1, 2)).view(B, H, W, -1).permute(0, 3, 1, 2)
 
     def _use_infer_cpu(self, x):
         if self.training or x.device.type != "cpu":
@@ -209,6 +228,14 @@ class iRMB(nn.Module):
                                         any(q.requires_grad for q in self.parameters())):
             return False
         return True
+
+    def train(self, mode=True):
+        _drop_key_cache(self)
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        _drop_key_cache(self)
+        return super()._apply(*args, **kwargs)
 
     def forward(self, x):
         if not self.fused:
@@ -220,6 +247,7 @@ class iRMB(nn.Module):
     @torch.no_grad()
     def reparameterize(self):
         """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion."""
+        _drop_key_cache(self)
         cl = self.conv_local
         if isinstance(cl.norm, nn.BatchNorm2d):
             w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
@@ -325,7 +353,19 @@ class EMO(nn.Module):
             return x
         return stage(x)
 
-    def _stem_infer_cpu(self, x):
+    def _forward_intermediates_infer_cpu(self, x):
+        """Fused inference on CPU: channels_last from the stem on; when the ``cpu`` backend
+        serves this input (checked once here), blocks call its kernels directly."""
+        direct = cpu_backend.serves(x)
+        x = self._stem_infer_cpu(x, direct)
+        feats = []
+        for i in range(1, 5):
+            for blk in getattr(self, f"stage{i}"):
+                x = blk._forward_infer_cpu(x, direct) if blk.fused else blk(x)
+            feats.append(x)
+        return feats
+
+    def _stem_infer_cpu(self, x, direct=False):
         """Stem conv with its BN folded (cached), on a channels_last input."""
         key = _param_key(self.stage0[0])
         cache = getattr(self, "_stem_cache", None)
@@ -338,15 +378,14 @@ class EMO(nn.Module):
             cache = self._stem_cache = (key, (w.detach(), b.detach()))
         w, b = cache[1]
         x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
-        return self.stage0[1](x)
+        return self.stage0[1]._forward_infer_cpu(x, direct)
 
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
         self._check_input(x)
-        if self.stage0[1].fused and self.stage0[1]._use_infer_cpu(x):
-            x = self._stem_infer_cpu(x)  # fused inference on CPU: channels_last from here on
-        else:
-            x = self._run_stage(self.stage0, x)
+        if self.stage0[1].fused and iRMB._use_infer_cpu(self, x):
+            return self._forward_intermediates_infer_cpu(x)
+        x = self._run_stage(self.stage0, x)
         feats = []
         for i in range(1, 5):
             x = self._run_stage(getattr(self, f"stage{i}"), x)
@@ -368,6 +407,7 @@ class EMO(nn.Module):
     @torch.no_grad()
     def reparameterize(self):
         """Fold every BatchNorm into the adjacent conv for inference, in place (sets eval)."""
+        _drop_key_cache(self)
         self.eval()
         stem = self.stage0[0].convs[0]
         if isinstance(stem[1], nn.BatchNorm2d):

@@ -22,9 +22,10 @@ def _jit():
         raise ImportError("emo_kernels._C_cpu is not built and csrc/cpu/ is not here to JIT it")
     build = os.path.join(_ROOT, "build", "jit_cpu")
     os.makedirs(build, exist_ok=True)
-    warnings.warn("emo_kernels: compiling the CPU extension with torch.utils.cpp_extension.load "
-                  f"into {build} (once, ~30 s); `pip install -e . --no-build-isolation` builds "
-                  "it ahead of time", stacklevel=3)
+    if not any(f.endswith(".so") for f in os.listdir(build)):
+        warnings.warn("emo_kernels: compiling the CPU extension with torch.utils.cpp_extension.load "
+                      f"into {build} (once, ~30 s); `pip install -e . --no-build-isolation` "
+                      "builds it ahead of time", stacklevel=3)
     return load_ext(name="emo_kernels_C_cpu", sources=sources, build_directory=build,
                     extra_cflags=_cpu_build.cxx_flags(), extra_ldflags=["-fopenmp"],
                     verbose=False)

@@ -64,3 +64,24 @@ def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, sc
 def window_attention_cpu(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
     scale = head_dim ** -0.5 if scale is None else float(scale)
     return _cpu.load().window_attention(q, k, v, k_pad, head_dim, window_size, scale)
+
+
+# Bytes of v (+ z) per chunk of images in the fused block body: about half of a core's L2, so
+# that at large batch the expansion output is produced and consumed in cache.
+CHUNK_BYTES = 1 << 20
+
+
+def expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual=None, *, act="silu",
+                           stride=1, skip=False):
+    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one call (eval weights,
+    BatchNorms already folded), chunked over images so that v and z stay in cache. Used by the
+    model's fused CPU inference path when the ``cpu`` backend serves ``expand_dwconv_act``."""
+    return _cpu.load().expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual,
+                                              _ACT[act], stride, skip, CHUNK_BYTES)
+
+
+def serves(x):
+    """True when the selected backend (auto or cpu) would run the ops on ``x`` with this
+    backend: a CPU float32/float64 tensor, no grad needed, extension available."""
+    from .backends import get_backend
+    return get_backend() in ("auto", "cpu") and _common_reason([x]) is None

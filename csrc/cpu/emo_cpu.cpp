@@ -48,18 +48,23 @@ inline T ssilu(T x) { return x / (T(1) + std::exp(-x)); }
 template <typename T>
 inline T sgelu(T x) { return x * T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2))); }
 
-// In-place activation of a contiguous buffer, in parallel.
+// In place over a (rows, C) buffer: p = act(p + bias), in parallel over rows.
 template <typename T>
-void activation_inplace(T* p, int64_t n, int64_t act) {
-  if (act == ACT_NONE) return;
+void bias_act_inplace(T* p, int64_t rows, int64_t C, const T* bias, int64_t act) {
+  if (act == ACT_NONE && bias == nullptr) return;
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  at::parallel_for(0, (n + VS - 1) / VS, 2048, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const int64_t off = i * VS, cnt = std::min<int64_t>(VS, n - off);
-      V x = V::loadu(p + off, cnt);
-      x = act == ACT_SILU ? vsilu(x) : vgelu(x);
-      x.store(p + off, cnt);
+  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      T* row = p + r * C;
+      for (int64_t c = 0; c < C; c += VS) {
+        const int64_t cnt = std::min<int64_t>(VS, C - c);
+        V x = V::loadu(row + c, cnt);
+        if (bias) x = x + V::loadu(bias + c, cnt);
+        if (act == ACT_SILU) x = vsilu(x);
+        else if (act == ACT_GELU) x = vgelu(x);
+        x.store(row + c, cnt);
+      }
     }
   });
 }
@@ -152,10 +157,17 @@ at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B
   return t.permute({0, 2, 3, 1});
 }
 
-at::Tensor expand_dwconv_act(const at::Tensor& x_in, const c10::optional<at::Tensor>& w_exp,
-                             const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
-                             const c10::optional<at::Tensor>& b_dw, int64_t act, int64_t stride,
-                             bool skip) {
+// The whole non-attention iRMB body for images [b0, b1): v = act(x W^T + b) into a buffer
+// that stays in cache, the depthwise pass, then (optionally) out = residual + z Wp^T.
+// Images are processed in chunks of about `budget` bytes of v + z, so that at large batch v and
+// z never go to DRAM; chunks run in parallel when there are enough of them, otherwise every
+// step is parallel inside the chunk.
+at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at::Tensor>& w_exp,
+                                  const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
+                                  const c10::optional<at::Tensor>& b_dw,
+                                  const c10::optional<at::Tensor>& w_proj,
+                                  const c10::optional<at::Tensor>& residual, int64_t act,
+                                  int64_t stride, bool skip, int64_t budget) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
@@ -166,38 +178,80 @@ at::Tensor expand_dwconv_act(const at::Tensor& x_in, const c10::optional<at::Ten
   const int64_t K = w_dw.size(-1);
   const int64_t pad = (K - stride + 1) / 2;  // ceil((k - stride) / 2)
   const int64_t Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
+  const auto opts = x_in.options();
   auto x = nhwc_view(x_in.contiguous(at::MemoryFormat::ChannelsLast));  // (B, H, W, Cin)
+  auto x2 = x.reshape({B * H * W, Cin});
+  const bool expand = w_exp.has_value() && w_exp->defined();
+  TORCH_CHECK(expand || act == ACT_NONE, "identity expansion needs act='none'");
+  const int64_t C = expand ? w_exp->size(0) : Cin;
+  TORCH_CHECK(w_dw.numel() == C * K * K, "w_dw must be (Cmid, 1, k, k)");
+  at::Tensor wt = expand ? w_exp->reshape({C, Cin}).t() : at::Tensor();
+  at::Tensor be = expand && b_exp.has_value() && b_exp->defined() ? b_exp->contiguous()
+                                                                  : at::Tensor();
+  auto wd = w_dw.reshape({C, K * K}).t().contiguous();  // (K*K, C)
+  at::Tensor bd = b_dw.has_value() && b_dw->defined() ? b_dw->contiguous() : at::Tensor();
+  const bool proj = w_proj.has_value() && w_proj->defined();
+  const int64_t Cout = proj ? w_proj->size(0) : C;
+  at::Tensor wpt = proj ? w_proj->reshape({Cout, C}).t() : at::Tensor();
+  at::Tensor res2;
+  if (proj && residual.has_value() && residual->defined()) {
+    TORCH_CHECK(residual->size(0) == B && residual->size(1) == Cout && residual->size(2) == Ho &&
+                    residual->size(3) == Wo, "residual must be (B, Cout, Ho, Wo)");
+    res2 = nhwc_view(residual->contiguous(at::MemoryFormat::ChannelsLast))
+               .reshape({B * Ho * Wo, Cout});
+  }
+  auto out = at::empty({B, Ho, Wo, Cout}, opts);
+  auto out2 = out.view({B * Ho * Wo, Cout});
 
-  at::Tensor v;  // (B, H, W, Cmid) contiguous
-  if (w_exp.has_value() && w_exp->defined()) {
-    const int64_t Cmid = w_exp->size(0);
-    auto wt = w_exp->reshape({Cmid, Cin}).t();
-    v = at::empty({B, H, W, Cmid}, x.options());
-    auto x2 = x.reshape({B * H * W, Cin});
-    auto v2 = v.view({B * H * W, Cmid});
-    if (b_exp.has_value() && b_exp->defined())
-      at::addmm_out(v2, *b_exp, x2, wt);
-    else
-      at::mm_out(v2, x2, wt);
-    AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "emo_act", [&] {
-      activation_inplace<scalar_t>(v.data_ptr<scalar_t>(), v.numel(), act);
+  const int64_t esz = x_in.element_size();
+  const int64_t per_img = esz * (H * W * C + (proj ? Ho * Wo * C : 0));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, budget / std::max<int64_t>(per_img, 1)));
+  const int64_t nchunks = (B + chunk - 1) / chunk;
+
+  const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
+  auto body = [&](int64_t c0) {
+    c10::InferenceMode guard(inference);
+    const int64_t b0 = c0 * chunk, b1 = std::min(B, b0 + chunk), nb = b1 - b0;
+    at::Tensor v2;
+    if (expand) {
+      v2 = at::empty({nb * H * W, C}, opts);
+      at::mm_out(v2, x2.narrow(0, b0 * H * W, nb * H * W), wt);
+    } else {
+      v2 = x2.narrow(0, b0 * H * W, nb * H * W);
+    }
+    at::Tensor z2 = proj ? at::empty({nb * Ho * Wo, C}, opts) : out2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo);
+    AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "emo_expand_dw", [&] {
+      if (expand)
+        bias_act_inplace<scalar_t>(v2.data_ptr<scalar_t>(), nb * H * W, C,
+                                   be.defined() ? be.data_ptr<scalar_t>() : nullptr, act);
+      dwconv_dispatch<scalar_t>(K, v2.data_ptr<scalar_t>(), wd.data_ptr<scalar_t>(),
+                                bd.defined() ? bd.data_ptr<scalar_t>() : nullptr,
+                                z2.data_ptr<scalar_t>(), nb, H, W, C, Ho, Wo, stride, pad, skip);
+    });
+    if (proj) {
+      auto o = out2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo);
+      if (res2.defined())
+        at::addmm_out(o, res2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo), z2, wpt);
+      else
+        at::mm_out(o, z2, wpt);
+    }
+  };
+  if (nchunks >= at::get_num_threads() && nchunks > 1) {
+    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) body(c);
     });
   } else {
-    TORCH_CHECK(act == ACT_NONE, "identity expansion needs act='none'");
-    v = x.contiguous();
+    for (int64_t c = 0; c < nchunks; ++c) body(c);
   }
-  const int64_t C = v.size(3);
-  TORCH_CHECK(w_dw.numel() == C * K * K, "w_dw must be (Cmid, 1, k, k)");
-  auto wd = w_dw.reshape({C, K * K}).t().contiguous();  // (K*K, C)
-  at::Tensor bd;
-  if (b_dw.has_value() && b_dw->defined()) bd = b_dw->contiguous();
-  auto out = at::empty({B, Ho, Wo, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(v.scalar_type(), "emo_dwconv", [&] {
-    const scalar_t* bp = bd.defined() ? bd.data_ptr<scalar_t>() : nullptr;
-    dwconv_dispatch<scalar_t>(K, v.data_ptr<scalar_t>(), wd.data_ptr<scalar_t>(), bp,
-                              out.data_ptr<scalar_t>(), B, H, W, C, Ho, Wo, stride, pad, skip);
-  });
   return out.permute({0, 3, 1, 2});
+}
+
+at::Tensor expand_dwconv_act(const at::Tensor& x, const c10::optional<at::Tensor>& w_exp,
+                             const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
+                             const c10::optional<at::Tensor>& b_dw, int64_t act, int64_t stride,
+                             bool skip) {
+  return expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, c10::nullopt, c10::nullopt, act,
+                                stride, skip, int64_t(1) << 20);
 }
 
 // ---- window attention --------------------------------------------------------------------
@@ -310,6 +364,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("expand_dwconv_act", &expand_dwconv_act, "expand 1x1 + act + depthwise + SiLU (+skip)",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("act"), py::arg("stride"), py::arg("skip"));
+  m.def("expand_dwconv_act_proj", &expand_dwconv_act_proj,
+        "expand_dwconv_act followed by the 1x1 projection (+ residual), chunked over images",
+        py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
+        py::arg("w_proj"), py::arg("residual"), py::arg("act"), py::arg("stride"),
+        py::arg("skip"), py::arg("budget"));
   m.def("window_attention", &window_attention, "EMO strided-window attention", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("k_pad"), py::arg("head_dim"),
         py::arg("window_size"), py::arg("scale"));
