@@ -19,19 +19,25 @@ from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold
 
 
 def _param_key(module):
-    """Identity of a module's parameters and buffers: changes when one is replaced or modified
-    in place (version counter), or the module moves device/dtype. None: cannot tell (inference
-    tensors have no version counter), so do not cache. The list of submodules is cached (it is
-    walked on every call); ``reparameterize()`` and ``train()``/``eval()`` refresh it."""
+    """Identity of a module's parameters and buffers: changes when one is replaced, moved
+    (data pointer) or modified in place (version counter). None: cannot tell (inference tensors
+    have no version counter), so do not cache. The list of submodules is cached (it is walked
+    on every call); ``reparameterize()``, ``train()``/``eval()`` and ``.to()`` refresh it.
+    One flat list of ints per call (no per-tensor tuples: fewer GC-tracked allocations)."""
     mods = module.__dict__.get("_key_modules")
     if mods is None:
         mods = module.__dict__["_key_modules"] = list(module.modules())
+    key = []
     try:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                     for m in mods for d in (m._parameters, m._buffers)
-                     for t in d.values() if t is not None)
+        for m in mods:
+            for d in (m._parameters, m._buffers):
+                for t in d.values():
+                    if t is not None:
+                        key.append(t.data_ptr())
+                        key.append(t._version)
     except RuntimeError:
         return None
+    return key
 
 
 def _drop_key_cache(module):

@@ -31,16 +31,43 @@ using at::vec::Vectorized;
 
 enum Act : int64_t { ACT_NONE = 0, ACT_SILU = 1, ACT_GELU = 2 };
 
+// exp: float uses ATen's inline polynomial exp_u20 (max ~20 ulp, ~2e-6 relative: well inside
+// the float32 tolerance, and no call into Sleef); double keeps the 1-ulp Sleef exp.
+template <typename T>
+inline Vectorized<T> vexp(const Vectorized<T>& x) { return x.exp(); }
+template <>
+inline Vectorized<float> vexp(const Vectorized<float>& x) { return x.exp_u20(); }
+
+// erf: float uses the Abramowitz-Stegun 7.1.26 form (abs error 1.5e-7, the same formula as
+// ATen's vectorized erf) with vexp; double keeps ATen's erf.
+template <typename T>
+inline Vectorized<T> verf(const Vectorized<T>& x) { return x.erf(); }
+template <>
+inline Vectorized<float> verf(const Vectorized<float>& x) {
+  using V = Vectorized<float>;
+  const V one(1.f), p(0.3275911f), p1(0.254829592f), p2(-0.284496736f), p3(1.421413741f),
+      p4(-1.453152027f), p5(1.061405429f);
+  const V a = x.abs();
+  const V t = one / at::vec::fmadd(p, a, one);
+  V r = at::vec::fmadd(p5, t, p4);
+  r = at::vec::fmadd(r, t, p3);
+  r = at::vec::fmadd(r, t, p2);
+  r = at::vec::fmadd(r, t, p1);
+  const V e = vexp((x * x).neg());
+  const V y = one - r * t * e;
+  return V::blendv(y, y.neg(), x < V(0.f));
+}
+
 template <typename T>
 inline Vectorized<T> vsilu(const Vectorized<T>& x) {
   const Vectorized<T> one(T(1));
-  return x / (one + x.neg().exp());
+  return x / (one + vexp(x.neg()));
 }
 
 template <typename T>
 inline Vectorized<T> vgelu(const Vectorized<T>& x) {
   const Vectorized<T> half(T(0.5)), one(T(1)), rsqrt2(T(M_SQRT1_2));
-  return x * half * (one + (x * rsqrt2).erf());
+  return x * half * (one + verf(x * rsqrt2));
 }
 
 template <typename T>
@@ -104,7 +131,30 @@ void dw_row(const T* const* rows, const T* w /* (K*K, C) */, const T* bias, cons
       finish(acc, ow);
     };
     for (int64_t ow = 0; ow < lo; ++ow) edge(ow);
-    for (int64_t ow = lo; ow < hi; ++ow) {
+    int64_t ow = lo;
+    const int64_t sc = stride * C;
+    for (; ow + 4 <= hi; ow += 4) {  // 4 output pixels at once: independent FMA chains
+      V a0 = bv, a1 = bv, a2 = bv, a3 = bv;
+      const int64_t iw0 = ow * stride - pad;
+#pragma GCC unroll 8
+      for (int kh = 0; kh < K; ++kh) {
+        const T* r = rows[kh] + iw0 * C + c;
+#pragma GCC unroll 8
+        for (int kw = 0; kw < K; ++kw) {
+          const V wk = wv[kh * K + kw];
+          const T* rr = r + kw * C;
+          a0 = at::vec::fmadd(V::loadu(rr, cnt), wk, a0);
+          a1 = at::vec::fmadd(V::loadu(rr + sc, cnt), wk, a1);
+          a2 = at::vec::fmadd(V::loadu(rr + 2 * sc, cnt), wk, a2);
+          a3 = at::vec::fmadd(V::loadu(rr + 3 * sc, cnt), wk, a3);
+        }
+      }
+      finish(a0, ow);
+      finish(a1, ow + 1);
+      finish(a2, ow + 2);
+      finish(a3, ow + 3);
+    }
+    for (; ow < hi; ++ow) {
       V acc = bv;
       const int64_t iw0 = ow * stride - pad;
 #pragma GCC unroll 8
@@ -296,32 +346,64 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
         }
       for (int64_t t = 0; t < L; ++t) {
         if (pix[t] < 0) continue;  // padded query: cropped away
-        // scores over keys, vectorized over the key index
+        // scores over keys, vectorized over the key index (4 independent accumulators when
+        // the padded window is 4 vectors: float, ws = 7)
         const T* qt = Qb.data() + t * d;
-        for (int64_t j = 0; j < Lp; j += VS) {
-          V acc(T(0));
-          for (int64_t c = 0; c < d; ++c)
-            acc = at::vec::fmadd(V(qt[c]), V::loadu(Kt.data() + c * Lp + j), acc);
-          acc.store(S.data() + j);
-        }
-        T mx = -std::numeric_limits<T>::infinity();
-        for (int64_t j = 0; j < L; ++j) mx = std::max(mx, S[j]);
-        T sum = 0;
-        {
-          const V mv(mx);
-          for (int64_t j = 0; j < L; j += VS) {
-            const int64_t cnt = std::min<int64_t>(VS, L - j);
-            V e = (V::loadu(S.data() + j, cnt) - mv).exp();
-            e.store(S.data() + j, cnt);
+        if (Lp == 4 * VS) {
+          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+          for (int64_t c = 0; c < d; ++c) {
+            const V qv(qt[c]);
+            const T* kr = Kt.data() + c * Lp;
+            a0 = at::vec::fmadd(qv, V::loadu(kr), a0);
+            a1 = at::vec::fmadd(qv, V::loadu(kr + VS), a1);
+            a2 = at::vec::fmadd(qv, V::loadu(kr + 2 * VS), a2);
+            a3 = at::vec::fmadd(qv, V::loadu(kr + 3 * VS), a3);
           }
-          for (int64_t j = 0; j < L; ++j) sum += S[j];
+          a0.store(S.data());
+          a1.store(S.data() + VS);
+          a2.store(S.data() + 2 * VS);
+          a3.store(S.data() + 3 * VS);
+        } else {
+          for (int64_t j = 0; j < Lp; j += VS) {
+            V acc(T(0));
+            for (int64_t c = 0; c < d; ++c)
+              acc = at::vec::fmadd(V(qt[c]), V::loadu(Kt.data() + c * Lp + j), acc);
+            acc.store(S.data() + j);
+          }
+        }
+        T sum;
+        {  // softmax over the L real keys, vectorized: lanes past L are -inf, exp gives 0
+          const T ninf = -std::numeric_limits<T>::infinity();
+          for (int64_t j = L; j < Lp; ++j) S[j] = ninf;
+          V mv = V::loadu(S.data());
+          for (int64_t j = VS; j < Lp; j += VS) mv = at::vec::maximum(mv, V::loadu(S.data() + j));
+          const T mx = at::vec::vec_reduce_all<T>(
+              [](V& a, V& b) { return at::vec::maximum(a, b); }, mv);
+          const V mxv(mx);
+          V sv(T(0));
+          for (int64_t j = 0; j < Lp; j += VS) {
+            V e = vexp(V::loadu(S.data() + j) - mxv);
+            if (j + VS > L) {  // explicit zero past L (exp(-inf) may not be exactly 0)
+              e = V::blendv(e, V(T(0)), V::loadu(S.data() + j) == V(ninf));
+            }
+            e.store(S.data() + j);
+            sv = sv + e;
+          }
+          sum = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, sv);
         }
         const T inv = T(1) / sum;
-        for (int64_t c = 0; c < dp; c += VS) {
-          V acc(T(0));
-          for (int64_t j = 0; j < L; ++j)
-            acc = at::vec::fmadd(V(S[j]), V::loadu(Vb.data() + j * dp + c), acc);
-          (acc * V(inv)).store(O.data() + c);
+        for (int64_t c = 0; c < dp; c += VS) {  // O = P V, 4 independent accumulators
+          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
+          const T* vb = Vb.data() + c;
+          int64_t j = 0;
+          for (; j + 4 <= L; j += 4) {
+            a0 = at::vec::fmadd(V(S[j]), V::loadu(vb + j * dp), a0);
+            a1 = at::vec::fmadd(V(S[j + 1]), V::loadu(vb + (j + 1) * dp), a1);
+            a2 = at::vec::fmadd(V(S[j + 2]), V::loadu(vb + (j + 2) * dp), a2);
+            a3 = at::vec::fmadd(V(S[j + 3]), V::loadu(vb + (j + 3) * dp), a3);
+          }
+          for (; j < L; ++j) a0 = at::vec::fmadd(V(S[j]), V::loadu(vb + j * dp), a0);
+          (((a0 + a1) + (a2 + a3)) * V(inv)).store(O.data() + c);
         }
         T* op = out + (b * H * W + pix[t]) * C + c0;  // NHWC output
         std::copy(O.data(), O.data() + d, op);
