@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import emo_kernels
-from emo_kernels import cpu as cpu_backend
 from emo_kernels.reference import window_partition, window_unpartition
 
 from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold_bn,
@@ -189,20 +188,19 @@ class iRMB(nn.Module):
         self._infer_cache = (key, p)
         return p
 
-    def _forward_infer_cpu(self, x, direct=False):
+    def _forward_infer_cpu(self, x):
         """Eval forward on CPU with cached folded weights, NHWC (channels_last) activations and
-        the 1x1 convs as GEMMs. ``direct``: the caller checked that the ``cpu`` backend serves
-        this input (EMO's stage loop does, once per forward), so call its kernels without
-        per-op dispatch, and fuse the projection (+ residual) into the expansion pass."""
+        the 1x1 convs as GEMMs; the projection (+ residual) is passed to expand_dwconv_act,
+        whose cpu backend fuses it into the same cache-resident pass."""
         p = self._inference_params()
         shortcut = x
         if self.attn:
             y = self.norm(x)  # LN2d on a channels_last map: no copy
             C = y.shape[1]
             qk = _pointwise(y, p["w_qk"], p["b_qk"])
-            attn = cpu_backend.window_attention_cpu if direct else emo_kernels.window_attention
-            x_in = attn(qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
-                        window_size=self.window_size, scale=self.scale)
+            x_in = emo_kernels.window_attention(
+                qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
+                window_size=self.window_size, scale=self.scale)
         elif p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d):
             x_in = x  # the input BN is folded into w_exp
         else:
@@ -211,13 +209,10 @@ class iRMB(nn.Module):
         args = (x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"])
         kw = dict(act=act, stride=self.stride, skip=self.has_skip)
         se = isinstance(self.se, SE)
-        if direct and not se:
-            return cpu_backend.expand_dwconv_act_proj(
-                *args, p["w_proj"], shortcut if self.has_skip else None, **kw)
-        z = (cpu_backend.expand_dwconv_act_cpu if direct else emo_kernels.expand_dwconv_act)(
-            *args, **kw)
         if not se:
-            return _pointwise(z, p["w_proj"], residual=shortcut if self.has_skip else None)
+            return emo_kernels.expand_dwconv_act(
+                *args, **kw, w_proj=p["w_proj"], residual=shortcut if self.has_skip else None)
+        z = emo_kernels.expand_dwconv_act(*args, **kw)
         # squeeze-excite (stem block): fold its channel scale into the projection weights
         s = z.mean((2, 3))
         s = self.se.act(F.linear(s, self.se.conv_reduce.weight.flatten(1), self.se.conv_reduce.bias))
@@ -360,18 +355,16 @@ class EMO(nn.Module):
         return stage(x)
 
     def _forward_intermediates_infer_cpu(self, x):
-        """Fused inference on CPU: channels_last from the stem on; when the ``cpu`` backend
-        serves this input (checked once here), blocks call its kernels directly."""
-        direct = cpu_backend.serves(x)
-        x = self._stem_infer_cpu(x, direct)
+        """Fused inference on CPU: channels_last from the stem on."""
+        x = self._stem_infer_cpu(x)
         feats = []
         for i in range(1, 5):
             for blk in getattr(self, f"stage{i}"):
-                x = blk._forward_infer_cpu(x, direct) if blk.fused else blk(x)
+                x = blk._forward_infer_cpu(x) if blk.fused else blk(x)
             feats.append(x)
         return feats
 
-    def _stem_infer_cpu(self, x, direct=False):
+    def _stem_infer_cpu(self, x):
         """Stem conv with its BN folded (cached), on a channels_last input."""
         key = _param_key(self.stage0[0])
         cache = getattr(self, "_stem_cache", None)
@@ -384,7 +377,7 @@ class EMO(nn.Module):
             cache = self._stem_cache = (key, (w.detach(), b.detach()))
         w, b = cache[1]
         x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
-        return self.stage0[1]._forward_infer_cpu(x, direct)
+        return self.stage0[1]._forward_infer_cpu(x)
 
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""

@@ -41,20 +41,42 @@ def expand_dwconv_act_can_run(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", s
     return _common_reason([x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias])
 
 
+def _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps):
+    scale = torch.rsqrt(running_var + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight
+    shift = -running_mean * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias
+    if b_dw is not None:
+        shift = shift + b_dw * scale
+    return w_dw * scale.reshape(-1, 1, 1, 1), shift
+
+
 def expand_dwconv_act_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
                           bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
                           bn_training=False, momentum=0.1, eps=1e-6):
     if running_mean is not None:  # eval BatchNorm after the depthwise conv: fold it
-        scale = torch.rsqrt(running_var + eps)
-        if bn_weight is not None:
-            scale = scale * bn_weight
-        shift = -running_mean * scale
-        if bn_bias is not None:
-            shift = shift + bn_bias
-        if b_dw is not None:
-            shift = shift + b_dw * scale
-        w_dw, b_dw = w_dw * scale.reshape(-1, 1, 1, 1), shift
+        w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
     return _cpu.load().expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, _ACT[act], stride, skip)
+
+
+# Bytes of v (+ z) per chunk of images in the fused block body: about half of a core's L2, so
+# that at large batch the expansion output is produced and consumed in cache.
+CHUNK_BYTES = 1 << 20
+
+
+def expand_dwconv_act_proj_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, w_proj, residual=None,
+                               act="silu", stride=1, skip=False, bn_weight=None, bn_bias=None,
+                               running_mean=None, running_var=None, bn_training=False,
+                               momentum=0.1, eps=1e-6):
+    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one C++ call: per chunk of
+    images (CHUNK_BYTES), the expansion GEMM, bias + activation, depthwise + SiLU (+ skip) and
+    the projection GEMM (+ residual) run back to back, so v and z stay in cache."""
+    if running_mean is not None:
+        w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
+    return _cpu.load().expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual,
+                                              _ACT[act], stride, skip, CHUNK_BYTES)
 
 
 def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
@@ -65,23 +87,3 @@ def window_attention_cpu(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=
     scale = head_dim ** -0.5 if scale is None else float(scale)
     return _cpu.load().window_attention(q, k, v, k_pad, head_dim, window_size, scale)
 
-
-# Bytes of v (+ z) per chunk of images in the fused block body: about half of a core's L2, so
-# that at large batch the expansion output is produced and consumed in cache.
-CHUNK_BYTES = 1 << 20
-
-
-def expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual=None, *, act="silu",
-                           stride=1, skip=False):
-    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one call (eval weights,
-    BatchNorms already folded), chunked over images so that v and z stay in cache. Used by the
-    model's fused CPU inference path when the ``cpu`` backend serves ``expand_dwconv_act``."""
-    return _cpu.load().expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual,
-                                              _ACT[act], stride, skip, CHUNK_BYTES)
-
-
-def serves(x):
-    """True when the selected backend (auto or cpu) would run the ops on ``x`` with this
-    backend: a CPU float32/float64 tensor, no grad needed, extension available."""
-    from .backends import get_backend
-    return get_backend() in ("auto", "cpu") and _common_reason([x]) is None

@@ -77,11 +77,13 @@ def test_expand_dwconv_act(cfg, dtype, memory_format):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("cfg", [EDC[0], EDC[3], EDC[7]], ids=[_id(c) for c in (EDC[0], EDC[3], EDC[7])])
+@pytest.mark.parametrize("cfg", [EDC[0], EDC[3], EDC[4], EDC[7]],
+                         ids=[_id(c) for c in (EDC[0], EDC[3], EDC[4], EDC[7])])
 @pytest.mark.parametrize("residual", [False, True])
-def test_expand_dwconv_act_proj(cfg, dtype, residual):
-    """The model's fused block body: expand_dwconv_act + 1x1 projection (+ residual), chunked
-    over images (a tiny chunk budget forces several chunks, run in parallel)."""
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_expand_dwconv_act_with_proj(cfg, dtype, residual, backend):
+    """The op's optional projection (+ residual): fused by the cpu backend (chunked over images;
+    a 1-byte chunk budget forces one chunk per image, run in parallel), composed for torch."""
     *_, k, s, act, skip = cfg
     args = _edc_args(cfg, dtype)
     z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
@@ -94,14 +96,25 @@ def test_expand_dwconv_act_proj(cfg, dtype, residual):
     for budget in (old, 1):
         cpu_backend.CHUNK_BYTES = budget
         try:
-            with poison_empty(), torch.no_grad():
-                out = cpu_backend.expand_dwconv_act_proj(
-                    x, we, be, wd, bd, wp_, res_ if residual else None, act=act, stride=s,
-                    skip=skip)
+            with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+                out = emo_kernels.expand_dwconv_act(
+                    x, we, be, wd, bd, act=act, stride=s, skip=skip, w_proj=wp_,
+                    residual=res_ if residual else None)
         finally:
             cpu_backend.CHUNK_BYTES = old
-        assert torch.isfinite(out).all()
+        assert out.shape == ref.shape and torch.isfinite(out).all()
         assert rel_err(out, ref) <= TOLERANCE[dtype], budget
+
+
+def test_proj_argument_errors():
+    x, we, be, wd, bd = _edc_args(EDC[0], torch.float64)
+    with pytest.raises(ValueError, match="residual needs w_proj"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, residual=x)
+    with pytest.raises(ValueError, match="w_proj expects"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 5, dtype=x.dtype))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 24, dtype=x.dtype),
+                                      residual=torch.randn(2, 4, 3, 3, dtype=x.dtype))
 
 
 def test_expand_dwconv_act_eval_bn_folded():
