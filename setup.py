@@ -3,10 +3,15 @@
 Build switches (environment variables):
     EMO_KERNELS_SKIP_CUDA_BUILD=1   do not build the CUDA extension emo_kernels._C
     EMO_KERNELS_CUDA_ARCHS="80;90"  compute capabilities to build for (default 80;90)
+    EMO_KERNELS_SKIP_CPU_BUILD=1    do not build the CPU extension emo_kernels._C_cpu
+    EMO_KERNELS_CPU_ISA=avx512|avx2|default   vector ISA of the CPU extension (default: the
+                                    best this machine and torch support)
     MAX_JOBS=N                      parallel compile jobs (ninja), as for any torch extension
     CUDA_HOME                       CUDA toolkit (default /usr/local/cuda when it has bin/nvcc)
 The CUDA extension is built only when torch has CUDA, nvcc is found and csrc/ has sources;
-otherwise setup.py says why on stderr and installs the pure-Python package.
+otherwise setup.py says why on stderr. The CPU extension (csrc/cpu/) is built always (one C++
+file, ~30-50 s on 2 cores); without it the cpu backend JIT-compiles the same file on first use
+(emo_kernels/_cpu.py).
 """
 import glob
 import os
@@ -72,7 +77,29 @@ def cuda_extensions():
     return [ext], {"build_ext": BuildExtension}
 
 
+def cpu_extensions():
+    """The CPU backend (emo_kernels._C_cpu): a CppExtension, no CUDA needed."""
+    if os.environ.get("EMO_KERNELS_SKIP_CPU_BUILD", "0") not in ("", "0"):
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        return [], {}
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "_cpu_build", os.path.join(os.path.dirname(os.path.abspath(__file__)), "emo_kernels",
+                                   "_cpu_build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    ext = CppExtension("emo_kernels._C_cpu", build.SOURCES,
+                       extra_compile_args={"cxx": build.cxx_flags()},
+                       extra_link_args=["-fopenmp"])
+    return [ext], {"build_ext": BuildExtension}
+
+
 ext_modules, cmdclass = cuda_extensions()
+_cpu_ext, _cpu_cmd = cpu_extensions()
+ext_modules, cmdclass = ext_modules + _cpu_ext, {**_cpu_cmd, **cmdclass}
 
 setup(
     name="emo-kernels",

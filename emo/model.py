@@ -17,6 +17,49 @@ from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold
                      fold_bn_into_next_1x1, make_norm)
 
 
+def _param_key(module):
+    """Identity of a module's parameters and buffers: changes when one is replaced, moved
+    (data pointer) or modified in place (version counter). None: cannot tell (inference tensors
+    have no version counter), so do not cache. The list of submodules is cached (it is walked
+    on every call); ``reparameterize()``, ``train()``/``eval()`` and ``.to()`` refresh it.
+    One flat list of ints per call (no per-tensor tuples: fewer GC-tracked allocations)."""
+    mods = module.__dict__.get("_key_modules")
+    if mods is None:
+        mods = module.__dict__["_key_modules"] = list(module.modules())
+    key = []
+    try:
+        for m in mods:
+            for d in (m._parameters, m._buffers):
+                for t in d.values():
+                    if t is not None:
+                        key.append(t.data_ptr())
+                        key.append(t._version)
+    except RuntimeError:
+        return None
+    return key
+
+
+def _drop_key_cache(module):
+    for m in module.modules():
+        for k in ("_key_modules", "_infer_cache", "_stem_cache"):
+            m.__dict__.pop(k, None)
+
+
+def _pointwise(x, w, bias=None, residual=None):
+    """1x1 conv of a (B, C, H, W) map as one GEMM on its NHWC view: (B*H*W, C) @ w^T (+ bias or
+    + residual), returned channels_last. No copy when x (and residual) are channels_last."""
+    B, C, H, W = x.shape
+    N = w.shape[0]
+    x2 = x.permute(0, 2, 3, 1).reshape(-1, C)
+    if residual is not None:
+        out = torch.addmm(residual.permute(0, 2, 3, 1).reshape(-1, N), x2, w.t())
+    elif bias is not None:
+        out = torch.addmm(bias, x2, w.t())
+    else:
+        out = torch.mm(x2, w.t())
+    return out.view(B, H, W, N).permute(0, 3, 1, 2)
+
+
 class iRMB(nn.Module):
     """Inverted residual mobile block (attention variant when ``attn=True``)."""
 
@@ -119,12 +162,93 @@ class iRMB(nn.Module):
         z = self.proj(self.se(z))
         return shortcut + self.drop_path(z) if self.has_skip else z
 
+    # ----- fused inference on CPU: NHWC, BN folds cached, 1x1 convs as GEMMs ------------------
+    def _inference_params(self):
+        """Eval-mode weights with every BatchNorm folded, cached until a parameter changes."""
+        key = _param_key(self)
+        cache = getattr(self, "_infer_cache", None)
+        if key is not None and cache is not None and cache[0] == key:
+            return cache[1]
+        with torch.no_grad():
+            p = {}
+            conv, bn = self.conv_local.conv, self.conv_local.norm
+            p["w_dw"], p["b_dw"] = (fold_bn(conv.weight, conv.bias, bn)
+                                    if isinstance(bn, nn.BatchNorm2d) else (conv.weight, conv.bias))
+            p["w_exp"] = p["b_exp"] = None
+            if not isinstance(self.v, nn.Identity):
+                w, b = self.v.conv.weight, self.v.conv.bias
+                if isinstance(self.norm, nn.BatchNorm2d) and not self.attn:
+                    w, b = fold_bn_into_next_1x1(self.norm, w, b)
+                p["w_exp"], p["b_exp"] = w.flatten(1).contiguous(), b
+            if self.attn:
+                p["w_qk"] = self.qk.conv.weight.flatten(1).contiguous()
+                p["b_qk"] = self.qk.conv.bias
+            p["w_proj"] = self.proj.conv.weight.flatten(1).contiguous()
+            p = {k: (v.detach() if v is not None else None) for k, v in p.items()}
+        self._infer_cache = (key, p)
+        return p
+
+    def _forward_infer_cpu(self, x):
+        """Eval forward on CPU with cached folded weights, NHWC (channels_last) activations and
+        the 1x1 convs as GEMMs; the projection (+ residual) is passed to expand_dwconv_act,
+        whose cpu backend fuses it into the same cache-resident pass."""
+        p = self._inference_params()
+        shortcut = x
+        if self.attn:
+            y = self.norm(x)  # LN2d on a channels_last map: no copy
+            C = y.shape[1]
+            qk = _pointwise(y, p["w_qk"], p["b_qk"])
+            x_in = emo_kernels.window_attention(
+                qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
+                window_size=self.window_size, scale=self.scale)
+        elif p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d):
+            x_in = x  # the input BN is folded into w_exp
+        else:
+            x_in = self.norm(x)
+        act = self.act if p["w_exp"] is not None else "none"
+        args = (x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"])
+        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
+        se = isinstance(self.se, SE)
+        if not se:
+            return emo_kernels.expand_dwconv_act(
+                *args, **kw, w_proj=p["w_proj"], residual=shortcut if self.has_skip else None)
+        z = emo_kernels.expand_dwconv_act(*args, **kw)
+        # squeeze-excite (stem block): fold its channel scale into the projection weights
+        s = z.mean((2, 3))
+        s = self.se.act(F.linear(s, self.se.conv_reduce.weight.flatten(1), self.se.conv_reduce.bias))
+        s = torch.sigmoid(F.linear(s, self.se.conv_expand.weight.flatten(1), self.se.conv_expand.bias))
+        w = p["w_proj"][None] * s[:, None, :]  # (B, Cout, Cmid)
+        B, C, H, W = z.shape
+        zz = z.permute(0, 2, 3, 1).reshape(B, H * W, C)
+        return torch.bmm(zz, w.transpose(1, 2)).view(B, H, W, -1).permute(0, 3, 1, 2)
+
+    def _use_infer_cpu(self, x):
+        if self.training or x.device.type != "cpu":
+            return False
+        if torch.is_grad_enabled() and (x.requires_grad or
+                                        any(q.requires_grad for q in self.parameters())):
+            return False
+        return True
+
+    def train(self, mode=True):
+        _drop_key_cache(self)
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        _drop_key_cache(self)
+        return super()._apply(*args, **kwargs)
+
     def forward(self, x):
-        return self._forward_fused(x) if self.fused else self._forward_reference(x)
+        if not self.fused:
+            return self._forward_reference(x)
+        if self._use_infer_cpu(x):
+            return self._forward_infer_cpu(x)
+        return self._forward_fused(x)
 
     @torch.no_grad()
     def reparameterize(self):
         """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion."""
+        _drop_key_cache(self)
         cl = self.conv_local
         if isinstance(cl.norm, nn.BatchNorm2d):
             w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
@@ -230,9 +354,36 @@ class EMO(nn.Module):
             return x
         return stage(x)
 
+    def _forward_intermediates_infer_cpu(self, x):
+        """Fused inference on CPU: channels_last from the stem on."""
+        x = self._stem_infer_cpu(x)
+        feats = []
+        for i in range(1, 5):
+            for blk in getattr(self, f"stage{i}"):
+                x = blk._forward_infer_cpu(x) if blk.fused else blk(x)
+            feats.append(x)
+        return feats
+
+    def _stem_infer_cpu(self, x):
+        """Stem conv with its BN folded (cached), on a channels_last input."""
+        key = _param_key(self.stage0[0])
+        cache = getattr(self, "_stem_cache", None)
+        if key is None or cache is None or cache[0] != key:
+            conv, bn = self.stage0[0].convs[0]
+            with torch.no_grad():
+                w, b = (fold_bn(conv.weight, conv.bias, bn) if isinstance(bn, nn.BatchNorm2d)
+                        else (conv.weight, conv.bias))
+                w = w.contiguous(memory_format=torch.channels_last)
+            cache = self._stem_cache = (key, (w.detach(), b.detach()))
+        w, b = cache[1]
+        x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
+        return self.stage0[1]._forward_infer_cpu(x)
+
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
         self._check_input(x)
+        if self.stage0[1].fused and iRMB._use_infer_cpu(self, x):
+            return self._forward_intermediates_infer_cpu(x)
         x = self._run_stage(self.stage0, x)
         feats = []
         for i in range(1, 5):
@@ -255,6 +406,7 @@ class EMO(nn.Module):
     @torch.no_grad()
     def reparameterize(self):
         """Fold every BatchNorm into the adjacent conv for inference, in place (sets eval)."""
+        _drop_key_cache(self)
         self.eval()
         stem = self.stage0[0].convs[0]
         if isinstance(stem[1], nn.BatchNorm2d):

@@ -4,9 +4,11 @@ Backends, in the order ``auto`` prefers them:
 
 * ``cuda``   -- the compiled extension in ``csrc/`` (CUDA tensors only);
 * ``triton`` -- Triton kernels (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``);
+* ``cpu``    -- the C++ CPU extension in ``csrc/cpu/`` (CPU tensors, inference only: it refuses
+  calls that need autograd, so training falls back to ``torch``);
 * ``torch``  -- the pure-PyTorch reference (any device): the fallback and the test oracle.
 
-Choose with the environment variable ``EMO_KERNELS_BACKEND=torch|triton|cuda|auto``
+Choose with the environment variable ``EMO_KERNELS_BACKEND=torch|cpu|triton|cuda|auto``
 (read at every call), or in code with :func:`set_backend` or the :func:`use_backend`
 context manager (which take precedence over the variable); both take ``ops=[...]`` to
 select a backend for some ops only (``use_backend('triton', ops=['window_attention'])``),
@@ -24,7 +26,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
 
-BACKENDS = ("cuda", "triton", "torch")
+BACKENDS = ("cuda", "triton", "cpu", "torch")
 CHOICES = BACKENDS + ("auto",)
 ENV_VAR = "EMO_KERNELS_BACKEND"
 

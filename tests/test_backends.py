@@ -11,10 +11,15 @@ def _args():
     return x, torch.randn(8, 4), torch.randn(8), torch.randn(8, 1, 3, 3)
 
 
-def test_default_is_auto_and_cpu_picks_torch(monkeypatch):
+def test_default_is_auto_and_cpu_tensors_pick_cpu_else_torch(monkeypatch):
     monkeypatch.delenv(backends.ENV_VAR, raising=False)
     assert emo_kernels.get_backend() == "auto"
     x, w, b, wd = _args()
+    fn = backends.resolve("expand_dwconv_act", x, w, b, wd)
+    # the C++ cpu backend when it is built (or JIT-buildable) here, else the torch reference
+    expected = "torch" if emo_kernels.explain("expand_dwconv_act", x, w, b, wd)["cpu"] else "cpu"
+    assert fn is backends._REGISTRY["expand_dwconv_act"][expected].fn
+    w.requires_grad_(True)  # training: the inference-only cpu backend steps aside
     fn = backends.resolve("expand_dwconv_act", x, w, b, wd)
     assert fn is backends._REGISTRY["expand_dwconv_act"]["torch"].fn
 

@@ -16,6 +16,8 @@ Arguments
     bn_*     optional BatchNorm applied to p, as ``F.batch_norm(p, running_mean, running_var,
              bn_weight, bn_bias, bn_training, momentum, eps)``: in training it uses batch
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
+    w_proj   optional (Cout, Cmid[, 1, 1]): return conv1x1(z, w_proj) (+ residual, optional
+             (B, Cout, Ho, Wo)) instead of z -- the iRMB projection (fused by the cpu backend).
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 
 Backends: ``torch`` (the reference) and ``triton`` (emo_kernels/triton/expand_dwconv_act.py:
@@ -27,7 +29,9 @@ writes p, reads p / writes the BN output, reads it / writes d, reads d and v / w
 about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:
 e*(Cin*H*W + Cmid*Ho*Wo).
 """
-from .. import backends
+import torch.nn.functional as F
+
+from .. import backends, cpu
 from ..reference import expand_dwconv_act_ref
 from ._checks import check_tensor
 
@@ -76,16 +80,53 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias
         raise ValueError(f"x must have a non-empty spatial map, got {tuple(x.shape)}")
 
 
+def _validate_proj(z_shape, x, w_proj, residual):
+    check_tensor("w_proj", w_proj, like=x)
+    B, cmid, ho, wo = z_shape
+    if w_proj.dim() not in (2, 4) or w_proj.dim() == 4 and tuple(w_proj.shape[2:]) != (1, 1):
+        raise ValueError(f"w_proj must be (Cout, Cmid) or (Cout, Cmid, 1, 1), got {tuple(w_proj.shape)}")
+    if w_proj.shape[1] != cmid:
+        raise ValueError(f"w_proj expects {w_proj.shape[1]} input channels but z has {cmid}")
+    check_tensor("residual", residual, shape=(B, w_proj.shape[0], ho, wo), like=x, optional=True)
+
+
+# base implementation -> the same backend's implementation with the projection fused in
+_WITH_PROJ = {}
+
+
+def register_with_proj(base_fn, fused_fn):
+    """Declare that ``fused_fn(x, ..., w_proj=, residual=, **kwargs)`` computes
+    ``base_fn(...)`` followed by the projection in one pass."""
+    _WITH_PROJ[base_fn] = fused_fn
+
+
 def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
                       bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
-                      bn_training=False, momentum=0.1, eps=1e-6):
+                      bn_training=False, momentum=0.1, eps=1e-6, w_proj=None, residual=None):
+    """See the module docstring. With ``w_proj`` (Cout, Cmid[, 1, 1]) it returns
+    ``conv1x1(z, w_proj) (+ residual)`` instead of z: the iRMB projection, fused into the same
+    pass by backends that can (cpu), else computed after the backend's z with F.conv2d."""
     _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
               running_mean, running_var, bn_training)
     kwargs = dict(act=act, stride=stride, skip=skip, bn_weight=bn_weight, bn_bias=bn_bias,
                   running_mean=running_mean, running_var=running_var, bn_training=bn_training,
                   momentum=momentum, eps=eps)
     fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+    if w_proj is None:
+        if residual is not None:
+            raise ValueError("residual needs w_proj")
+        return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+    k = w_dw.shape[-1]
+    pad = -(-(k - stride) // 2)
+    ho = (x.shape[2] + 2 * pad - k) // stride + 1
+    wo = (x.shape[3] + 2 * pad - k) // stride + 1
+    _validate_proj((x.shape[0], w_dw.shape[0], ho, wo), x, w_proj, residual)
+    fused = _WITH_PROJ.get(fn)
+    if fused is not None:
+        return fused(x, w_exp, b_exp, w_dw, b_dw, w_proj=w_proj, residual=residual, **kwargs)
+    z = fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+    out = F.conv2d(z, w_proj.reshape(w_proj.shape[0], -1, 1, 1))
+    return out if residual is None else out + residual
 
 
 backends.register(OP, "torch", expand_dwconv_act_ref)
@@ -128,3 +169,8 @@ def _triton_fn(*args, **kwargs):
 
 
 backends.register(OP, "triton", _triton_fn, _triton_can_run)
+
+
+# ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)
+backends.register(OP, "cpu", cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_can_run)
+register_with_proj(cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_proj_cpu)

@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from .. import backends
+from .. import backends, cpu
 from ..reference import window_attention_ref
 from ._checks import check_tensor
 
@@ -137,3 +137,7 @@ from .. import cuda as _cuda_backend  # noqa: E402
 
 backends.register(OP, "cuda", _cuda_backend.window_attention_cuda,
                   _cuda_backend.can_run_window_attention, auto_ok=False)
+
+
+# ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)
+backends.register(OP, "cpu", cpu.window_attention_cpu, cpu.window_attention_can_run)

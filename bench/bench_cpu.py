@@ -1,0 +1,163 @@
+"""EMO inference on CPU: fused=True (cpu backend) against eager, torch.compile and ONNX Runtime.
+
+    python -m bench.bench_cpu                                  # EMO-5M, fp32, batch 1 and 16
+    python -m bench.bench_cpu --models emo_1m emo_5m --batch 1 16 --iters 30 --no-compile
+
+All variants are built from one state dict and timed in ONE process, interleaved (round-robin,
+one timed call of each per round), so that the noise of a shared machine hits all alike;
+the table reports medians (and p20/p80) and ratios. Variants:
+
+    eager fused=False           the exact PyTorch model (NCHW), torch.inference_mode
+    torch.compile fused=False   inductor (dynamic=False), after warm-up
+    onnxruntime fused=False     legacy exporter (dynamo=False), opset 17, CPUExecutionProvider,
+                                graph optimizations on, intra-op threads = torch's
+    fused=True                  emo_kernels auto backend (cpu on CPU tensors)
+
+Logits of every variant are checked against eager fused=False (max rel err printed).
+Results go to bench/results/cpu_<cpu>_<date>.{md,json} unless --out is given.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+import torch
+
+import emo
+import emo_kernels
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def make_ort(model, x, threads):
+    import onnxruntime as ort
+    path = os.path.join(tempfile.mkdtemp(), "emo.onnx")
+    torch.onnx.export(model, (x,), path, opset_version=17, dynamo=False, input_names=["x"],
+                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return lambda t: torch.from_numpy(sess.run(None, {"x": t.numpy()})[0])
+
+
+def build(name, x, compile_, onnx, threads):
+    torch.manual_seed(0)
+    base = emo.create_model(name).eval()
+    fused = emo.create_model(name, fused=True).eval()
+    fused.load_state_dict(base.state_dict())
+    v = {"eager fused=False": base}
+    if compile_:
+        v["torch.compile fused=False"] = torch.compile(base, dynamic=False)
+    if onnx:
+        v["onnxruntime fused=False"] = make_ort(base, x, threads)
+    v[f"fused=True ({emo_kernels.get_backend()})"] = fused
+    return v
+
+
+def pct(ts, q):
+    ts = sorted(ts)
+    return ts[min(len(ts) - 1, int(q * len(ts)))]
+
+
+def run(args):
+    rows = []
+    for name in args.models:
+        for batch in args.batch:
+            torch.manual_seed(0)
+            x = torch.randn(batch, 3, args.size, args.size)
+            variants = build(name, x, not args.no_compile, not args.no_onnx,
+                             torch.get_num_threads())
+            with torch.inference_mode():
+                ref = variants["eager fused=False"](x)
+                errs = {}
+                for k, fn in variants.items():
+                    t0 = time.perf_counter()
+                    out = fn(x)
+                    for _ in range(args.warmup - 1):
+                        fn(x)
+                    errs[k] = ((out - ref).abs().max() / ref.abs().max()).item()
+                    print(f"  warm-up {name} b{batch} {k}: {time.perf_counter() - t0:.1f} s, "
+                          f"rel err vs eager {errs[k]:.1e}", flush=True)
+                times = {k: [] for k in variants}
+                for _ in range(args.iters):
+                    for k, fn in variants.items():
+                        t0 = time.perf_counter()
+                        fn(x)
+                        times[k].append(time.perf_counter() - t0)
+            med = {k: statistics.median(ts) for k, ts in times.items()}
+            fused_key = [k for k in med if k.startswith("fused=True")][0]
+            for k, ts in times.items():
+                rows.append(dict(
+                    model=name, batch=batch, size=args.size, dtype="float32", variant=k,
+                    ms_p50=med[k] * 1e3, ms_p20=pct(ts, 0.2) * 1e3, ms_p80=pct(ts, 0.8) * 1e3,
+                    img_s=batch / med[k], fused_speedup=med[k] / med[fused_key],
+                    rel_err_vs_eager=errs[k], iters=args.iters, threads=torch.get_num_threads(),
+                    device=cpu_name(), torch=torch.__version__))
+    return rows
+
+
+def table(rows):
+    lines = ["| model | batch | variant | ms p50 | p20-p80 | img/s | fused=True speedup |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['variant']} | {r['ms_p50']:.1f} | "
+                     f"{r['ms_p20']:.1f}-{r['ms_p80']:.1f} | {r['img_s']:.1f} | "
+                     f"{r['fused_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["emo_5m"], choices=emo.list_models())
+    p.add_argument("--batch", nargs="+", type=int, default=[1, 16])
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads")
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--note", default="", help="free text stored with the results")
+    p.add_argument("--out", default=None, help="path prefix of the .md/.json results")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = run(args)
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    head = (f"device: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+            f"fp32 {args.size}x{args.size}; {args.iters} interleaved rounds; load average at "
+            f"end {load}; {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. {args.note}")
+    text = head + "\n\n" + table(rows) + "\n"
+    print(text)
+    out = args.out
+    if out is None:
+        tag = cpu_name().replace("(R)", "").replace("(TM)", "").replace(" ", "_").replace("@", "")
+        out = os.path.join(os.path.dirname(__file__), "results",
+                           f"cpu_{tag}_{datetime.date.today():%Y%m%d}_t{torch.get_num_threads()}")
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(text)
+    with open(out + ".json", "w") as f:
+        json.dump(dict(header=head, rows=rows), f, indent=1)
+    print(f"wrote {out}.md and .json")
+
+
+if __name__ == "__main__":
+    main()

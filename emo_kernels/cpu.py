@@ -1,0 +1,89 @@
+"""The ``cpu`` backend: C++ kernels (csrc/cpu/emo_cpu.cpp) for CPU tensors, inference only.
+
+* ``expand_dwconv_act``: one GEMM (MKL/oneDNN through ``at::addmm``) on the NHWC view for the
+  1x1 expansion, an in-place vectorized activation, and one vectorized pass for the depthwise
+  conv + bias + SiLU (+ skip). An eval-mode BatchNorm passed as arguments is folded into the
+  depthwise weights here.
+* ``window_attention``: reads q, k, v through their strides (channel slices of an NHWC qk
+  tensor need no copy), one task per (image, window, head).
+
+Both return (B, C, H, W) tensors in ``torch.channels_last`` memory format, float32 or float64.
+They have no autograd: ``can_run`` refuses calls where grad is required (training then
+falls back to the ``torch`` backend under ``auto``), and BatchNorm in training mode.
+"""
+import torch
+
+from . import _cpu
+
+_ACT = {"none": 0, "silu": 1, "gelu": 2}
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _common_reason(tensors):
+    x = tensors[0]
+    if x.device.type != "cpu":
+        return f"the cpu backend runs CPU tensors only (got {x.device})"
+    if x.dtype not in _DTYPES:
+        return f"the cpu backend runs float32/float64 only (got {x.dtype})"
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return ("the cpu backend is inference-only (no autograd) and an input requires grad; "
+                "use torch.no_grad()/inference_mode(), or the torch backend for training")
+    return _cpu.unavailable_reason()
+
+
+def expand_dwconv_act_can_run(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
+                              skip=False, bn_weight=None, bn_bias=None, running_mean=None,
+                              running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+    if bn_training:
+        return "the cpu backend does not run BatchNorm in training mode (batch statistics)"
+    if w_dw.shape[-1] not in (1, 3, 5, 7):
+        return f"the cpu backend supports depthwise kernels 1, 3, 5, 7 (got {w_dw.shape[-1]})"
+    return _common_reason([x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias])
+
+
+def _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps):
+    scale = torch.rsqrt(running_var + eps)
+    if bn_weight is not None:
+        scale = scale * bn_weight
+    shift = -running_mean * scale
+    if bn_bias is not None:
+        shift = shift + bn_bias
+    if b_dw is not None:
+        shift = shift + b_dw * scale
+    return w_dw * scale.reshape(-1, 1, 1, 1), shift
+
+
+def expand_dwconv_act_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
+                          bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
+                          bn_training=False, momentum=0.1, eps=1e-6):
+    if running_mean is not None:  # eval BatchNorm after the depthwise conv: fold it
+        w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
+    return _cpu.load().expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, _ACT[act], stride, skip)
+
+
+# Bytes of v (+ z) per chunk of images in the fused block body: about half of a core's L2, so
+# that at large batch the expansion output is produced and consumed in cache.
+CHUNK_BYTES = 1 << 20
+
+
+def expand_dwconv_act_proj_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, w_proj, residual=None,
+                               act="silu", stride=1, skip=False, bn_weight=None, bn_bias=None,
+                               running_mean=None, running_var=None, bn_training=False,
+                               momentum=0.1, eps=1e-6):
+    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one C++ call: per chunk of
+    images (CHUNK_BYTES), the expansion GEMM, bias + activation, depthwise + SiLU (+ skip) and
+    the projection GEMM (+ residual) run back to back, so v and z stay in cache."""
+    if running_mean is not None:
+        w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
+    return _cpu.load().expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual,
+                                              _ACT[act], stride, skip, CHUNK_BYTES)
+
+
+def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
+    return _common_reason([q, k, v, k_pad])
+
+
+def window_attention_cpu(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    return _cpu.load().window_attention(q, k, v, k_pad, head_dim, window_size, scale)
+

@@ -1,0 +1,280 @@
+"""The cpu backend (C++ extension, csrc/cpu/) against the float64 reference, and the fused CPU
+inference path of the whole model against fused=False.
+
+Every op config runs in float32 (tolerance table of emo_kernels.testing) and float64, with the
+output allocations NaN-poisoned. The backend is inference-only: calls that need autograd, and
+BatchNorm in training mode, are refused with a reason (training falls back to torch).
+"""
+import pytest
+import torch
+import torch.nn as nn
+
+import emo
+import emo_kernels
+from conftest import rel_err
+from emo_kernels import BackendUnavailableError, backends
+from emo_kernels import cpu as cpu_backend
+from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
+from emo_kernels.testing import TOLERANCE, poison_empty
+
+_reason = cpu_backend._cpu.unavailable_reason()
+pytestmark = pytest.mark.skipif(_reason is not None, reason=f"cpu backend unavailable: {_reason}")
+
+DTYPES = [torch.float32, torch.float64]
+
+# (B, Cin, Cmid, H, W, k, stride, act, skip); act 'none' = identity expansion (stem block)
+EDC = [
+    (2, 8, 24, 9, 9, 3, 1, "silu", True),
+    (1, 8, 24, 9, 9, 3, 2, "silu", False),
+    (2, 16, 40, 7, 12, 5, 1, "gelu", True),
+    (1, 16, 40, 7, 12, 5, 2, "gelu", False),
+    (2, 24, 24, 13, 13, 3, 1, "none", False),
+    (1, 12, 20, 3, 5, 5, 1, "gelu", True),
+    (1, 12, 36, 1, 1, 3, 1, "silu", True),
+    (3, 20, 72, 14, 14, 5, 2, "silu", False),
+    (1, 10, 21, 8, 8, 3, 1, "none", False),
+]
+
+
+def _id(c):
+    B, Cin, Cm, H, W, k, s, act, skip = c
+    return f"B{B}-Cin{Cin}-Cmid{Cm}-H{H}-W{W}-k{k}-s{s}-{act}{'-skip' if skip else ''}"
+
+
+def _edc_args(c, dtype):
+    B, Cin, Cm, H, W, k, s, act, skip = c
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(B, Cin, H, W, generator=g, dtype=torch.float64)
+    if act == "none":
+        Cm, we, be = Cin, None, None
+    else:
+        we = torch.randn(Cm, Cin, generator=g, dtype=torch.float64) / Cin ** 0.5
+        be = torch.randn(Cm, generator=g, dtype=torch.float64)
+    wd = torch.randn(Cm, 1, k, k, generator=g, dtype=torch.float64) / k
+    bd = torch.randn(Cm, generator=g, dtype=torch.float64)
+    return x, we, be, wd, bd
+
+
+def _cast(ts, dtype):
+    return [None if t is None else t.to(dtype) for t in ts]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", EDC, ids=[_id(c) for c in EDC])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last],
+                         ids=["nchw", "nhwc"])
+def test_expand_dwconv_act(cfg, dtype, memory_format):
+    *_, k, s, act, skip = cfg
+    args = _edc_args(cfg, dtype)
+    ref = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
+    x, we, be, wd, bd = _cast(args, dtype)
+    x = x.contiguous(memory_format=memory_format)
+    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=s, skip=skip)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", [EDC[0], EDC[3], EDC[4], EDC[7]],
+                         ids=[_id(c) for c in (EDC[0], EDC[3], EDC[4], EDC[7])])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_expand_dwconv_act_with_proj(cfg, dtype, residual, backend):
+    """The op's optional projection (+ residual): fused by the cpu backend (chunked over images;
+    a 1-byte chunk budget forces one chunk per image, run in parallel), composed for torch."""
+    *_, k, s, act, skip = cfg
+    args = _edc_args(cfg, dtype)
+    z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
+    g = torch.Generator().manual_seed(2)
+    wp = torch.randn(7, z.shape[1], generator=g, dtype=torch.float64)
+    res = torch.randn(z.shape[0], 7, *z.shape[2:], generator=g, dtype=torch.float64)
+    ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if residual else 0)
+    x, we, be, wd, bd, wp_, res_ = _cast(list(args) + [wp, res], dtype)
+    old = cpu_backend.CHUNK_BYTES
+    for budget in (old, 1):
+        cpu_backend.CHUNK_BYTES = budget
+        try:
+            with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+                out = emo_kernels.expand_dwconv_act(
+                    x, we, be, wd, bd, act=act, stride=s, skip=skip, w_proj=wp_,
+                    residual=res_ if residual else None)
+        finally:
+            cpu_backend.CHUNK_BYTES = old
+        assert out.shape == ref.shape and torch.isfinite(out).all()
+        assert rel_err(out, ref) <= TOLERANCE[dtype], budget
+
+
+def test_proj_argument_errors():
+    x, we, be, wd, bd = _edc_args(EDC[0], torch.float64)
+    with pytest.raises(ValueError, match="residual needs w_proj"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, residual=x)
+    with pytest.raises(ValueError, match="w_proj expects"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 5, dtype=x.dtype))
+    with pytest.raises(ValueError, match="residual must have shape"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 24, dtype=x.dtype),
+                                      residual=torch.randn(2, 4, 3, 3, dtype=x.dtype))
+
+
+def test_expand_dwconv_act_eval_bn_folded():
+    x, we, be, wd, bd = _edc_args(EDC[2], torch.float64)
+    C = wd.shape[0]
+    bn = dict(bn_weight=torch.rand(C, dtype=torch.float64) + 0.5,
+              bn_bias=torch.randn(C, dtype=torch.float64),
+              running_mean=torch.randn(C, dtype=torch.float64),
+              running_var=torch.rand(C, dtype=torch.float64) + 0.5, eps=1e-6)
+    ref = expand_dwconv_act_ref(x, we, be, wd, bd, act="gelu", stride=1, skip=True, **bn)
+    with emo_kernels.use_backend("cpu"), poison_empty():
+        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act="gelu", stride=1, skip=True,
+                                            **bn)
+    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
+
+
+# (B, heads, head_dim, H, W)
+ATTN = [(2, 2, 16, 7, 7), (1, 3, 20, 8, 8), (2, 2, 21, 3, 5), (1, 2, 24, 9, 16),
+        (1, 2, 32, 7, 7), (2, 1, 32, 14, 14), (1, 2, 20, 13, 13)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("cfg", ATTN, ids=[f"B{b}-h{h}-d{d}-H{H}-W{W}" for b, h, d, H, W in ATTN])
+@pytest.mark.parametrize("layout", ["nchw", "qk_slices_nhwc"])
+def test_window_attention(cfg, dtype, layout):
+    B, heads, d, H, W = cfg
+    C = heads * d
+    g = torch.Generator().manual_seed(3)
+    qk = torch.randn(B, 2 * C, H, W, generator=g, dtype=torch.float64)
+    v = torch.randn(B, C, H, W, generator=g, dtype=torch.float64)
+    kp = torch.randn(C, generator=g, dtype=torch.float64)
+    ref = window_attention_ref(qk[:, :C], qk[:, C:], v, kp, head_dim=d)
+    qk_, v_, kp_ = _cast([qk, v, kp], dtype)
+    if layout == "qk_slices_nhwc":  # how the model calls it: channel slices of a channels_last qk
+        qk_ = qk_.contiguous(memory_format=torch.channels_last)
+        v_ = v_.contiguous(memory_format=torch.channels_last)
+    else:
+        qk_ = qk_.contiguous()
+    with emo_kernels.use_backend("cpu"), poison_empty():
+        out = emo_kernels.window_attention(qk_[:, :C], qk_[:, C:], v_, kp_, head_dim=d)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+def test_window_attention_no_kpad_and_scale():
+    q, k, v = (torch.randn(1, 40, 9, 10, dtype=torch.float64) for _ in range(3))
+    ref = window_attention_ref(q, k, v, None, head_dim=20, scale=0.3)
+    with emo_kernels.use_backend("cpu"):
+        out = emo_kernels.window_attention(q, k, v, None, head_dim=20, scale=0.3)
+    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
+
+
+# ----- backend selection ----------------------------------------------------------------------
+def test_auto_picks_cpu_for_cpu_inference():
+    x, we, be, wd, bd = _cast(_edc_args(EDC[0], torch.float32), torch.float32)
+    with torch.no_grad():
+        assert backends.resolve("expand_dwconv_act", x, we, be, wd, bd) is \
+            cpu_backend.expand_dwconv_act_cpu
+    assert backends.BACKENDS.index("cpu") < backends.BACKENDS.index("torch")
+
+
+def test_refuses_grad_and_training_bn_and_other_dtypes():
+    x, we, be, wd, bd = _cast(_edc_args(EDC[0], torch.float32), torch.float32)
+    we.requires_grad_(True)
+    reasons = emo_kernels.explain("expand_dwconv_act", x, we, be, wd, bd)
+    assert "inference-only" in reasons["cpu"] and reasons["torch"] is None
+    # auto falls back to torch, so training works (and gives gradients)
+    out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd)
+    out.sum().backward()
+    assert we.grad is not None
+    with emo_kernels.use_backend("cpu"), pytest.raises(BackendUnavailableError, match="inference"):
+        emo_kernels.expand_dwconv_act(x, we, be, wd, bd)
+    C = wd.shape[0]
+    r = emo_kernels.explain("expand_dwconv_act", x, we.detach(), be, wd, bd,
+                            bn_weight=torch.ones(C), bn_bias=torch.zeros(C), bn_training=True)
+    assert "training" in r["cpu"]
+    r = emo_kernels.explain("expand_dwconv_act", x.half(), None, None, wd.half(), None, act="none")
+    assert "float32/float64" in r["cpu"]
+
+
+# ----- whole model ----------------------------------------------------------------------------
+def _pair(name, **kw):
+    torch.manual_seed(0)
+    ref = emo.create_model(name, **kw)
+    for m in ref.modules():  # non-trivial BN statistics so that folding is exercised
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    fused = emo.create_model(name, fused=True, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref.eval(), fused.eval()
+
+
+@pytest.mark.parametrize("name", emo.list_models())
+def test_model_fused_cpu_matches(name):
+    ref, fused = _pair(name)
+    for shape in [(1, 3, 224, 224), (2, 3, 256, 256), (1, 3, 97, 131)]:
+        x = torch.randn(*shape)
+        with torch.inference_mode():
+            a = ref(x)
+            b = fused(x)
+        assert rel_err(b, a) <= 1e-4, shape
+        with torch.no_grad():  # no_grad takes the same path
+            assert rel_err(fused(x), a) <= 1e-4, shape
+
+
+def test_model_fused_cpu_float64_and_features():
+    ref, fused = _pair("emo_1m")
+    ref, fused = ref.double(), fused.double()
+    x = torch.randn(2, 3, 96, 80, dtype=torch.float64)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-10
+        fr, ff = ref.forward_intermediates(x), fused.forward_intermediates(x)
+    for a, b in zip(fr, ff):
+        assert a.shape == b.shape and rel_err(b, a) <= 1e-10
+
+
+def test_model_cache_follows_weights_and_mode():
+    """Folded weights are cached, and recomputed when weights change in place or are replaced,
+    and when the model goes through train() and back."""
+    ref, fused = _pair("emo_1m")
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        fused(x)
+        for m in (ref, fused):  # in-place change of a BN statistic and a conv weight
+            m.stage2[1].norm.running_var.mul_(3.0)
+            m.stage3[1].v.conv.weight.mul_(-1.0)
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+        sd = {k: v * 1.5 if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+        ref.load_state_dict(sd)
+        fused.load_state_dict(sd)
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+    fused.train()
+    ref.train()
+    fused(torch.randn(2, 3, 64, 64))  # training updates the BN running stats (torch path)
+    torch.manual_seed(3)
+    ref(torch.randn(2, 3, 64, 64))
+    ref.load_state_dict(fused.state_dict())
+    fused.eval(), ref.eval()
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+
+
+def test_model_eval_with_grad_uses_autograd_path():
+    ref, fused = _pair("emo_1m")
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    out = fused(x)  # eval, grad enabled: the cpu backend refuses, torch serves
+    out.sum().backward()
+    assert x.grad is not None and fused.head.weight.grad is not None
+    assert rel_err(out.detach(), ref(x).detach()) <= 1e-4
+
+
+def test_model_reparameterized_and_torch_backend():
+    ref, fused = _pair("emo_2m")
+    x = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        a = ref(x)
+        with emo_kernels.use_backend("torch"):  # same NHWC path, torch reference ops
+            assert rel_err(fused(x), a) <= 1e-4
+        fused.reparameterize()
+        assert rel_err(fused(x), a) <= 1e-4
