@@ -360,7 +360,7 @@ class EMO(nn.Module):
         feats = []
         for i in range(1, 5):
             for blk in getattr(self, f"stage{i}"):
-                x = blk._forward_infer_cpu(x) if blk.fused else blk(x)
+                x = blk(x)  # through __call__, so that forward hooks still fire
             feats.append(x)
         return feats
 
@@ -377,7 +377,7 @@ class EMO(nn.Module):
             cache = self._stem_cache = (key, (w.detach(), b.detach()))
         w, b = cache[1]
         x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
-        return self.stage0[1]._forward_infer_cpu(x)
+        return self.stage0[1](x)
 
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""

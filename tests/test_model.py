@@ -178,3 +178,15 @@ def test_fused_uses_the_ops(monkeypatch):
     # 1 stem + 2+2+8+3 blocks; attention in blocks 2.. of stages 3 and 4
     assert calls.count("expand_dwconv_act") == 16
     assert calls.count("window_attention") == 7 + 2
+
+
+def test_fused_cpu_inference_keeps_forward_hooks():
+    """The fused CPU inference path still calls every block through nn.Module.__call__."""
+    model = emo.emo_1m(fused=True).eval()
+    seen = []
+    for name, m in model.named_modules():
+        if isinstance(m, emo.iRMB):
+            m.register_forward_hook(lambda mod, inp, out, n=name: seen.append(n))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 64, 64))
+    assert len(seen) == 1 + sum(emo.CONFIGS["emo_1m"]["depths"])
