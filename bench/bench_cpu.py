@@ -20,7 +20,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -29,17 +28,7 @@ import torch
 
 import emo
 import emo_kernels
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from bench.common import cpu_model
 
 
 def make_ort(model, x, threads):
@@ -107,7 +96,7 @@ def run(args):
                     ms_p50=med[k] * 1e3, ms_p20=pct(ts, 0.2) * 1e3, ms_p80=pct(ts, 0.8) * 1e3,
                     img_s=batch / med[k], fused_speedup=med[k] / med[fused_key],
                     rel_err_vs_eager=errs[k], iters=args.iters, threads=torch.get_num_threads(),
-                    device=cpu_name(), torch=torch.__version__))
+                    device=cpu_model(), torch=torch.__version__))
     return rows
 
 
@@ -141,14 +130,14 @@ def main(argv=None):
         load = os.getloadavg()
     except OSError:
         load = None
-    head = (f"device: {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+    head = (f"device: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
             f"fp32 {args.size}x{args.size}; {args.iters} interleaved rounds; load average at "
             f"end {load}; {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. {args.note}")
     text = head + "\n\n" + table(rows) + "\n"
     print(text)
     out = args.out
     if out is None:
-        tag = cpu_name().replace("(R)", "").replace("(TM)", "").replace(" ", "_").replace("@", "")
+        tag = cpu_model().replace("(R)", "").replace("(TM)", "").replace(" ", "_").replace("@", "")
         out = os.path.join(os.path.dirname(__file__), "results",
                            f"cpu_{tag}_{datetime.date.today():%Y%m%d}_t{torch.get_num_threads()}")
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
