@@ -60,3 +60,21 @@ def kernel_backend(request):
     dev = backend_device(request.param)
     with emo_kernels.use_backend(request.param):
         yield request.param, dev
+
+
+def model_pair(name, **kw):
+    """(fused=False, fused=True) models of one variant with the same weights and non-trivial
+    BatchNorm statistics (so that BN folding is exercised); both in train mode as created."""
+    import emo
+    import torch.nn as nn
+    torch.manual_seed(0)
+    ref = emo.create_model(name, **kw)
+    for m in ref.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    fused = emo.create_model(name, fused=True, **kw)
+    fused.load_state_dict(ref.state_dict())
+    return ref, fused

@@ -7,11 +7,10 @@ BatchNorm in training mode, are refused with a reason (training falls back to to
 """
 import pytest
 import torch
-import torch.nn as nn
 
 import emo
 import emo_kernels
-from conftest import rel_err
+from conftest import model_pair, rel_err
 from emo_kernels import BackendUnavailableError, backends
 from emo_kernels import cpu as cpu_backend
 from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
@@ -197,16 +196,7 @@ def test_refuses_grad_and_training_bn_and_other_dtypes():
 
 # ----- whole model ----------------------------------------------------------------------------
 def _pair(name, **kw):
-    torch.manual_seed(0)
-    ref = emo.create_model(name, **kw)
-    for m in ref.modules():  # non-trivial BN statistics so that folding is exercised
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    fused = emo.create_model(name, fused=True, **kw)
-    fused.load_state_dict(ref.state_dict())
+    ref, fused = model_pair(name, **kw)
     return ref.eval(), fused.eval()
 
 

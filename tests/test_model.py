@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import emo
 import emo_kernels
-from conftest import rel_err
+from conftest import model_pair, rel_err
 
 PARAMS_M = {"emo_1m": 1.36, "emo_2m": 2.38, "emo_5m": 5.11, "emo_6m": 6.17}
 SIZES = [(224, 224), (64, 64), (96, 160), (193, 221)]
@@ -26,25 +26,10 @@ def test_list_and_create():
         emo.create_model("emo_3m")
 
 
-def _pair(name, **kw):
-    torch.manual_seed(0)
-    ref = emo.create_model(name, **kw)
-    # non-trivial BN statistics so that folding is exercised
-    for m in ref.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    fused = emo.create_model(name, fused=True, **kw)
-    fused.load_state_dict(ref.state_dict())
-    return ref, fused
-
-
 @pytest.mark.parametrize("name", list(PARAMS_M))
 @pytest.mark.parametrize("hw", SIZES, ids=[f"{h}x{w}" for h, w in SIZES])
 def test_variants_run_eval_and_train(name, hw):
-    ref, fused = _pair(name)
+    ref, fused = model_pair(name)
     ref.eval(), fused.eval()
     for batch in (1, 2):
         x = torch.randn(batch, 3, *hw)
@@ -63,7 +48,7 @@ def test_variants_run_eval_and_train(name, hw):
 @pytest.mark.parametrize("name", ["emo_1m", "emo_2m"])
 def test_fused_train_step_matches(name):
     """fused=True (torch backend) in train mode: same loss grads and BN running stats."""
-    ref, fused = _pair(name)
+    ref, fused = model_pair(name)
     ref.train(), fused.train()
     x = torch.randn(2, 3, 64, 96)
     target = torch.randint(0, 1000, (2,))
@@ -88,7 +73,7 @@ def test_fused_train_step_matches(name):
 
 @pytest.mark.parametrize("fused", [False, True], ids=["fused0", "fused1"])
 def test_reparameterize_keeps_logits(fused):
-    ref, f = _pair("emo_1m")
+    ref, f = model_pair("emo_1m")
     model = f if fused else ref
     model.eval()
     x = torch.randn(2, 3, 80, 72)
@@ -131,7 +116,7 @@ def test_head_api():
 
 
 def test_grad_checkpointing_same_grads():
-    ref, _ = _pair("emo_1m", drop_path_rate=0.0)
+    ref, _ = model_pair("emo_1m", drop_path_rate=0.0)
     ck = copy.deepcopy(ref)
     ck.set_grad_checkpointing(True)
     x = torch.randn(2, 3, 64, 64)
