@@ -87,6 +87,21 @@ ACTS = {"none": 0, "silu": 1, "gelu": 2}
 
 # ----------------------------------------------------------------------------------- helpers
 @triton.jit
+def _tile(NT, H, W, CMID, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's (pixel tile, channel tile) of an (H, W) map: grid (B * NT, channel
+    tiles). Returns pid, image index (int64), pixel indices, their mask, rows, cols, channels
+    and their mask."""
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    p = t * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < H * W
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid, b, p, p_ok, p // W, p % W, c, c < CMID
+
+
+@triton.jit
 def _act_fwd(u, c_ptr, ACT: tl.constexpr):
     if ACT == 1:
         r = u / (1.0 + tl.exp(-u))
@@ -159,16 +174,7 @@ def _fwd_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, bdw_ptr, cst_ptr, z_ptr, p_p
                 STORE_P: tl.constexpr, STATS: tl.constexpr, NATIVE_DOT: tl.constexpr,
                 BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                 ACC_DT: tl.constexpr):
-    pid = tl.program_id(0)
-    pc = tl.program_id(1)
-    b = (pid // NT).to(tl.int64)
-    t = pid % NT
-    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_ok = o < HO * WO
-    oh = o // WO
-    ow = o % WO
-    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < CMID
+    pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
 
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
     vc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
@@ -218,16 +224,7 @@ def _bn_apply_kernel(x_ptr, wexp_ptr, bexp_ptr, cst_ptr, p_ptr, mean_ptr, rstd_p
                      BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                      ACC_DT: tl.constexpr):
     """z = silu(BN(p)) (+ v, recomputed at the output pixel: stride 1 when SKIP)."""
-    pid = tl.program_id(0)
-    pc = tl.program_id(1)
-    b = (pid // NT).to(tl.int64)
-    t = pid % NT
-    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_ok = o < HO * WO
-    oh = o // WO
-    ow = o % WO
-    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < CMID
+    pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
     m2d = o_ok[:, None] & c_ok[None, :]
     p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
     mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
@@ -253,16 +250,7 @@ def _bwd_stats_kernel(gz_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
                       CMID, HO, WO, NT, sgb, sgc, sgh, sgw,
                       BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DT: tl.constexpr):
     """Per-tile partial sums of gq, gq*xhat and xhat (gq = gz * silu'(q), q = BN(p))."""
-    pid = tl.program_id(0)
-    pc = tl.program_id(1)
-    b = (pid // NT).to(tl.int64)
-    t = pid % NT
-    o = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    o_ok = o < HO * WO
-    oh = o // WO
-    ow = o % WO
-    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < CMID
+    pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
     m2d = o_ok[:, None] & c_ok[None, :]
     p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
     g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + oh[:, None].to(tl.int64) * sgh
@@ -292,16 +280,7 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                    ACC_DT: tl.constexpr):
     """Input-pixel tile: gv = sum_taps gp(o(i, tap)) * w_dw[tap] (+ gz), gu = gv * act'(u)."""
-    pid = tl.program_id(0)
-    pc = tl.program_id(1)
-    b = (pid // NT).to(tl.int64)
-    t = pid % NT
-    i = t * BLOCK_P + tl.arange(0, BLOCK_P)
-    i_ok = i < H * W
-    ih = i // W
-    iw = i % W
-    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
-    c_ok = c < CMID
+    pid, b, i, i_ok, ih, iw, c, c_ok = _tile(NT, H, W, CMID, BLOCK_P, BLOCK_C)
     m2d = i_ok[:, None] & c_ok[None, :]
     xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     u = _expand_at(x_ptr, xoff, i_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
