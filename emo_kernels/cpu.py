@@ -53,30 +53,61 @@ def _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps
     return w_dw * scale.reshape(-1, 1, 1, 1), shift
 
 
+# Bytes of (zero-padded) v and z that one chunk of the fused block body may hold, per thread:
+# well inside a core's L2 (2 MB on the machines measured), so that the expansion output is
+# produced and consumed in cache and never written to DRAM. A chunk is several whole images or
+# a band of output rows of one image.
+CHUNK_BYTES_PER_THREAD = 3 << 19
+# How a chunk's work is shared among threads: 0 = by rows unless the chunk has few pixels
+# (then by channels), 1 = always by rows, 2 = always by channels. Tests set it.
+SPLIT = 0
+
+
+def _budget():
+    return CHUNK_BYTES_PER_THREAD * torch.get_num_threads()
+
+
 def expand_dwconv_act_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
                           bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
                           bn_training=False, momentum=0.1, eps=1e-6):
     if running_mean is not None:  # eval BatchNorm after the depthwise conv: fold it
         w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
-    return _cpu.load().expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, _ACT[act], stride, skip)
-
-
-# Bytes of v (+ z) per chunk of images in the fused block body: about half of a core's L2, so
-# that at large batch the expansion output is produced and consumed in cache.
-CHUNK_BYTES = 1 << 20
+    return _cpu.load().expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, _ACT[act], stride, skip,
+                                         _budget(), SPLIT)
 
 
 def expand_dwconv_act_proj_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, w_proj, residual=None,
                                act="silu", stride=1, skip=False, bn_weight=None, bn_bias=None,
                                running_mean=None, running_var=None, bn_training=False,
                                momentum=0.1, eps=1e-6):
-    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one C++ call: per chunk of
-    images (CHUNK_BYTES), the expansion GEMM, bias + activation, depthwise + SiLU (+ skip) and
-    the projection GEMM (+ residual) run back to back, so v and z stay in cache."""
+    """``residual + conv1x1(expand_dwconv_act(x, ...), w_proj)`` in one C++ call: chunk by
+    chunk (CHUNK_BYTES_PER_THREAD), the expansion GEMM + bias + activation, the depthwise conv +
+    SiLU (+ skip) and the projection GEMM (+ residual) run back to back, so v and z stay in
+    cache: the call reads x (and the residual) and writes its output, nothing else."""
     if running_mean is not None:
         w_dw, b_dw = _fold_eval_bn(w_dw, b_dw, bn_weight, bn_bias, running_mean, running_var, eps)
     return _cpu.load().expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual,
-                                              _ACT[act], stride, skip, CHUNK_BYTES)
+                                              _ACT[act], stride, skip, _budget(), SPLIT)
+
+
+def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1,
+                           skip=False, ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None,
+                           b_qk=None, head_dim=None, window_size=7, scale=None):
+    if w_dw.shape[-1] not in (1, 3, 5, 7):
+        return f"the cpu backend supports depthwise kernels 1, 3, 5, 7 (got {w_dw.shape[-1]})"
+    return _common_reason([x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk])
+
+
+def irmb_inference_cpu(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
+                       ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None,
+                       head_dim=None, window_size=7, scale=None):
+    """The whole block in one C++ call (LayerNorm, qk GEMM, attention, fused body)."""
+    if w_qk is not None:
+        scale = head_dim ** -0.5 if scale is None else float(scale)
+    return _cpu.load().irmb_inference(x, ln_weight, ln_bias, float(eps), w_qk, b_qk,
+                                      head_dim or 0, window_size, scale or 0.0, w_exp, b_exp,
+                                      w_dw, b_dw, w_proj, _ACT[act], stride, skip, _budget(),
+                                      SPLIT)
 
 
 def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):

@@ -75,34 +75,64 @@ def test_expand_dwconv_act(cfg, dtype, memory_format):
     assert rel_err(out, ref) <= TOLERANCE[dtype]
 
 
+# How the fused body cuts its work (emo_kernels.cpu): chunk budget per thread (1 byte: bands of
+# one output row; the default: whole images; 1e9: every image in one chunk) x split of a chunk
+# among threads (1 by rows, 2 by channels) x threads (1, and 2 so that the parallel phases split).
+CHUNKINGS = [(1, 1, 2), (1, 2, 2), (None, 1, 1), (None, 2, 2), (10 ** 9, 1, 2), (10 ** 9, 0, 2)]
+
+
+@pytest.fixture(params=CHUNKINGS, ids=[f"budget{b}-split{s}-t{t}" for b, s, t in CHUNKINGS])
+def chunking(request, monkeypatch):
+    budget, split, threads = request.param
+    if budget is not None:
+        monkeypatch.setattr(cpu_backend, "CHUNK_BYTES_PER_THREAD", budget)
+    monkeypatch.setattr(cpu_backend, "SPLIT", split)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    yield request.param
+    torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", [EDC[0], EDC[3], EDC[4], EDC[7]],
                          ids=[_id(c) for c in (EDC[0], EDC[3], EDC[4], EDC[7])])
-@pytest.mark.parametrize("residual", [False, True])
-@pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_expand_dwconv_act_with_proj(cfg, dtype, residual, backend):
-    """The op's optional projection (+ residual): fused by the cpu backend (chunked over images;
-    a 1-byte chunk budget forces one chunk per image, run in parallel), composed for torch."""
+@pytest.mark.parametrize("proj", ["none", "proj", "proj+residual"])
+def test_expand_dwconv_act_chunking(cfg, dtype, proj, chunking):
+    """Every way the cpu backend cuts the fused body into chunks and splits a chunk among
+    threads gives the reference result, with and without the fused projection (+ residual)."""
     *_, k, s, act, skip = cfg
     args = _edc_args(cfg, dtype)
     z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
     g = torch.Generator().manual_seed(2)
-    wp = torch.randn(7, z.shape[1], generator=g, dtype=torch.float64)
-    res = torch.randn(z.shape[0], 7, *z.shape[2:], generator=g, dtype=torch.float64)
-    ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if residual else 0)
+    wp = torch.randn(37, z.shape[1], generator=g, dtype=torch.float64)
+    res = torch.randn(z.shape[0], 37, *z.shape[2:], generator=g, dtype=torch.float64)
+    if proj == "none":
+        ref, kw = z, {}
+    else:
+        ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if proj == "proj+residual" else 0)
     x, we, be, wd, bd, wp_, res_ = _cast(list(args) + [wp, res], dtype)
-    old = cpu_backend.CHUNK_BYTES
-    for budget in (old, 1):
-        cpu_backend.CHUNK_BYTES = budget
-        try:
-            with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
-                out = emo_kernels.expand_dwconv_act(
-                    x, we, be, wd, bd, act=act, stride=s, skip=skip, w_proj=wp_,
-                    residual=res_ if residual else None)
-        finally:
-            cpu_backend.CHUNK_BYTES = old
-        assert out.shape == ref.shape and torch.isfinite(out).all()
-        assert rel_err(out, ref) <= TOLERANCE[dtype], budget
+    if proj != "none":
+        kw = dict(w_proj=wp_, residual=res_ if proj == "proj+residual" else None)
+    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=s, skip=skip, **kw)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_expand_dwconv_act_with_proj_torch_backend(residual):
+    """The torch backend composes the projection after z."""
+    cfg = EDC[0]
+    *_, k, s, act, skip = cfg
+    args = _edc_args(cfg, torch.float64)
+    z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
+    wp = torch.randn(7, z.shape[1], dtype=torch.float64)
+    res = torch.randn(z.shape[0], 7, *z.shape[2:], dtype=torch.float64)
+    ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if residual else 0)
+    with emo_kernels.use_backend("torch"), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(*args, act=act, stride=s, skip=skip, w_proj=wp,
+                                            residual=res if residual else None)
+    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
 
 
 def test_proj_argument_errors():

@@ -18,6 +18,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <functional>
+#include <tuple>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -75,149 +77,128 @@ inline T ssilu(T x) { return x / (T(1) + std::exp(-x)); }
 template <typename T>
 inline T sgelu(T x) { return x * T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2))); }
 
-// In place over a (rows, C) buffer: p = act(p + bias), in parallel over rows.
+// dst[i*C + c] = act(src[i*C + c] + bias[c]) for n pixels and channels [c0, c1): the GEMM
+// output of a pixel row, activated and copied into the zero-padded depthwise input buffer.
 template <typename T>
-void bias_act_inplace(T* p, int64_t rows, int64_t C, const T* bias, int64_t act) {
-  if (act == ACT_NONE && bias == nullptr) return;
+void bias_act_copy(const T* src, T* dst, int64_t n, int64_t C, int64_t c0, int64_t c1,
+                   const T* bias, int64_t act) {
   using V = Vectorized<T>;
   constexpr int64_t VS = V::size();
-  at::parallel_for(0, rows, std::max<int64_t>(1, 16384 / C), [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) {
-      T* row = p + r * C;
-      for (int64_t c = 0; c < C; c += VS) {
-        const int64_t cnt = std::min<int64_t>(VS, C - c);
-        V x = V::loadu(row + c, cnt);
-        if (bias) x = x + V::loadu(bias + c, cnt);
-        if (act == ACT_SILU) x = vsilu(x);
-        else if (act == ACT_GELU) x = vgelu(x);
-        x.store(row + c, cnt);
-      }
+  for (int64_t i = 0; i < n; ++i) {
+    const T* s = src + i * C;
+    T* d = dst + i * C;
+    for (int64_t c = c0; c < c1; c += VS) {
+      const int64_t cnt = std::min<int64_t>(VS, c1 - c);
+      V x = V::loadu(s + c, cnt);
+      if (bias) x = x + V::loadu(bias + c, cnt);
+      if (act == ACT_SILU) x = vsilu(x);
+      else if (act == ACT_GELU) x = vgelu(x);
+      x.store(d + c, cnt);
     }
-  });
-}
-
-// ---- depthwise conv + bias + SiLU (+ skip) on NHWC ---------------------------------------
-// One output row (b, oh): row pointers for the K input rows (a zero row outside the map),
-// interior columns with a fully unrolled K x K body, edge columns with bounds checks.
-template <typename T, int K>
-void dw_row(const T* const* rows, const T* w /* (K*K, C) */, const T* bias, const T* vskip,
-            T* out, int64_t W, int64_t Wo, int64_t C, int64_t stride, int64_t pad) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  // interior: ow with ow*stride - pad >= 0 and ow*stride - pad + K - 1 <= W - 1
-  int64_t lo = (pad + stride - 1) / stride;
-  int64_t hi = (W - K + pad) >= 0 ? (W - K + pad) / stride + 1 : 0;  // exclusive
-  lo = std::min(lo, Wo);
-  hi = std::max(std::min(hi, Wo), lo);
-  for (int64_t c = 0; c < C; c += VS) {
-    const int64_t cnt = std::min<int64_t>(VS, C - c);
-    V wv[K * K];
-    for (int t = 0; t < K * K; ++t) wv[t] = V::loadu(w + t * C + c, cnt);
-    const V bv = bias ? V::loadu(bias + c, cnt) : V(T(0));
-    auto finish = [&](V acc, int64_t ow) {
-      V d = vsilu(acc);
-      if (vskip) d = d + V::loadu(vskip + ow * C + c, cnt);
-      d.store(out + ow * C + c, cnt);
-    };
-    auto edge = [&](int64_t ow) {
-      V acc = bv;
-      const int64_t iw0 = ow * stride - pad;
-      for (int kh = 0; kh < K; ++kh)
-        for (int kw = 0; kw < K; ++kw) {
-          const int64_t iw = iw0 + kw;
-          if (iw < 0 || iw >= W) continue;
-          acc = at::vec::fmadd(V::loadu(rows[kh] + iw * C + c, cnt), wv[kh * K + kw], acc);
-        }
-      finish(acc, ow);
-    };
-    for (int64_t ow = 0; ow < lo; ++ow) edge(ow);
-    int64_t ow = lo;
-    const int64_t sc = stride * C;
-    for (; ow + 4 <= hi; ow += 4) {  // 4 output pixels at once: independent FMA chains
-      V a0 = bv, a1 = bv, a2 = bv, a3 = bv;
-      const int64_t iw0 = ow * stride - pad;
-#pragma GCC unroll 8
-      for (int kh = 0; kh < K; ++kh) {
-        const T* r = rows[kh] + iw0 * C + c;
-#pragma GCC unroll 8
-        for (int kw = 0; kw < K; ++kw) {
-          const V wk = wv[kh * K + kw];
-          const T* rr = r + kw * C;
-          a0 = at::vec::fmadd(V::loadu(rr, cnt), wk, a0);
-          a1 = at::vec::fmadd(V::loadu(rr + sc, cnt), wk, a1);
-          a2 = at::vec::fmadd(V::loadu(rr + 2 * sc, cnt), wk, a2);
-          a3 = at::vec::fmadd(V::loadu(rr + 3 * sc, cnt), wk, a3);
-        }
-      }
-      finish(a0, ow);
-      finish(a1, ow + 1);
-      finish(a2, ow + 2);
-      finish(a3, ow + 3);
-    }
-    for (; ow < hi; ++ow) {
-      V acc = bv;
-      const int64_t iw0 = ow * stride - pad;
-#pragma GCC unroll 8
-      for (int kh = 0; kh < K; ++kh) {
-        const T* r = rows[kh] + iw0 * C + c;
-#pragma GCC unroll 8
-        for (int kw = 0; kw < K; ++kw)
-          acc = at::vec::fmadd(V::loadu(r + kw * C, cnt), wv[kh * K + kw], acc);
-      }
-      finish(acc, ow);
-    }
-    for (int64_t ow = hi; ow < Wo; ++ow) edge(ow);
   }
 }
 
-template <typename T, int K>
-void dwconv_silu(const T* v, const T* w, const T* bias, T* out, int64_t B, int64_t H, int64_t W,
-                 int64_t C, int64_t Ho, int64_t Wo, int64_t stride, int64_t pad, bool skip) {
-  std::vector<T> zero(W * C, T(0));
-  const T* zrow = zero.data();
-  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
-    const T* rows[K];
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / Ho, oh = r % Ho;
-      const T* img = v + b * H * W * C;
-      for (int kh = 0; kh < K; ++kh) {
-        const int64_t ih = oh * stride - pad + kh;
-        rows[kh] = (ih >= 0 && ih < H) ? img + ih * W * C : zrow;
-      }
-      const T* vskip = skip ? img + oh * W * C : nullptr;
-      dw_row<T, K>(rows, w, bias, vskip, out + r * Wo * C, W, Wo, C, stride, pad);
+// ---- depthwise conv + bias + SiLU (+ skip) on a zero-padded NHWC buffer ---------------------
+// NB adjacent output pixels of one row, one channel vector [c, c + cnt): per kernel row, the
+// (NB - 1) * S + K input vectors they share are loaded once and each used up to K times, the K
+// weights once: NB * K FMAs per (NB - 1) * S + 2K loads, so the loop is FMA-bound, not
+// load-bound. `rows` are the K input rows of the padded buffer (column 0 is input column
+// -pad): every tap is in bounds, no edge cases.
+template <typename T, int K, int S, int NB>
+inline void dw_block(const T* const* rows, const T* w, int64_t C, int64_t c, int64_t cnt,
+                     const Vectorized<T>& bv, const T* vskip, T* out, int64_t ow) {
+  using V = Vectorized<T>;
+  constexpr int NI = (NB - 1) * S + K;
+  V acc[NB];
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i) acc[i] = bv;
+#pragma GCC unroll 7
+  for (int kh = 0; kh < K; ++kh) {
+    const T* r = rows[kh] + ow * S * C + c;
+    V in[NI];
+#pragma GCC unroll 32
+    for (int j = 0; j < NI; ++j) in[j] = V::loadu(r + j * C, cnt);
+#pragma GCC unroll 7
+    for (int kw = 0; kw < K; ++kw) {
+      const V wk = V::loadu(w + (kh * K + kw) * C + c, cnt);
+#pragma GCC unroll 8
+      for (int i = 0; i < NB; ++i) acc[i] = at::vec::fmadd(in[i * S + kw], wk, acc[i]);
     }
-  });
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < NB; ++i) {
+    V d = vsilu(acc[i]);
+    if (vskip) d = d + V::loadu(vskip + (ow + i) * C + c, cnt);
+    d.store(out + (ow + i) * C + c, cnt);
+  }
+}
+
+// One output row, channels [c0, c1), in blocks of 8, 4, 2, 1 pixels. vskip: the unpadded
+// input row of the skip (stride 1), or null.
+template <typename T, int K, int S>
+void dw_row(const T* const* rows, const T* w /* (K*K, C) */, const T* bias, const T* vskip,
+            T* out, int64_t Wo, int64_t C, int64_t c0, int64_t c1) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  for (int64_t c = c0; c < c1; c += VS) {
+    const int64_t cnt = std::min<int64_t>(VS, c1 - c);
+    const V bv = bias ? V::loadu(bias + c, cnt) : V(T(0));
+    int64_t ow = 0;
+    for (; ow + 8 <= Wo; ow += 8) dw_block<T, K, S, 8>(rows, w, C, c, cnt, bv, vskip, out, ow);
+    if (ow + 4 <= Wo) { dw_block<T, K, S, 4>(rows, w, C, c, cnt, bv, vskip, out, ow); ow += 4; }
+    if (ow + 2 <= Wo) { dw_block<T, K, S, 2>(rows, w, C, c, cnt, bv, vskip, out, ow); ow += 2; }
+    if (ow < Wo) dw_block<T, K, S, 1>(rows, w, C, c, cnt, bv, vskip, out, ow);
+  }
 }
 
 template <typename T>
-void dwconv_dispatch(int64_t K, const T* v, const T* w, const T* bias, T* out, int64_t B,
-                     int64_t H, int64_t W, int64_t C, int64_t Ho, int64_t Wo, int64_t stride,
-                     int64_t pad, bool skip) {
+void dw_row_dispatch(int64_t K, const T* const* rows, const T* w, const T* bias, const T* vskip,
+                     T* out, int64_t Wo, int64_t C, int64_t c0, int64_t c1, int64_t stride) {
+#define EMO_DW_CASE(k)                                                                   \
+  case k:                                                                                \
+    return stride == 1 ? dw_row<T, k, 1>(rows, w, bias, vskip, out, Wo, C, c0, c1)       \
+                       : dw_row<T, k, 2>(rows, w, bias, vskip, out, Wo, C, c0, c1);
   switch (K) {
-    case 1: return dwconv_silu<T, 1>(v, w, bias, out, B, H, W, C, Ho, Wo, stride, pad, skip);
-    case 3: return dwconv_silu<T, 3>(v, w, bias, out, B, H, W, C, Ho, Wo, stride, pad, skip);
-    case 5: return dwconv_silu<T, 5>(v, w, bias, out, B, H, W, C, Ho, Wo, stride, pad, skip);
-    case 7: return dwconv_silu<T, 7>(v, w, bias, out, B, H, W, C, Ho, Wo, stride, pad, skip);
+    EMO_DW_CASE(1)
+    EMO_DW_CASE(3)
+    EMO_DW_CASE(5)
+    EMO_DW_CASE(7)
     default: TORCH_CHECK(false, "emo_kernels._C_cpu: depthwise kernel size must be 1, 3, 5 or 7");
   }
+#undef EMO_DW_CASE
 }
 
 at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B, H, W, C) view
   return t.permute({0, 2, 3, 1});
 }
 
-// The whole non-attention iRMB body for images [b0, b1): v = act(x W^T + b) into a buffer
-// that stays in cache, the depthwise pass, then (optionally) out = residual + z Wp^T.
-// Images are processed in chunks of about `budget` bytes of v + z, so that at large batch v and
-// z never go to DRAM; chunks run in parallel when there are enough of them, otherwise every
-// step is parallel inside the chunk.
+// [lo, hi) split into n near-equal parts; part i, aligned to `align` (except the end)
+inline std::pair<int64_t, int64_t> split_range(int64_t lo, int64_t hi, int64_t n, int64_t i,
+                                               int64_t align = 1) {
+  const int64_t units = (hi - lo + align - 1) / align;
+  const int64_t a = lo + units * i / n * align, b = lo + units * (i + 1) / n * align;
+  return {std::min(a, hi), std::min(b, hi)};
+}
+
+// The whole non-attention iRMB body:
+//   v = act(x W^T + b)   (or v = x: no expansion)      the expansion GEMM + bias + activation
+//   z = silu(dwconv(v) + b_dw) (+ v if skip)           the depthwise pass
+//   out = z Wp^T (+ residual)   (or out = z: no proj)  the projection GEMM
+// The work is cut into chunks -- several whole images, or a band of output rows of one image
+// (with its K - stride halo rows recomputed) -- of about `budget` bytes of v (zero-padded) and
+// z, so that v and z are produced and consumed in cache and never go to DRAM. A chunk runs as
+// two parallel phases over all threads: (1) expansion GEMM + activation into the padded
+// buffer, split over input rows (or over channels when the chunk has few pixels: batch 1 at
+// 7x7), (2) depthwise + projection split over output rows (or depthwise over channels, then
+// the projection over output channels). Bytes per image: read x (and the residual), write
+// out; v and z stay in the chunk buffers. split: 0 auto, 1 always rows, 2 always channels
+// (tests).
 at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at::Tensor>& w_exp,
                                   const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
                                   const c10::optional<at::Tensor>& b_dw,
                                   const c10::optional<at::Tensor>& w_proj,
                                   const c10::optional<at::Tensor>& residual, int64_t act,
-                                  int64_t stride, bool skip, int64_t budget) {
+                                  int64_t stride, bool skip, int64_t budget, int64_t split) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
@@ -226,11 +207,12 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   TORCH_CHECK(!skip || stride == 1, "skip needs stride 1");
   const int64_t B = x_in.size(0), Cin = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   const int64_t K = w_dw.size(-1);
-  const int64_t pad = (K - stride + 1) / 2;  // ceil((k - stride) / 2)
-  const int64_t Ho = (H + 2 * pad - K) / stride + 1, Wo = (W + 2 * pad - K) / stride + 1;
+  const int64_t s = stride;
+  const int64_t pad = (K - s + 1) / 2;  // ceil((k - stride) / 2)
+  const int64_t Ho = (H + 2 * pad - K) / s + 1, Wo = (W + 2 * pad - K) / s + 1;
+  const int64_t Wp = W + 2 * pad;  // padded buffer width: covers every tap of every output
   const auto opts = x_in.options();
-  auto x = nhwc_view(x_in.contiguous(at::MemoryFormat::ChannelsLast));  // (B, H, W, Cin)
-  auto x2 = x.reshape({B * H * W, Cin});
+  auto x2 = nhwc_view(x_in.contiguous(at::MemoryFormat::ChannelsLast)).reshape({B * H * W, Cin});
   const bool expand = w_exp.has_value() && w_exp->defined();
   TORCH_CHECK(expand || act == ACT_NONE, "identity expansion needs act='none'");
   const int64_t C = expand ? w_exp->size(0) : Cin;
@@ -253,55 +235,150 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   auto out = at::empty({B, Ho, Wo, Cout}, opts);
   auto out2 = out.view({B * Ho * Wo, Cout});
 
+  // ---- chunking: (b0, nb images, output rows [o0, o0 + no)) ----
   const int64_t esz = x_in.element_size();
-  const int64_t per_img = esz * (H * W * C + (proj ? Ho * Wo * C : 0));
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(B, budget / std::max<int64_t>(per_img, 1)));
-  const int64_t nchunks = (B + chunk - 1) / chunk;
-
-  const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
-  auto body = [&](int64_t c0) {
-    c10::InferenceMode guard(inference);
-    const int64_t b0 = c0 * chunk, b1 = std::min(B, b0 + chunk), nb = b1 - b0;
-    at::Tensor v2;
-    if (expand) {
-      v2 = at::empty({nb * H * W, C}, opts);
-      at::mm_out(v2, x2.narrow(0, b0 * H * W, nb * H * W), wt);
-    } else {
-      v2 = x2.narrow(0, b0 * H * W, nb * H * W);
-    }
-    at::Tensor z2 = proj ? at::empty({nb * Ho * Wo, C}, opts) : out2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo);
-    AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "emo_expand_dw", [&] {
-      if (expand)
-        bias_act_inplace<scalar_t>(v2.data_ptr<scalar_t>(), nb * H * W, C,
-                                   be.defined() ? be.data_ptr<scalar_t>() : nullptr, act);
-      dwconv_dispatch<scalar_t>(K, v2.data_ptr<scalar_t>(), wd.data_ptr<scalar_t>(),
-                                bd.defined() ? bd.data_ptr<scalar_t>() : nullptr,
-                                z2.data_ptr<scalar_t>(), nb, H, W, C, Ho, Wo, stride, pad, skip);
-    });
-    if (proj) {
-      auto o = out2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo);
-      if (res2.defined())
-        at::addmm_out(o, res2.narrow(0, b0 * Ho * Wo, nb * Ho * Wo), z2, wpt);
-      else
-        at::mm_out(o, z2, wpt);
-    }
-  };
-  if (nchunks >= at::get_num_threads() && nchunks > 1) {
-    at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-      for (int64_t c = c0; c < c1; ++c) body(c);
-    });
+  const int64_t in_row = (Wp + (expand ? W : 0)) * C * esz;  // padded v row + GEMM output row
+  const int64_t out_row = proj ? Wo * C * esz : 0;           // z row
+  const int64_t vrows_img = (Ho - 1) * s + K;
+  const int64_t img_bytes = vrows_img * in_row + Ho * out_row;
+  int64_t nb, no;
+  if (img_bytes <= budget) {
+    nb = std::min<int64_t>(B, budget / img_bytes);
+    no = Ho;
   } else {
-    for (int64_t c = 0; c < nchunks; ++c) body(c);
+    nb = 1;
+    no = std::max<int64_t>(1, (budget - (K - s) * in_row) / (s * in_row + out_row));
+    no = std::min(no, Ho);
+    no = (Ho + (Ho + no - 1) / no - 1) / ((Ho + no - 1) / no);  // equal bands
   }
+  const int64_t vrows = (no - 1) * s + K;  // buffer rows per image of a chunk
+  const int64_t nthreads = at::get_num_threads();
+
+  auto vbuf = at::empty({nb * vrows * Wp * C}, opts);
+  at::Tensor tmp = expand ? at::empty({nb * vrows * W, C}, opts) : at::Tensor();
+  at::Tensor zbuf = proj ? at::empty({nb * no * Wo, C}, opts) : at::Tensor();
+  const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
+
+  AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "emo_expand_dw_proj", [&] {
+    using T = scalar_t;
+    T* vb = vbuf.data_ptr<T>();
+    const T* xp = x2.data_ptr<T>();
+    const T* bep = be.defined() ? be.data_ptr<T>() : nullptr;
+    const T* wdp = wd.data_ptr<T>();
+    const T* bdp = bd.defined() ? bd.data_ptr<T>() : nullptr;
+    T* op = out2.data_ptr<T>();
+    if (pad > 0) {  // the left/right pad columns of every buffer row: zero once, never written
+      for (int64_t r = 0; r < nb * vrows; ++r) {
+        std::fill(vb + r * Wp * C, vb + (r * Wp + pad) * C, T(0));
+        std::fill(vb + (r * Wp + pad + W) * C, vb + (r + 1) * Wp * C, T(0));
+      }
+    }
+    for (int64_t b0 = 0; b0 < B; b0 += nb) {
+      const int64_t nbc = std::min(nb, B - b0);
+      for (int64_t o0 = 0; o0 < Ho; o0 += no) {
+        const int64_t noc = std::min(no, Ho - o0);
+        const int64_t v_lo = o0 * s - pad;                   // virtual row of buffer row 0
+        const int64_t v_hi = (o0 + noc - 1) * s - pad + K;   // exclusive
+        const int64_t r_lo = std::max<int64_t>(0, v_lo), r_hi = std::min(H, v_hi);
+        const int64_t nr = r_hi - r_lo;  // real input rows per image (contiguous in x)
+        // buffer rows outside the image are zero (top/bottom padding)
+        for (int64_t b = 0; b < nbc; ++b)
+          for (int64_t j = 0; j < v_hi - v_lo; ++j)
+            if (j + v_lo < 0 || j + v_lo >= H) {
+              T* row = vb + ((b * vrows + j) * Wp + pad) * C;
+              std::fill(row, row + W * C, T(0));
+            }
+        // ---- phase 1: v rows (expansion GEMM + bias + act) into the padded buffer ----
+        const int64_t G1 = nbc * nr;  // global input rows; x rows of the chunk are contiguous
+        const int64_t x0 = (b0 * H + r_lo) * W;  // first x pixel (nb > 1 means nr == H)
+        const bool cols1 = split == 2 || (split == 0 && nthreads > 1 && G1 * W < 96 * nthreads);
+        const int64_t nt1 = cols1 ? nthreads : std::min(G1, nthreads);
+        auto phase1 = [&](int64_t t) {
+          int64_t g0 = 0, g1 = G1, c0 = 0, c1 = C;
+          if (cols1) std::tie(c0, c1) = split_range(0, C, nt1, t, Vectorized<T>::size());
+          else std::tie(g0, g1) = split_range(0, G1, nt1, t);
+          if (g0 >= g1 || c0 >= c1) return;
+          const T* src = xp + (x0 + g0 * W) * Cin;
+          int64_t ld = Cin;
+          if (expand) {
+            auto o = tmp.narrow(0, g0 * W, (g1 - g0) * W).narrow(1, c0, c1 - c0);
+            at::mm_out(o, x2.narrow(0, x0 + g0 * W, (g1 - g0) * W), wt.narrow(1, c0, c1 - c0));
+            src = tmp.data_ptr<T>() + g0 * W * C;
+            ld = C;
+          }
+          for (int64_t g = g0; g < g1; ++g) {
+            const int64_t b = g / nr, r = r_lo + g % nr;
+            T* dst = vb + ((b * vrows + (r - v_lo)) * Wp + pad) * C;
+            bias_act_copy<T>(src + (g - g0) * W * ld, dst, W, C, c0, c1, bep, act);
+          }
+        };
+        // ---- phase 2: depthwise (+ skip) and projection (+ residual) ----
+        const int64_t G2 = nbc * noc;
+        const int64_t y0 = (b0 * Ho + o0) * Wo;  // first output pixel
+        const bool cols2 = split == 2 || (split == 0 && nthreads > 1 && G2 * Wo < 96 * nthreads);
+        T* zb = proj ? zbuf.data_ptr<T>() : op + y0 * C;
+        auto dw_rows = [&](int64_t g0, int64_t g1, int64_t c0, int64_t c1) {
+          const T* rows[7];
+          for (int64_t g = g0; g < g1; ++g) {
+            const int64_t b = g / noc, oh = o0 + g % noc;
+            const T* base = vb + (b * vrows + (oh - o0) * s) * Wp * C;
+            for (int64_t kh = 0; kh < K; ++kh) rows[kh] = base + kh * Wp * C;
+            const T* vskip = skip ? rows[pad] + pad * C : nullptr;
+            dw_row_dispatch<T>(K, rows, wdp, bdp, vskip, zb + g * Wo * C, Wo, C, c0, c1, s);
+          }
+        };
+        auto proj_rows = [&](int64_t g0, int64_t g1, int64_t n0, int64_t n1) {
+          auto o = out2.narrow(0, y0 + g0 * Wo, (g1 - g0) * Wo).narrow(1, n0, n1 - n0);
+          auto z = zbuf.narrow(0, g0 * Wo, (g1 - g0) * Wo);
+          auto w = wpt.narrow(1, n0, n1 - n0);
+          if (res2.defined())
+            at::addmm_out(o, res2.narrow(0, y0 + g0 * Wo, (g1 - g0) * Wo).narrow(1, n0, n1 - n0),
+                          z, w);
+          else
+            at::mm_out(o, z, w);
+        };
+        auto run = [&](int64_t n, const std::function<void(int64_t)>& f) {
+          if (n <= 1) {
+            for (int64_t t = 0; t < n; ++t) f(t);
+            return;
+          }
+          at::parallel_for(0, n, 1, [&](int64_t t0, int64_t t1) {
+            c10::InferenceMode guard(inference);
+            for (int64_t t = t0; t < t1; ++t) f(t);
+          });
+        };
+        run(nt1, phase1);
+        if (!cols2) {
+          const int64_t nt2 = std::min(G2, nthreads);
+          run(nt2, [&](int64_t t) {
+            auto [g0, g1] = split_range(0, G2, nt2, t);
+            if (g0 >= g1) return;
+            dw_rows(g0, g1, 0, C);
+            if (proj) proj_rows(g0, g1, 0, Cout);
+          });
+        } else {
+          run(nthreads, [&](int64_t t) {
+            auto [c0, c1] = split_range(0, C, nthreads, t, Vectorized<T>::size());
+            if (c0 < c1) dw_rows(0, G2, c0, c1);
+          });
+          if (proj)
+            run(nthreads, [&](int64_t t) {
+              auto [n0, n1] = split_range(0, Cout, nthreads, t, Vectorized<T>::size());
+              if (n0 < n1) proj_rows(0, G2, n0, n1);
+            });
+        }
+      }
+    }
+  });
   return out.permute({0, 3, 1, 2});
 }
 
 at::Tensor expand_dwconv_act(const at::Tensor& x, const c10::optional<at::Tensor>& w_exp,
                              const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
                              const c10::optional<at::Tensor>& b_dw, int64_t act, int64_t stride,
-                             bool skip) {
+                             bool skip, int64_t budget, int64_t split) {
   return expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, c10::nullopt, c10::nullopt, act,
-                                stride, skip, int64_t(1) << 20);
+                                stride, skip, budget, split);
 }
 
 // ---- window attention --------------------------------------------------------------------
@@ -437,6 +514,44 @@ at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out.permute({0, 3, 1, 2});
 }
 
+// One whole iRMB forward (inference, BatchNorms folded): LayerNorm over channels (optional),
+// qk GEMM + strided-window attention (optional), then the fused expansion / depthwise /
+// projection body with the residual. One call per block: no Python between the steps.
+at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor>& ln_w,
+                          const c10::optional<at::Tensor>& ln_b, double eps,
+                          const c10::optional<at::Tensor>& w_qk,
+                          const c10::optional<at::Tensor>& b_qk, int64_t head_dim,
+                          int64_t window_size, double scale,
+                          const c10::optional<at::Tensor>& w_exp,
+                          const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
+                          const c10::optional<at::Tensor>& b_dw, const at::Tensor& w_proj,
+                          int64_t act, int64_t stride, bool skip, int64_t budget, int64_t split) {
+  TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
+  TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
+  const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = x;
+  if (ln_w.has_value() && ln_w->defined()) {  // LN2d: LayerNorm of the (B, H, W, C) view
+    y = at::layer_norm(nhwc_view(x), {C}, *ln_w, ln_b.has_value() ? *ln_b : at::Tensor(), eps)
+            .permute({0, 3, 1, 2});
+  }
+  if (w_qk.has_value() && w_qk->defined()) {
+    auto y2 = nhwc_view(y).reshape({B * H * W, C});
+    auto wq = w_qk->reshape({2 * C, C}).t();
+    at::Tensor qk = b_qk.has_value() && b_qk->defined() ? at::addmm(*b_qk, y2, wq)
+                                                        : at::mm(y2, wq);
+    auto qk4 = qk.view({B, H, W, 2 * C}).permute({0, 3, 1, 2});
+    c10::optional<at::Tensor> kpad;
+    if (b_qk.has_value() && b_qk->defined()) kpad = b_qk->narrow(0, C, C);
+    y = window_attention(qk4.narrow(1, 0, C), qk4.narrow(1, C, C), y, kpad, head_dim,
+                         window_size, scale);
+  }
+  c10::optional<at::Tensor> res;
+  if (skip) res = x;
+  return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, res, act, stride, skip,
+                                budget, split);
+}
+
 std::string isa() { return EMO_STR(CPU_CAPABILITY); }
 
 }  // namespace
@@ -445,14 +560,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "emo_kernels CPU backend (inference only, NHWC)";
   m.def("expand_dwconv_act", &expand_dwconv_act, "expand 1x1 + act + depthwise + SiLU (+skip)",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
-        py::arg("act"), py::arg("stride"), py::arg("skip"));
+        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"));
   m.def("expand_dwconv_act_proj", &expand_dwconv_act_proj,
         "expand_dwconv_act followed by the 1x1 projection (+ residual), chunked over images",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("w_proj"), py::arg("residual"), py::arg("act"), py::arg("stride"),
-        py::arg("skip"), py::arg("budget"));
+        py::arg("skip"), py::arg("budget"), py::arg("split"));
   m.def("window_attention", &window_attention, "EMO strided-window attention", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("k_pad"), py::arg("head_dim"),
         py::arg("window_size"), py::arg("scale"));
+  m.def("irmb_inference", &irmb_inference, "one whole iRMB forward (inference)", py::arg("x"),
+        py::arg("ln_weight"), py::arg("ln_bias"), py::arg("eps"), py::arg("w_qk"),
+        py::arg("b_qk"), py::arg("head_dim"), py::arg("window_size"), py::arg("scale"),
+        py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"), py::arg("w_proj"),
+        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"),
+        py::arg("split"));
   m.def("isa", &isa, "the CPU_CAPABILITY this file was compiled for");
 }
