@@ -85,6 +85,8 @@ def run(args):
                 times = {k: [] for k in variants}
                 for _ in range(args.iters):
                     for k, fn in variants.items():
+                        if args.gap_ms:
+                            time.sleep(args.gap_ms / 1e3)
                         t0 = time.perf_counter()
                         fn(x)
                         times[k].append(time.perf_counter() - t0)
@@ -118,6 +120,7 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--gap-ms", type=float, default=0.0)
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--note", default="", help="free text stored with the results")

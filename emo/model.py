@@ -20,28 +20,23 @@ from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold
 def _param_key(module):
     """Identity of a module's parameters and buffers: changes when one is replaced, moved
     (data pointer) or modified in place (version counter). None: cannot tell (inference tensors
-    have no version counter), so do not cache. The list of submodules is cached (it is walked
-    on every call); ``reparameterize()``, ``train()``/``eval()`` and ``.to()`` refresh it.
-    One flat list of ints per call (no per-tensor tuples: fewer GC-tracked allocations)."""
-    mods = module.__dict__.get("_key_modules")
-    if mods is None:
-        mods = module.__dict__["_key_modules"] = list(module.modules())
-    key = []
+    have no version counter), so do not cache. The parameter/buffer dicts of the submodules
+    are cached (a replaced parameter lands in the same dict); ``reparameterize()``,
+    ``train()``/``eval()`` and ``.to()`` refresh them. One flat list of ints per call."""
+    dicts = module.__dict__.get("_key_dicts")
+    if dicts is None:
+        dicts = module.__dict__["_key_dicts"] = [
+            d for m in module.modules() for d in (m._parameters, m._buffers)]
     try:
-        for m in mods:
-            for d in (m._parameters, m._buffers):
-                for t in d.values():
-                    if t is not None:
-                        key.append(t.data_ptr())
-                        key.append(t._version)
+        return [v for d in dicts for t in d.values() if t is not None
+                for v in (t.data_ptr(), t._version)]
     except RuntimeError:
         return None
-    return key
 
 
 def _drop_key_cache(module):
     for m in module.modules():
-        for k in ("_key_modules", "_infer_cache", "_stem_cache"):
+        for k in ("_key_dicts", "_infer_cache", "_stem_cache"):
             m.__dict__.pop(k, None)
 
 
@@ -189,27 +184,38 @@ class iRMB(nn.Module):
         return p
 
     def _forward_infer_cpu(self, x):
-        """Eval forward on CPU with cached folded weights, NHWC (channels_last) activations and
-        the 1x1 convs as GEMMs; the projection (+ residual) is passed to expand_dwconv_act,
-        whose cpu backend fuses it into the same cache-resident pass."""
+        """Eval forward on CPU with cached folded weights and NHWC (channels_last) activations:
+        one ``emo_kernels.irmb_inference`` call (LayerNorm, attention, expansion, depthwise,
+        projection and residual; the cpu backend runs it as one C++ call)."""
         p = self._inference_params()
+        act = self.act if p["w_exp"] is not None else "none"
+        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
+        ln = isinstance(self.norm, LayerNorm2d)
+        folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
+        if not isinstance(self.se, SE) and (ln or folded or isinstance(self.norm, nn.Identity)):
+            if ln:
+                kw.update(ln_weight=self.norm.norm.weight, ln_bias=self.norm.norm.bias,
+                          eps=self.norm.norm.eps)
+            if self.attn:
+                kw.update(w_qk=p["w_qk"], b_qk=p["b_qk"], head_dim=self.head_dim,
+                          window_size=self.window_size, scale=self.scale)
+            return emo_kernels.irmb_inference(x, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"],
+                                              p["w_proj"], **kw)
+        # the stem block (squeeze-excite), or a norm that cannot be passed on
         shortcut = x
         if self.attn:
-            y = self.norm(x)  # LN2d on a channels_last map: no copy
+            y = self.norm(x)
             C = y.shape[1]
             qk = _pointwise(y, p["w_qk"], p["b_qk"])
             x_in = emo_kernels.window_attention(
                 qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
                 window_size=self.window_size, scale=self.scale)
-        elif p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d):
+        elif folded:
             x_in = x  # the input BN is folded into w_exp
         else:
             x_in = self.norm(x)
-        act = self.act if p["w_exp"] is not None else "none"
         args = (x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"])
-        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
-        se = isinstance(self.se, SE)
-        if not se:
+        if not isinstance(self.se, SE):
             return emo_kernels.expand_dwconv_act(
                 *args, **kw, w_proj=p["w_proj"], residual=shortcut if self.has_skip else None)
         z = emo_kernels.expand_dwconv_act(*args, **kw)

@@ -126,10 +126,16 @@ def resolve(op: str, *args, **kwargs) -> Callable:
     """The implementation of ``op`` that the selected backend provides for these arguments."""
     name = get_backend(op)
     if name == "auto":
+        impls = _REGISTRY.get(op, {})
+        for b in BACKENDS:  # the first that can run it; the reasons only when none can
+            impl = impls.get(b)
+            if impl is None or not impl.auto_ok:
+                continue
+            if b == "triton" and triton_interpreted():
+                continue
+            if impl.can_run(*args, **kwargs) is None:
+                return impl.fn
         reasons = explain(op, *args, **kwargs)
-        for b in BACKENDS:
-            if reasons[b] is None:
-                return _REGISTRY[op][b].fn
         raise BackendUnavailableError(
             f"no backend can run {op}: " + "; ".join(f"{b}: {r}" for b, r in reasons.items()))
     reason = _reason(op, name, args, kwargs)

@@ -151,16 +151,40 @@ def test_tiny_images():
         assert model(torch.randn(1, 3, 5, 3)).shape == (1, 1000)
 
 
-def test_fused_uses_the_ops(monkeypatch):
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_fused_uses_the_ops(monkeypatch, backend):
+    """CPU inference: every block but the stem is one irmb_inference call; its torch backend
+    composes expand_dwconv_act and window_attention, so those run once per block."""
+    calls = []
+    for name in ("expand_dwconv_act", "window_attention", "irmb_inference"):
+        orig = getattr(emo_kernels, name)
+        monkeypatch.setattr(emo_kernels, name,
+                            lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+    model = emo.emo_1m(fused=True).eval()
+    with torch.no_grad(), emo_kernels.use_backend(backend):
+        model(torch.randn(1, 3, 64, 64))
+    # 1 stem + 2+2+8+3 blocks; attention in blocks 2.. of stages 3 and 4
+    assert calls.count("irmb_inference") == 15
+    if emo_kernels.explain("irmb_inference", *_irmb_args())["cpu"] is None and backend == "auto":
+        assert calls.count("expand_dwconv_act") == 1 and calls.count("window_attention") == 0
+    else:
+        assert calls.count("expand_dwconv_act") == 16
+        assert calls.count("window_attention") == 7 + 2
+
+
+def _irmb_args():
+    x = torch.randn(1, 8, 4, 4)
+    return x, torch.randn(16, 8), None, torch.randn(16, 1, 3, 3), None, torch.randn(8, 16)
+
+
+def test_fused_training_uses_the_ops(monkeypatch):
     calls = []
     for name in ("expand_dwconv_act", "window_attention"):
         orig = getattr(emo_kernels, name)
         monkeypatch.setattr(emo_kernels, name,
                             lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
-    model = emo.emo_1m(fused=True).eval()
-    with torch.no_grad():
-        model(torch.randn(1, 3, 64, 64))
-    # 1 stem + 2+2+8+3 blocks; attention in blocks 2.. of stages 3 and 4
+    model = emo.emo_1m(fused=True).train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
     assert calls.count("expand_dwconv_act") == 16
     assert calls.count("window_attention") == 7 + 2
 

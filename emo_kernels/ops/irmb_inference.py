@@ -1,0 +1,83 @@
+"""Public op ``irmb_inference``: one whole iRMB forward for inference, in one call.
+
+    y   = LN2d(x)                                  if ln_weight is given (eps)
+    y   = window_attention(q, k, y, b_qk[C:])      if w_qk is given: [q, k] = conv1x1(y, w_qk) + b_qk
+    z   = expand_dwconv_act(y, w_exp, b_exp, w_dw, b_dw, act, stride, skip)
+    out = conv1x1(z, w_proj) (+ x if skip)
+
+Every BatchNorm must already be folded (an input BN into w_exp/b_exp, the depthwise BN into
+w_dw/b_dw: see emo.layers.fold_bn); squeeze-excite is not part of it. No autograd.
+
+Arguments
+    x        (B, C, H, W) float; w_exp (Cmid, C[, 1, 1]) or None (identity, act='none');
+    w_dw     (Cmid, 1, k, k); w_proj (Cout, Cmid[, 1, 1]); ln_weight/ln_bias (C,);
+    w_qk     (2C, C[, 1, 1]) with b_qk (2C,), head_dim, window_size, scale: the attention.
+Returns (B, Cout, Ho, Wo).
+
+Backends: ``cpu`` (csrc/cpu/: LayerNorm, qk GEMM, attention and the fused expansion /
+depthwise / projection body in one C++ call, with no Python between them: at batch 1 the
+per-op Python overhead is a large part of an EMO forward); ``torch``: the composition of the
+public ops ``window_attention`` and ``expand_dwconv_act`` (each dispatched to its own backend).
+
+Memory traffic (cpu): reads x, writes LN(x), qk (2C) and the attention output (C) per pixel,
+reads them back once, writes out; v and z stay in cache (see expand_dwconv_act).
+"""
+import sys
+
+import torch
+
+from .. import backends, cpu
+from ..reference import irmb_inference_ref
+from ._checks import check_tensor
+from .expand_dwconv_act import _validate as _validate_eda
+from .expand_dwconv_act import _validate_proj
+
+OP = "irmb_inference"
+
+
+def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias,
+              w_qk, b_qk, head_dim, window_size):
+    _validate_eda(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, None, None, None, None, False)
+    C = x.shape[1]
+    check_tensor("ln_weight", ln_weight, shape=(C,), like=x, optional=True)
+    check_tensor("ln_bias", ln_bias, shape=(C,), like=x, optional=True)
+    if ln_bias is not None and ln_weight is None:
+        raise ValueError("ln_bias needs ln_weight")
+    if w_qk is not None:
+        check_tensor("w_qk", w_qk, like=x)
+        if w_qk.shape[:2] != (2 * C, C) or w_qk.dim() not in (2, 4) or w_qk[0].numel() != C:
+            raise ValueError(f"w_qk must be (2C={2 * C}, C={C}[, 1, 1]), got {tuple(w_qk.shape)}")
+        check_tensor("b_qk", b_qk, shape=(2 * C,), like=x, optional=True)
+        if not isinstance(head_dim, int) or head_dim < 1 or C % head_dim:
+            raise ValueError(f"head_dim must be a positive int dividing C={C}, got {head_dim!r}")
+        if not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+    elif b_qk is not None:
+        raise ValueError("b_qk needs w_qk")
+    k = w_dw.shape[-1]
+    pad = -(-(k - stride) // 2)
+    ho = (x.shape[2] + 2 * pad - k) // stride + 1
+    wo = (x.shape[3] + 2 * pad - k) // stride + 1
+    _validate_proj((x.shape[0], w_dw.shape[0], ho, wo), x, w_proj, x if skip else None)
+
+
+def irmb_inference(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
+                   ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None, head_dim=None,
+                   window_size=7, scale=None):
+    """See the module docstring."""
+    _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias, w_qk,
+              b_qk, head_dim, window_size)
+    kwargs = dict(act=act, stride=stride, skip=skip, ln_weight=ln_weight, ln_bias=ln_bias,
+                  eps=eps, w_qk=w_qk, b_qk=b_qk, head_dim=head_dim, window_size=window_size,
+                  scale=scale)
+    fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
+    return fn(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
+
+
+def _composed(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs):
+    return irmb_inference_ref(x, w_exp, b_exp, w_dw, b_dw, w_proj, ops=sys.modules["emo_kernels"],
+                              **kwargs)
+
+
+backends.register(OP, "torch", _composed)
+backends.register(OP, "cpu", cpu.irmb_inference_cpu, cpu.irmb_inference_can_run)

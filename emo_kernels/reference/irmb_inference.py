@@ -1,0 +1,36 @@
+"""Reference of ``irmb_inference``: one whole iRMB forward (inference) from the two references."""
+import torch.nn.functional as F
+
+from .expand_dwconv_act import expand_dwconv_act_ref
+from .window_attention import window_attention_ref
+
+
+def pointwise(x, w, b=None):
+    """1x1 conv of (B, C, H, W) with w (N, C[, 1, 1])."""
+    return F.conv2d(x, w.reshape(w.shape[0], -1, 1, 1), b)
+
+
+def irmb_inference_ref(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
+                       ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None,
+                       head_dim=None, window_size=7, scale=None, ops=None):
+    """y = LN2d(x) (if ln_weight is given); with w_qk: y = window_attention(qk(y)[:C],
+    qk(y)[C:], y, b_qk[C:]); out = conv1x1(expand_dwconv_act(y, ...), w_proj) (+ x if skip).
+    ``ops``: a namespace with expand_dwconv_act and window_attention to compose (default:
+    the references)."""
+    eda = expand_dwconv_act_ref if ops is None else ops.expand_dwconv_act
+    wa = window_attention_ref if ops is None else ops.window_attention
+    y = x
+    if ln_weight is not None:
+        y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), ln_weight, ln_bias,
+                         eps).permute(0, 3, 1, 2)
+    if w_qk is not None:
+        C = x.shape[1]
+        qk = pointwise(y, w_qk, b_qk)
+        y = wa(qk[:, :C], qk[:, C:], y, None if b_qk is None else b_qk[C:], head_dim=head_dim,
+               window_size=window_size, scale=scale)
+    if ops is None:
+        z = eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip)
+        out = pointwise(z, w_proj)
+        return out + x if skip else out
+    return eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip, w_proj=w_proj,
+               residual=x if skip else None)

@@ -1,0 +1,105 @@
+"""The irmb_inference op (one whole iRMB forward for inference): its cpu backend (one C++ call)
+and its torch backend (composition of the two public ops) against the pure reference, in
+float32 and float64, over every block form of EMO and odd map sizes; argument errors."""
+import pytest
+import torch
+
+import emo_kernels
+from conftest import rel_err
+from emo_kernels import cpu as cpu_backend
+from emo_kernels.reference import irmb_inference_ref
+from emo_kernels.testing import TOLERANCE, poison_empty
+
+_reason = cpu_backend._cpu.unavailable_reason()
+
+# (B, C, Cmid, Cout, H, W, k, stride, act, skip, ln, attn head_dim or 0)
+CFGS = [
+    (2, 16, 40, 16, 9, 11, 3, 1, "silu", True, False, 0),    # stage 1-2 block (BN folded)
+    (1, 16, 48, 24, 9, 11, 3, 2, "silu", False, False, 0),   # downsampling block
+    (2, 20, 60, 20, 8, 8, 5, 1, "gelu", True, True, 0),      # stage 3-4 first block: LN, no attn
+    (2, 40, 80, 40, 8, 10, 5, 1, "gelu", True, True, 20),    # attention block, padded windows
+    (1, 42, 84, 42, 3, 5, 5, 1, "gelu", True, True, 21),     # attention, map smaller than a window
+    (1, 32, 64, 32, 14, 14, 5, 1, "gelu", True, True, 16),   # attention, two strided windows
+    (1, 24, 24, 24, 7, 9, 3, 1, "none", False, False, 0),    # identity expansion
+]
+IDS = [f"B{c[0]}-C{c[1]}-mid{c[2]}-out{c[3]}-{c[4]}x{c[5]}-k{c[6]}-s{c[7]}-{c[8]}"
+       f"{'-skip' if c[9] else ''}{'-ln' if c[10] else ''}{f'-attn{c[11]}' if c[11] else ''}"
+       for c in CFGS]
+
+
+def _args(cfg):
+    B, C, Cm, Co, H, W, k, s, act, skip, ln, hd = cfg
+    g = torch.Generator().manual_seed(5)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    x = r(B, C, H, W)
+    if act == "none":
+        Cm, we, be = C, None, None
+    else:
+        we, be = r(Cm, C) / C ** 0.5, r(Cm)
+    args = [x, we, be, r(Cm, 1, k, k) / k, r(Cm), r(Co, Cm) / Cm ** 0.5]
+    kw = dict(act=act, stride=s, skip=skip)
+    if ln:
+        kw.update(ln_weight=1 + 0.1 * r(C), ln_bias=0.1 * r(C))
+    if hd:
+        kw.update(w_qk=r(2 * C, C) / C ** 0.5, b_qk=r(2 * C), head_dim=hd, window_size=7)
+    return args, kw
+
+
+def _cast(args, kw, dtype):
+    c = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return [c(a) for a in args], {k: c(v) for k, v in kw.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("cfg", CFGS, ids=IDS)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_irmb_inference(cfg, dtype, backend):
+    if backend == "cpu" and _reason is not None:
+        pytest.skip(f"cpu backend unavailable: {_reason}")
+    args, kw = _args(cfg)
+    ref = irmb_inference_ref(*args, **kw)
+    args, kw = _cast(args, kw, dtype)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+        out = emo_kernels.irmb_inference(*args, **kw)
+    assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+def test_reference_matches_model_block():
+    """The reference of the op is the iRMB: an eval EMO attention block gives the same output."""
+    import emo
+    torch.manual_seed(0)
+    blk = emo.emo_1m().double().eval().stage3[1]
+    x = torch.randn(2, blk.norm.norm.weight.shape[0], 9, 12, dtype=torch.float64)
+    from emo.layers import fold_bn
+    w_dw, b_dw = fold_bn(blk.conv_local.conv.weight, None, blk.conv_local.norm)
+    with torch.no_grad():
+        out = irmb_inference_ref(
+            x, blk.v.conv.weight, blk.v.conv.bias, w_dw, b_dw, blk.proj.conv.weight, act="gelu",
+            skip=True, ln_weight=blk.norm.norm.weight, ln_bias=blk.norm.norm.bias,
+            w_qk=blk.qk.conv.weight, b_qk=blk.qk.conv.bias, head_dim=blk.head_dim)
+        assert rel_err(out, blk(x)) <= 1e-12
+
+
+def test_irmb_inference_errors():
+    args, kw = _args(CFGS[3])
+    x = args[0]
+    with pytest.raises(ValueError, match="w_qk must be"):
+        emo_kernels.irmb_inference(*args, **{**kw, "w_qk": kw["w_qk"][:, :3]})
+    with pytest.raises(ValueError, match="head_dim"):
+        emo_kernels.irmb_inference(*args, **{**kw, "head_dim": 7})
+    with pytest.raises(ValueError, match="ln_weight"):
+        emo_kernels.irmb_inference(*args, **{**kw, "ln_weight": torch.ones(3, dtype=x.dtype)})
+    with pytest.raises(TypeError, match="dtype"):
+        emo_kernels.irmb_inference(x.float(), *args[1:], **kw)
+    with pytest.raises(ValueError, match="w_proj expects"):
+        emo_kernels.irmb_inference(*args[:5], args[5][:, :7], **kw)
+    with pytest.raises(ValueError, match="b_qk needs w_qk"):
+        emo_kernels.irmb_inference(*args, **{**kw, "w_qk": None})
+
+
+def test_cpu_backend_refuses_grad():
+    args, kw = _args(CFGS[0])
+    args[1].requires_grad_(True)
+    assert "inference-only" in emo_kernels.explain("irmb_inference", *args, **kw)["cpu"]
