@@ -36,7 +36,7 @@ def _param_key(module):
 
 def _drop_key_cache(module):
     for m in module.modules():
-        for k in ("_key_dicts", "_infer_cache", "_stem_cache"):
+        for k in ("_key_dicts", "_infer_cache", "_stem_cache", "_chain_cache"):
             m.__dict__.pop(k, None)
 
 
@@ -64,6 +64,7 @@ class iRMB(nn.Module):
         super().__init__()
         dim_mid = int(dim_in * exp_ratio)
         self.norm = make_norm(norm, dim_in)
+        self.norm_channels = dim_in
         self.has_skip = dim_in == dim_out and stride == 1 and skip
         self.attn = attn
         self.act = act
@@ -183,24 +184,34 @@ class iRMB(nn.Module):
         self._infer_cache = (key, p)
         return p
 
+    def _irmb_args(self, p):
+        """The block as ``irmb_inference`` arguments ``(args, kwargs)`` (after x), or None when
+        it has a part that op does not take (squeeze-excite, a BatchNorm before attention)."""
+        act = self.act if p["w_exp"] is not None else "none"
+        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
+        ln = isinstance(self.norm, LayerNorm2d)
+        folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
+        if isinstance(self.se, SE) or not (ln or folded or isinstance(self.norm, nn.Identity)):
+            return None
+        if ln:
+            kw.update(ln_weight=self.norm.norm.weight.detach(),
+                      ln_bias=self.norm.norm.bias.detach(), eps=self.norm.norm.eps)
+        if self.attn:
+            kw.update(w_qk=p["w_qk"], b_qk=p["b_qk"], head_dim=self.head_dim,
+                      window_size=self.window_size, scale=self.scale)
+        return (p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"], p["w_proj"]), kw
+
     def _forward_infer_cpu(self, x):
         """Eval forward on CPU with cached folded weights and NHWC (channels_last) activations:
         one ``emo_kernels.irmb_inference`` call (LayerNorm, attention, expansion, depthwise,
         projection and residual; the cpu backend runs it as one C++ call)."""
         p = self._inference_params()
+        call = self._irmb_args(p)
+        if call is not None:
+            return emo_kernels.irmb_inference(x, *call[0], **call[1])
         act = self.act if p["w_exp"] is not None else "none"
         kw = dict(act=act, stride=self.stride, skip=self.has_skip)
-        ln = isinstance(self.norm, LayerNorm2d)
         folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
-        if not isinstance(self.se, SE) and (ln or folded or isinstance(self.norm, nn.Identity)):
-            if ln:
-                kw.update(ln_weight=self.norm.norm.weight, ln_bias=self.norm.norm.bias,
-                          eps=self.norm.norm.eps)
-            if self.attn:
-                kw.update(w_qk=p["w_qk"], b_qk=p["b_qk"], head_dim=self.head_dim,
-                          window_size=self.window_size, scale=self.scale)
-            return emo_kernels.irmb_inference(x, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"],
-                                              p["w_proj"], **kw)
         # the stem block (squeeze-excite), or a norm that cannot be passed on
         shortcut = x
         if self.attn:
@@ -361,14 +372,45 @@ class EMO(nn.Module):
         return stage(x)
 
     def _forward_intermediates_infer_cpu(self, x):
-        """Fused inference on CPU: channels_last from the stem on."""
+        """Fused inference on CPU: channels_last from the stem on. Stages 1-4 run as one
+        ``emo_kernels.IRMBChain`` call (no Python between blocks) unless a block has forward
+        hooks (then block by block, through __call__, so that the hooks fire)."""
         x = self._stem_infer_cpu(x)
+        blocks = [b for i in range(1, 5) for b in getattr(self, f"stage{i}")]
+        chain, ends = self._infer_chain(blocks, x)
+        if chain is not None:
+            return chain(x, outputs=ends)
         feats = []
         for i in range(1, 5):
             for blk in getattr(self, f"stage{i}"):
-                x = blk(x)  # through __call__, so that forward hooks still fire
+                x = blk(x)
             feats.append(x)
         return feats
+
+    def _infer_chain(self, blocks, x):
+        """The cached IRMBChain of stages 1-4 and the indices of the stage ends, or (None, None)
+        when blocks have hooks or a block cannot be chained. Rebuilt when a block, a parameter
+        or a buffer changes (each block's _param_key) or the input dtype/device does."""
+        from torch.nn.modules import module as _m
+        if _m._global_forward_hooks or _m._global_forward_pre_hooks or any(
+                b._forward_hooks or b._forward_pre_hooks for b in blocks):
+            return None, None
+        keys = [_param_key(b) for b in blocks]
+        if any(k is None for k in keys):
+            return None, None
+        cache = self.__dict__.get("_chain_cache")
+        tag = (x.dtype, x.device)
+        if cache is not None and cache[0] == blocks and cache[1] == keys and cache[2] == tag:
+            return cache[3], cache[4]
+        calls = [b._irmb_args(b._inference_params()) for b in blocks]
+        if any(c is None for c in calls):
+            chain = ends = None
+        else:
+            chain = emo_kernels.IRMBChain(calls, blocks[0].norm_channels, x.dtype, x.device)
+            n = [len(getattr(self, f"stage{i}")) for i in range(1, 5)]
+            ends = [sum(n[:i + 1]) - 1 for i in range(4)]
+        self.__dict__["_chain_cache"] = (blocks, keys, tag, chain, ends)
+        return chain, ends
 
     def _stem_infer_cpu(self, x):
         """Stem conv with its BN folded (cached), on a channels_last input."""

@@ -110,6 +110,33 @@ def irmb_inference_cpu(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", strid
                                       SPLIT)
 
 
+def _block_tuple(args, kw):
+    """One block's arguments in the order of the C++ irmb_inference (after x)."""
+    w_exp, b_exp, w_dw, b_dw, w_proj = args
+    hd = kw.get("head_dim") or 0
+    scale = kw.get("scale")
+    if kw.get("w_qk") is not None and scale is None:
+        scale = hd ** -0.5
+    return (kw.get("ln_weight"), kw.get("ln_bias"), float(kw.get("eps", 1e-6)), kw.get("w_qk"),
+            kw.get("b_qk"), hd, kw.get("window_size", 7), float(scale or 0.0), w_exp, b_exp,
+            w_dw, b_dw, w_proj, _ACT[kw["act"]], kw["stride"], bool(kw["skip"]))
+
+
+def irmb_chain_can_run(x, chain, outputs):
+    bad = chain.kernel_sizes - {1, 3, 5, 7}
+    if bad:
+        return f"the cpu backend supports depthwise kernels 1, 3, 5, 7 (got {sorted(bad)})"
+    return _common_reason([x] + chain.tensors)
+
+
+def irmb_chain_cpu(x, chain, outputs):
+    """The whole chain in one C++ call (the block tuples are built once per chain)."""
+    tuples = chain.__dict__.get("_cpu_tuples")
+    if tuples is None:
+        tuples = chain._cpu_tuples = [_block_tuple(a, k) for a, k in chain.blocks]
+    return _cpu.load().irmb_chain(x, tuples, list(outputs), _budget(), SPLIT)
+
+
 def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
     return _common_reason([q, k, v, k_pad])
 

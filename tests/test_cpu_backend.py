@@ -5,6 +5,8 @@ Every op config runs in float32 (tolerance table of emo_kernels.testing) and flo
 output allocations NaN-poisoned. The backend is inference-only: calls that need autograd, and
 BatchNorm in training mode, are refused with a reason (training falls back to torch).
 """
+import copy
+
 import pytest
 import torch
 
@@ -269,6 +271,11 @@ def test_model_cache_follows_weights_and_mode():
         ref.load_state_dict(sd)
         fused.load_state_dict(sd)
         assert rel_err(fused(x), ref(x)) <= 1e-4
+    for m in (ref, fused):  # a block replaced by another module
+        m.stage3[1] = copy.deepcopy(m.stage3[2])
+        m.stage3[1].v.conv.weight.data.mul_(0.5)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-4
     fused.train()
     ref.train()
     fused(torch.randn(2, 3, 64, 64))  # training updates the BN running stats (torch path)
@@ -298,3 +305,22 @@ def test_model_reparameterized_and_torch_backend():
             assert rel_err(fused(x), a) <= 1e-4
         fused.reparameterize()
         assert rel_err(fused(x), a) <= 1e-4
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_activations_at_extreme_inputs(act):
+    """The float activations (reciprocal estimate + Newton step, capped exp argument) stay
+    accurate and finite far into both tails, where exp overflows."""
+    C = 32
+    vals = torch.tensor([-1e4, -500.0, -100.0, -88.7, -80.0, -30.0, -5.0, -1e-3, 0.0, 1e-3, 5.0,
+                         30.0, 88.7, 100.0, 500.0, 1e4], dtype=torch.float64)
+    x = vals.repeat(C * 6 // len(vals) + 1)[: C * 6].reshape(1, C, 2, 3)
+    eye = torch.eye(C, dtype=torch.float64)
+    wd = torch.zeros(C, 1, 1, 1, dtype=torch.float64)  # depthwise 1x1 of 0: z = silu(0) + v
+    ref = expand_dwconv_act_ref(x, eye, None, wd, None, act=act, stride=1, skip=True)
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x.float(), eye.float(), None, wd.float(), None,
+                                            act=act, stride=1, skip=True)
+    assert torch.isfinite(out).all()
+    # error relative to max(|act(x)|, 1): the float32 tolerance, elementwise
+    assert ((out.double() - ref).abs() / ref.abs().clamp_min(1.0)).max() <= TOLERANCE[torch.float32]

@@ -103,3 +103,52 @@ def test_cpu_backend_refuses_grad():
     args, kw = _args(CFGS[0])
     args[1].requires_grad_(True)
     assert "inference-only" in emo_kernels.explain("irmb_inference", *args, **kw)["cpu"]
+
+
+# ----- IRMBChain ----------------------------------------------------------------------------
+def _chain_blocks(dtype=torch.float64):
+    """Three blocks of different forms whose channels chain: 16 -> 16 -> 24 -> 24 (attn)."""
+    out = []
+    for cfg in [(1, 16, 40, 16, 9, 11, 3, 1, "silu", True, False, 0),
+                (1, 16, 48, 24, 9, 11, 3, 2, "silu", False, False, 0),
+                (1, 24, 48, 24, 5, 6, 5, 1, "gelu", True, True, 12)]:
+        args, kw = _cast(*_args(cfg), dtype)
+        out.append((tuple(args[1:]), kw))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_chain_matches_blocks(dtype, backend):
+    if backend == "cpu" and _reason is not None:
+        pytest.skip(f"cpu backend unavailable: {_reason}")
+    blocks = _chain_blocks()
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    refs, y = [], x
+    for args, kw in blocks:
+        y = irmb_inference_ref(y, *args, **kw)
+        refs.append(y)
+    chain = emo_kernels.IRMBChain(_chain_blocks(dtype), 16, dtype, "cpu")
+    with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+        outs = chain(x.to(dtype).contiguous(memory_format=torch.channels_last), outputs=[0, 2])
+        last = chain(x.to(dtype))
+    assert len(outs) == 2 and len(last) == 1
+    for out, ref in zip(outs + last, [refs[0], refs[2], refs[2]]):
+        assert out.shape == ref.shape and out.dtype == dtype
+        assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+def test_chain_errors():
+    blocks = _chain_blocks()
+    bad = [blocks[0], (blocks[2][0], blocks[2][1])]  # block 1 expects 24 channels, gets 16
+    with pytest.raises(ValueError, match="block 1: w_exp expects 24 input channels"):
+        emo_kernels.IRMBChain(bad, 16, torch.float64, "cpu")
+    chain = emo_kernels.IRMBChain(blocks, 16, torch.float64, "cpu")
+    with pytest.raises(ValueError, match="16 input channels"):
+        chain(torch.randn(1, 8, 9, 9, dtype=torch.float64))
+    with pytest.raises(TypeError, match="float64"):
+        chain(torch.randn(1, 16, 9, 9))
+    with pytest.raises(ValueError, match="increasing block indices"):
+        chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[2, 1])
+    with pytest.raises(ValueError, match="increasing block indices"):
+        chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[3])

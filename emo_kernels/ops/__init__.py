@@ -1,5 +1,5 @@
 from .expand_dwconv_act import expand_dwconv_act
-from .irmb_inference import irmb_inference
+from .irmb_inference import IRMBChain, irmb_inference
 from .window_attention import window_attention
 
-__all__ = ["expand_dwconv_act", "window_attention", "irmb_inference"]
+__all__ = ["expand_dwconv_act", "window_attention", "irmb_inference", "IRMBChain"]

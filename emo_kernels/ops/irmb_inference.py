@@ -81,3 +81,78 @@ def _composed(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs):
 
 backends.register(OP, "torch", _composed)
 backends.register(OP, "cpu", cpu.irmb_inference_cpu, cpu.irmb_inference_can_run)
+
+
+# ----- a chain of blocks, prepared once ------------------------------------------------------
+CHAIN_OP = "irmb_chain"
+
+
+class IRMBChain:
+    """``irmb_inference`` over a chain of blocks (the output of one is the input of the next),
+    prepared once: the arguments are validated at construction, a call checks only ``x``.
+
+    ``blocks``: a list of ``(args, kwargs)``, the arguments of ``irmb_inference`` after x:
+    ``args = (w_exp, b_exp, w_dw, b_dw, w_proj)``, kwargs its keyword arguments.
+    ``chain(x, outputs=(i, j, ...))`` returns the outputs of blocks i, j, ... (increasing;
+    default: the last block's). Backends: ``cpu`` runs the whole chain as one C++ call (no
+    Python between blocks); ``torch`` calls ``irmb_inference`` block by block.
+    """
+
+    def __init__(self, blocks, in_channels, dtype, device):
+        if not blocks:
+            raise ValueError("IRMBChain needs at least one block")
+        self.blocks = []
+        c = in_channels
+        probe_hw = 7
+        for i, (args, kwargs) in enumerate(blocks):
+            args, kwargs = tuple(args), dict(kwargs)
+            kwargs.setdefault("act", "silu")
+            kwargs.setdefault("stride", 1)
+            kwargs.setdefault("skip", False)
+            probe = torch.empty(1, c, probe_hw, probe_hw, dtype=dtype, device=device)
+            try:
+                _validate(probe, *args, kwargs["act"], kwargs["stride"], kwargs["skip"],
+                          kwargs.get("ln_weight"), kwargs.get("ln_bias"), kwargs.get("w_qk"),
+                          kwargs.get("b_qk"), kwargs.get("head_dim"), kwargs.get("window_size", 7))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"block {i}: {e}") from None
+            self.blocks.append((args, kwargs))
+            c = args[4].shape[0]
+        self.in_channels, self.out_channels = in_channels, c
+        self.dtype, self.device = dtype, torch.device(device)
+        self.tensors = [t for a, k in self.blocks for t in (*a, *k.values())
+                        if isinstance(t, torch.Tensor)]
+        self.kernel_sizes = {a[2].shape[-1] for a, _ in self.blocks}
+
+    def __len__(self):
+        return len(self.blocks)
+
+    def __call__(self, x, outputs=None):
+        check_tensor("x", x, dim=4)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"the chain expects {self.in_channels} input channels, got shape "
+                             f"{tuple(x.shape)}")
+        if x.dtype != self.dtype or x.device != self.device:
+            raise TypeError(f"the chain's weights are {self.dtype} on {self.device}, the input is "
+                            f"{x.dtype} on {x.device}")
+        outputs = [len(self) - 1] if outputs is None else [int(i) for i in outputs]
+        if any(b <= a for a, b in zip(outputs, outputs[1:])) or \
+                any(not 0 <= i < len(self) for i in outputs):
+            raise ValueError(f"outputs must be increasing block indices in [0, {len(self)}), "
+                             f"got {outputs}")
+        fn = backends.resolve(CHAIN_OP, x, self, outputs)
+        return fn(x, self, outputs)
+
+
+def _chain_composed(x, chain, outputs):
+    import emo_kernels
+    outs, want = [], set(outputs)
+    for i, (args, kwargs) in enumerate(chain.blocks):
+        x = emo_kernels.irmb_inference(x, *args, **kwargs)
+        if i in want:
+            outs.append(x)
+    return outs
+
+
+backends.register(CHAIN_OP, "torch", _chain_composed)
+backends.register(CHAIN_OP, "cpu", cpu.irmb_chain_cpu, cpu.irmb_chain_can_run)
