@@ -34,6 +34,7 @@ EDC = [
     (1, 12, 36, 1, 1, 3, 1, "silu", True),
     (3, 20, 72, 14, 14, 5, 2, "silu", False),
     (1, 10, 21, 8, 8, 3, 1, "none", False),
+    (1, 8, 24, 5, 7, 3, 1, "silu", True),  # width 7: the depthwise pass's 7-pixel blocks
 ]
 
 

@@ -166,6 +166,10 @@ void dw_row(const T* const* rows, const T* w /* (K*K, C) */, const T* bias, cons
     const int64_t cnt = std::min<int64_t>(VS, c1 - c);
     const V bv = bias ? V::loadu(bias + c, cnt) : V(T(0));
     int64_t ow = 0;
+    if (Wo % 8 != 0 && Wo % 7 == 0) {  // 7, 14, 28: EMO's stage 3-4 widths at 224
+      for (; ow < Wo; ow += 7) dw_block<T, K, S, 7>(rows, w, C, c, cnt, bv, vskip, out, ow);
+      continue;
+    }
     for (; ow + 8 <= Wo; ow += 8) dw_block<T, K, S, 8>(rows, w, C, c, cnt, bv, vskip, out, ow);
     if (ow + 4 <= Wo) { dw_block<T, K, S, 4>(rows, w, C, c, cnt, bv, vskip, out, ow); ow += 4; }
     if (ow + 2 <= Wo) { dw_block<T, K, S, 2>(rows, w, C, c, cnt, bv, vskip, out, ow); ow += 2; }
@@ -415,6 +419,7 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
   const int64_t Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
   const int64_t n1 = Hp / ws, n2 = Wp / ws, L = ws * ws;
   const int64_t Lp = (L + VS - 1) / VS * VS, dp = (d + VS - 1) / VS * VS;
+  const bool unit = qs[1] == 1 && ks[1] == 1 && vs[1] == 1;
   at::parallel_for(0, B * n1 * n2 * heads, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> Qb(L * d), Kt(d * Lp), Vb(L * dp), S(Lp), O(dp);
     std::vector<int64_t> pix(L);  // h * W + w, or -1 for a padded token
@@ -433,10 +438,19 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
             const T* qp = q + b * qs[0] + c0 * qs[1] + y * qs[2] + x * qs[3];
             const T* kp = k + b * ks[0] + c0 * ks[1] + y * ks[2] + x * ks[3];
             const T* vp = v + b * vs[0] + c0 * vs[1] + y * vs[2] + x * vs[3];
-            for (int64_t c = 0; c < d; ++c) {
-              Qb[t * d + c] = qp[c * qs[1]] * scale;
-              Kt[c * Lp + t] = kp[c * ks[1]];
-              Vb[t * dp + c] = vp[c * vs[1]];
+            if (unit) {  // channels contiguous (NHWC): vector copies for q and v
+              for (int64_t c = 0; c < d; c += VS) {
+                const int64_t cnt = std::min<int64_t>(VS, d - c);
+                (V::loadu(qp + c, cnt) * V(scale)).store(Qb.data() + t * d + c, cnt);
+                V::loadu(vp + c, cnt).store(Vb.data() + t * dp + c, cnt);
+              }
+              for (int64_t c = 0; c < d; ++c) Kt[c * Lp + t] = kp[c];
+            } else {
+              for (int64_t c = 0; c < d; ++c) {
+                Qb[t * d + c] = qp[c * qs[1]] * scale;
+                Kt[c * Lp + t] = kp[c * ks[1]];
+                Vb[t * dp + c] = vp[c * vs[1]];
+              }
             }
           } else {
             pix[t] = -1;
