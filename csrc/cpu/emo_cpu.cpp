@@ -408,6 +408,66 @@ at::Tensor expand_dwconv_act(const at::Tensor& x, const c10::optional<at::Tensor
 }
 
 // ---- window attention --------------------------------------------------------------------
+// S[q][0:Lp) = Q[q] . Kt for NQ queries: per group of 4 key vectors, NQ x 4 accumulators
+// over the d channels (Kt: d x Lp, Lp a multiple of 4 vectors).
+template <typename T, int NQ>
+inline void attn_scores(const T* Q, const T* Kt, T* S, int64_t d, int64_t Lp) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  for (int64_t j = 0; j < Lp; j += 4 * VS) {
+    V acc[NQ][4];
+    for (int q = 0; q < NQ; ++q)
+      for (int i = 0; i < 4; ++i) acc[q][i] = V(T(0));
+    for (int64_t c = 0; c < d; ++c) {
+      const T* kr = Kt + c * Lp + j;
+      const V k0 = V::loadu(kr), k1 = V::loadu(kr + VS), k2 = V::loadu(kr + 2 * VS),
+              k3 = V::loadu(kr + 3 * VS);
+#pragma GCC unroll 4
+      for (int q = 0; q < NQ; ++q) {
+        const V qv(Q[q * d + c]);
+        acc[q][0] = at::vec::fmadd(qv, k0, acc[q][0]);
+        acc[q][1] = at::vec::fmadd(qv, k1, acc[q][1]);
+        acc[q][2] = at::vec::fmadd(qv, k2, acc[q][2]);
+        acc[q][3] = at::vec::fmadd(qv, k3, acc[q][3]);
+      }
+    }
+    for (int q = 0; q < NQ; ++q)
+      for (int i = 0; i < 4; ++i) acc[q][i].store(S + q * Lp + j + i * VS);
+  }
+}
+
+// out[pix[q]][c0 : c0 + d) = inv[q] * sum_j P[q][j] Vb[j] for NQ queries (pix < 0: a padded
+// query, cropped away), 2 channel vectors at a time: NQ x 2 accumulators over the L keys.
+template <typename T, int NQ>
+inline void attn_pv(const T* P, const T* Vb, const T* inv, const int64_t* pix, T* out,
+                    int64_t img, int64_t C, int64_t c0, int64_t L, int64_t Lp, int64_t d,
+                    int64_t dp) {
+  using V = Vectorized<T>;
+  constexpr int64_t VS = V::size();
+  for (int64_t c = 0; c < dp; c += 2 * VS) {
+    const bool two = c + VS < dp;
+    V acc[NQ][2];
+    for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = V(T(0));
+    for (int64_t j = 0; j < L; ++j) {
+      const V v0 = V::loadu(Vb + j * dp + c);
+      const V v1 = two ? V::loadu(Vb + j * dp + c + VS) : V(T(0));
+#pragma GCC unroll 4
+      for (int q = 0; q < NQ; ++q) {
+        const V p(P[q * Lp + j]);
+        acc[q][0] = at::vec::fmadd(p, v0, acc[q][0]);
+        acc[q][1] = at::vec::fmadd(p, v1, acc[q][1]);
+      }
+    }
+    for (int q = 0; q < NQ; ++q) {
+      if (pix[q] < 0) continue;
+      T* o = out + (img + pix[q]) * C + c0;
+      const V s(inv[q]);
+      (acc[q][0] * s).store(o + c, std::min<int64_t>(VS, d - c));
+      if (two) (acc[q][1] * s).store(o + c + VS, std::min<int64_t>(VS, d - c - VS));
+    }
+  }
+}
+
 template <typename T>
 void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, T* out,
                              const int64_t* qs, const int64_t* ks, const int64_t* vs,  // B,C,H,W strides
@@ -418,10 +478,11 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
   const int64_t heads = C / d;
   const int64_t Hp = (H + ws - 1) / ws * ws, Wp = (W + ws - 1) / ws * ws;
   const int64_t n1 = Hp / ws, n2 = Wp / ws, L = ws * ws;
-  const int64_t Lp = (L + VS - 1) / VS * VS, dp = (d + VS - 1) / VS * VS;
+  // keys padded to a multiple of 4 vectors (the score blocks), channels to whole vectors
+  const int64_t Lp = (L + 4 * VS - 1) / (4 * VS) * (4 * VS), dp = (d + VS - 1) / VS * VS;
   const bool unit = qs[1] == 1 && ks[1] == 1 && vs[1] == 1;
   at::parallel_for(0, B * n1 * n2 * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Qb(L * d), Kt(d * Lp), Vb(L * dp), S(Lp), O(dp);
+    std::vector<T> Qb(L * d), Kt(d * Lp), Vb(L * dp), S(L * Lp), inv(L);
     std::vector<int64_t> pix(L);  // h * W + w, or -1 for a padded token
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task % heads;
@@ -457,70 +518,35 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
             for (int64_t c = 0; c < d; ++c) Kt[c * Lp + t] = kpad ? kpad[c0 + c] : T(0);
           }
         }
+      // scores S = Q K^T for blocks of 4 queries x 4 key vectors (16 independent FMA chains)
+      int64_t t0 = 0;
+      for (; t0 + 4 <= L; t0 += 4) attn_scores<T, 4>(Qb.data() + t0 * d, Kt.data(), S.data() + t0 * Lp, d, Lp);
+      for (; t0 < L; ++t0) attn_scores<T, 1>(Qb.data() + t0 * d, Kt.data(), S.data() + t0 * Lp, d, Lp);
+      // softmax of each row over the L real keys (lanes past L are -inf, then exactly 0)
+      const T ninf = -std::numeric_limits<T>::infinity();
       for (int64_t t = 0; t < L; ++t) {
-        if (pix[t] < 0) continue;  // padded query: cropped away
-        // scores over keys, vectorized over the key index (4 independent accumulators when
-        // the padded window is 4 vectors: float, ws = 7)
-        const T* qt = Qb.data() + t * d;
-        if (Lp == 4 * VS) {
-          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-          for (int64_t c = 0; c < d; ++c) {
-            const V qv(qt[c]);
-            const T* kr = Kt.data() + c * Lp;
-            a0 = at::vec::fmadd(qv, V::loadu(kr), a0);
-            a1 = at::vec::fmadd(qv, V::loadu(kr + VS), a1);
-            a2 = at::vec::fmadd(qv, V::loadu(kr + 2 * VS), a2);
-            a3 = at::vec::fmadd(qv, V::loadu(kr + 3 * VS), a3);
-          }
-          a0.store(S.data());
-          a1.store(S.data() + VS);
-          a2.store(S.data() + 2 * VS);
-          a3.store(S.data() + 3 * VS);
-        } else {
-          for (int64_t j = 0; j < Lp; j += VS) {
-            V acc(T(0));
-            for (int64_t c = 0; c < d; ++c)
-              acc = at::vec::fmadd(V(qt[c]), V::loadu(Kt.data() + c * Lp + j), acc);
-            acc.store(S.data() + j);
-          }
+        T* st = S.data() + t * Lp;
+        for (int64_t j = L; j < Lp; ++j) st[j] = ninf;
+        V mv = V::loadu(st);
+        for (int64_t j = VS; j < Lp; j += VS) mv = at::vec::maximum(mv, V::loadu(st + j));
+        const V mxv(at::vec::vec_reduce_all<T>(
+            [](V& a, V& b) { return at::vec::maximum(a, b); }, mv));
+        V sv(T(0));
+        for (int64_t j = 0; j < Lp; j += VS) {
+          V e = vexp(V::loadu(st + j) - mxv);
+          if (j + VS > L) e = V::blendv(e, V(T(0)), V::loadu(st + j) == V(ninf));
+          e.store(st + j);
+          sv = sv + e;
         }
-        T sum;
-        {  // softmax over the L real keys, vectorized: lanes past L are -inf, exp gives 0
-          const T ninf = -std::numeric_limits<T>::infinity();
-          for (int64_t j = L; j < Lp; ++j) S[j] = ninf;
-          V mv = V::loadu(S.data());
-          for (int64_t j = VS; j < Lp; j += VS) mv = at::vec::maximum(mv, V::loadu(S.data() + j));
-          const T mx = at::vec::vec_reduce_all<T>(
-              [](V& a, V& b) { return at::vec::maximum(a, b); }, mv);
-          const V mxv(mx);
-          V sv(T(0));
-          for (int64_t j = 0; j < Lp; j += VS) {
-            V e = vexp(V::loadu(S.data() + j) - mxv);
-            if (j + VS > L) {  // explicit zero past L (exp(-inf) may not be exactly 0)
-              e = V::blendv(e, V(T(0)), V::loadu(S.data() + j) == V(ninf));
-            }
-            e.store(S.data() + j);
-            sv = sv + e;
-          }
-          sum = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, sv);
-        }
-        const T inv = T(1) / sum;
-        for (int64_t c = 0; c < dp; c += VS) {  // O = P V, 4 independent accumulators
-          V a0(T(0)), a1(T(0)), a2(T(0)), a3(T(0));
-          const T* vb = Vb.data() + c;
-          int64_t j = 0;
-          for (; j + 4 <= L; j += 4) {
-            a0 = at::vec::fmadd(V(S[j]), V::loadu(vb + j * dp), a0);
-            a1 = at::vec::fmadd(V(S[j + 1]), V::loadu(vb + (j + 1) * dp), a1);
-            a2 = at::vec::fmadd(V(S[j + 2]), V::loadu(vb + (j + 2) * dp), a2);
-            a3 = at::vec::fmadd(V(S[j + 3]), V::loadu(vb + (j + 3) * dp), a3);
-          }
-          for (; j < L; ++j) a0 = at::vec::fmadd(V(S[j]), V::loadu(vb + j * dp), a0);
-          (((a0 + a1) + (a2 + a3)) * V(inv)).store(O.data() + c);
-        }
-        T* op = out + (b * H * W + pix[t]) * C + c0;  // NHWC output
-        std::copy(O.data(), O.data() + d, op);
+        inv[t] = T(1) / at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, sv);
       }
+      // O = P V / rowsum for blocks of 4 queries x 2 channel vectors, written to NHWC
+      for (t0 = 0; t0 + 4 <= L; t0 += 4)
+        attn_pv<T, 4>(S.data() + t0 * Lp, Vb.data(), inv.data() + t0, pix.data() + t0, out,
+                      b * H * W, C, c0, L, Lp, d, dp);
+      for (; t0 < L; ++t0)
+        attn_pv<T, 1>(S.data() + t0 * Lp, Vb.data(), inv.data() + t0, pix.data() + t0, out,
+                      b * H * W, C, c0, L, Lp, d, dp);
     }
   });
 }
