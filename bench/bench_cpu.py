@@ -5,7 +5,11 @@
 
 All variants are built from one state dict and timed in ONE process, interleaved (round-robin,
 one timed call of each per round), so that the noise of a shared machine hits all alike;
-the table reports medians (and p20/p80) and ratios. Variants:
+the table reports medians (and p20/p80) and ratios. Before each timed call the process sleeps
+--gap-ms (default 50): ONNX Runtime's intra-op threads keep spinning for a while after a run,
+and without the gap they steal a core from whichever variant runs next (measured: fused=True
+at batch 1, 2 threads, went from ~25 ms to ~62 ms when timed right after ONNX Runtime).
+Variants:
 
     eager fused=False           the exact PyTorch model (NCHW), torch.inference_mode
     torch.compile fused=False   inductor (dynamic=False), after warm-up
@@ -120,7 +124,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch and ORT intra-op threads")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--gap-ms", type=float, default=0.0)
+    p.add_argument("--gap-ms", type=float, default=50.0,
+                   help="sleep before each timed call (lets thread pools go idle)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--note", default="", help="free text stored with the results")
@@ -135,7 +140,8 @@ def main(argv=None):
         load = None
     head = (f"device: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
             f"fp32 {args.size}x{args.size}; {args.iters} interleaved rounds; load average at "
-            f"end {load}; {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. {args.note}")
+            f"end {load}; {args.gap_ms:g} ms idle before each timed call; "
+            f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. {args.note}")
     text = head + "\n\n" + table(rows) + "\n"
     print(text)
     out = args.out

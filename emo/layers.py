@@ -55,6 +55,7 @@ class SE(nn.Module):
         super().__init__()
         self.conv_reduce = nn.Conv2d(dim, rd_dim, 1, bias=True)
         self.act = make_act(act)
+        self.act_name = act
         self.conv_expand = nn.Conv2d(rd_dim, dim, 1, bias=True)
 
     def forward(self, x):

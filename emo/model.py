@@ -191,8 +191,15 @@ class iRMB(nn.Module):
         kw = dict(act=act, stride=self.stride, skip=self.has_skip)
         ln = isinstance(self.norm, LayerNorm2d)
         folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
-        if isinstance(self.se, SE) or not (ln or folded or isinstance(self.norm, nn.Identity)):
+        se = isinstance(self.se, SE)
+        if (se and self.has_skip) or not (ln or folded or isinstance(self.norm, nn.Identity)):
             return None
+        if se:
+            kw.update(se_reduce_weight=self.se.conv_reduce.weight.detach(),
+                      se_reduce_bias=self.se.conv_reduce.bias.detach(),
+                      se_expand_weight=self.se.conv_expand.weight.detach(),
+                      se_expand_bias=self.se.conv_expand.bias.detach(),
+                      se_act=self.se.act_name)
         if ln:
             kw.update(ln_weight=self.norm.norm.weight.detach(),
                       ln_bias=self.norm.norm.bias.detach(), eps=self.norm.norm.eps)
@@ -372,14 +379,15 @@ class EMO(nn.Module):
         return stage(x)
 
     def _forward_intermediates_infer_cpu(self, x):
-        """Fused inference on CPU: channels_last from the stem on. Stages 1-4 run as one
-        ``emo_kernels.IRMBChain`` call (no Python between blocks) unless a block has forward
+        """Fused inference on CPU: channels_last from the stem on. The stem block and stages 1-4
+        run as one ``emo_kernels.IRMBChain`` call (no Python between blocks) unless a block has forward
         hooks (then block by block, through __call__, so that the hooks fire)."""
-        x = self._stem_infer_cpu(x)
-        blocks = [b for i in range(1, 5) for b in getattr(self, f"stage{i}")]
+        x = self._stem_conv_infer_cpu(x)
+        blocks = [b for i in range(5) for b in getattr(self, f"stage{i}") if isinstance(b, iRMB)]
         chain, ends = self._infer_chain(blocks, x)
         if chain is not None:
             return chain(x, outputs=ends)
+        x = self.stage0[1](x)
         feats = []
         for i in range(1, 5):
             for blk in getattr(self, f"stage{i}"):
@@ -408,11 +416,11 @@ class EMO(nn.Module):
         else:
             chain = emo_kernels.IRMBChain(calls, blocks[0].norm_channels, x.dtype, x.device)
             n = [len(getattr(self, f"stage{i}")) for i in range(1, 5)]
-            ends = [sum(n[:i + 1]) - 1 for i in range(4)]
+            ends = [sum(n[:i + 1]) for i in range(4)]  # block 0 is the stem block
         self.__dict__["_chain_cache"] = (blocks, keys, tag, chain, ends)
         return chain, ends
 
-    def _stem_infer_cpu(self, x):
+    def _stem_conv_infer_cpu(self, x):
         """Stem conv with its BN folded (cached), on a channels_last input."""
         key = _param_key(self.stage0[0])
         cache = getattr(self, "_stem_cache", None)
@@ -424,8 +432,7 @@ class EMO(nn.Module):
                 w = w.contiguous(memory_format=torch.channels_last)
             cache = self._stem_cache = (key, (w.detach(), b.detach()))
         w, b = cache[1]
-        x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
-        return self.stage0[1](x)
+        return F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
 
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""

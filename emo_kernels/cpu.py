@@ -1,13 +1,19 @@
 """The ``cpu`` backend: C++ kernels (csrc/cpu/emo_cpu.cpp) for CPU tensors, inference only.
 
-* ``expand_dwconv_act``: one GEMM (MKL/oneDNN through ``at::addmm``) on the NHWC view for the
-  1x1 expansion, an in-place vectorized activation, and one vectorized pass for the depthwise
-  conv + bias + SiLU (+ skip). An eval-mode BatchNorm passed as arguments is folded into the
-  depthwise weights here.
+* ``expand_dwconv_act`` (with the optional projection): the work is cut into chunks that fit
+  the threads' L2 (several whole images, or a band of output rows of one image with its halo
+  rows recomputed); per chunk, phase 1 runs the expansion GEMM (MKL through ``at::mm_out``)
+  and bias + activation into a zero-padded buffer, phase 2 the depthwise conv + bias + SiLU
+  (+ skip) and the projection GEMM (+ residual), each phase split over all threads by rows
+  (or by channels when the chunk has few pixels). v and z never leave cache. An eval-mode
+  BatchNorm passed as arguments is folded into the depthwise weights here.
 * ``window_attention``: reads q, k, v through their strides (channel slices of an NHWC qk
-  tensor need no copy), one task per (image, window, head).
+  tensor need no copy), one task per (image, window, head), scores and P.V in blocks of 4
+  queries.
+* ``irmb_inference``: LayerNorm + qk GEMM + attention + the fused body above, one C++ call;
+  ``irmb_chain``: many of those in one call (``emo_kernels.IRMBChain``).
 
-Both return (B, C, H, W) tensors in ``torch.channels_last`` memory format, float32 or float64.
+All return (B, C, H, W) tensors in ``torch.channels_last`` memory format, float32 or float64.
 They have no autograd: ``can_run`` refuses calls where grad is required (training then
 falls back to the ``torch`` backend under ``auto``), and BatchNorm in training mode.
 """
@@ -90,24 +96,17 @@ def expand_dwconv_act_proj_cpu(x, w_exp, b_exp, w_dw, b_dw=None, *, w_proj, resi
                                               _ACT[act], stride, skip, _budget(), SPLIT)
 
 
-def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1,
-                           skip=False, ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None,
-                           b_qk=None, head_dim=None, window_size=7, scale=None):
+def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kw):
     if w_dw.shape[-1] not in (1, 3, 5, 7):
         return f"the cpu backend supports depthwise kernels 1, 3, 5, 7 (got {w_dw.shape[-1]})"
-    return _common_reason([x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk])
+    return _common_reason([x, w_exp, b_exp, w_dw, b_dw, w_proj] +
+                          [t for t in kw.values() if isinstance(t, torch.Tensor)])
 
 
-def irmb_inference_cpu(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
-                       ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None,
-                       head_dim=None, window_size=7, scale=None):
-    """The whole block in one C++ call (LayerNorm, qk GEMM, attention, fused body)."""
-    if w_qk is not None:
-        scale = head_dim ** -0.5 if scale is None else float(scale)
-    return _cpu.load().irmb_inference(x, ln_weight, ln_bias, float(eps), w_qk, b_qk,
-                                      head_dim or 0, window_size, scale or 0.0, w_exp, b_exp,
-                                      w_dw, b_dw, w_proj, _ACT[act], stride, skip, _budget(),
-                                      SPLIT)
+def irmb_inference_cpu(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kw):
+    """The whole block in one C++ call (LayerNorm, qk GEMM, attention, fused body, SE)."""
+    return _cpu.load().irmb_inference(x, *_block_tuple((w_exp, b_exp, w_dw, b_dw, w_proj), kw),
+                                      _budget(), SPLIT)
 
 
 def _block_tuple(args, kw):
@@ -119,7 +118,9 @@ def _block_tuple(args, kw):
         scale = hd ** -0.5
     return (kw.get("ln_weight"), kw.get("ln_bias"), float(kw.get("eps", 1e-6)), kw.get("w_qk"),
             kw.get("b_qk"), hd, kw.get("window_size", 7), float(scale or 0.0), w_exp, b_exp,
-            w_dw, b_dw, w_proj, _ACT[kw["act"]], kw["stride"], bool(kw["skip"]))
+            w_dw, b_dw, w_proj, _ACT[kw.get("act", "silu")], kw.get("stride", 1),
+            bool(kw.get("skip", False)), kw.get("se_reduce_weight"), kw.get("se_reduce_bias"),
+            kw.get("se_expand_weight"), kw.get("se_expand_bias"), _ACT[kw.get("se_act", "silu")])
 
 
 def irmb_chain_can_run(x, chain, outputs):

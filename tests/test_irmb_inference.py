@@ -21,9 +21,11 @@ CFGS = [
     (1, 42, 84, 42, 3, 5, 5, 1, "gelu", True, True, 21),     # attention, map smaller than a window
     (1, 32, 64, 32, 14, 14, 5, 1, "gelu", True, True, 16),   # attention, two strided windows
     (1, 24, 24, 24, 7, 9, 3, 1, "none", False, False, 0),    # identity expansion
+    (2, 24, 24, 24, 9, 7, 3, 1, "none", False, False, -1),   # the stem block: squeeze-excite
 ]
 IDS = [f"B{c[0]}-C{c[1]}-mid{c[2]}-out{c[3]}-{c[4]}x{c[5]}-k{c[6]}-s{c[7]}-{c[8]}"
-       f"{'-skip' if c[9] else ''}{'-ln' if c[10] else ''}{f'-attn{c[11]}' if c[11] else ''}"
+       f"{'-skip' if c[9] else ''}{'-ln' if c[10] else ''}{f'-attn{c[11]}' if c[11] > 0 else ''}"
+       f"{'-se' if c[11] < 0 else ''}"
        for c in CFGS]
 
 
@@ -40,8 +42,12 @@ def _args(cfg):
     kw = dict(act=act, stride=s, skip=skip)
     if ln:
         kw.update(ln_weight=1 + 0.1 * r(C), ln_bias=0.1 * r(C))
-    if hd:
+    if hd > 0:
         kw.update(w_qk=r(2 * C, C) / C ** 0.5, b_qk=r(2 * C), head_dim=hd, window_size=7)
+    if hd < 0:  # squeeze-excite with reduction 8 -> 3 channels... here Cmid -> Cmid // 2
+        R = Cm // 2
+        kw.update(se_reduce_weight=r(R, Cm, 1, 1) / Cm ** 0.5, se_reduce_bias=r(R),
+                  se_expand_weight=r(Cm, R, 1, 1) / R ** 0.5, se_expand_bias=r(Cm), se_act="silu")
     return args, kw
 
 
@@ -64,6 +70,33 @@ def test_irmb_inference(cfg, dtype, backend):
         out = emo_kernels.irmb_inference(*args, **kw)
     assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+def test_reference_matches_model_stem_block():
+    """The reference's squeeze-excite path is EMO's stem block (eval)."""
+    import emo
+    from emo.layers import fold_bn
+    torch.manual_seed(0)
+    blk = emo.emo_1m().double().eval().stage0[1]
+    x = torch.randn(2, 24, 9, 12, dtype=torch.float64)
+    w_dw, b_dw = fold_bn(blk.conv_local.conv.weight, None, blk.conv_local.norm)
+    se = blk.se
+    with torch.no_grad():
+        out = irmb_inference_ref(
+            x, None, None, w_dw, b_dw, blk.proj.conv.weight, act="none",
+            se_reduce_weight=se.conv_reduce.weight, se_reduce_bias=se.conv_reduce.bias,
+            se_expand_weight=se.conv_expand.weight, se_expand_bias=se.conv_expand.bias)
+        assert rel_err(out, blk(x)) <= 1e-12
+
+
+def test_se_errors():
+    args, kw = _args(CFGS[-1])
+    with pytest.raises(ValueError, match="skip=True is not supported"):
+        emo_kernels.irmb_inference(*args, **{**kw, "skip": True})
+    with pytest.raises(ValueError, match="se_expand_weight must be"):
+        emo_kernels.irmb_inference(*args, **{**kw, "se_expand_weight": kw["se_reduce_weight"]})
+    with pytest.raises(ValueError, match="need se_reduce_weight"):
+        emo_kernels.irmb_inference(*args, **{**kw, "se_reduce_weight": None})
 
 
 def test_reference_matches_model_block():

@@ -1,12 +1,14 @@
 // CPU backend of emo_kernels (inference only): NHWC kernels for EMO's iRMB hot path.
 //
-//   expand_dwconv_act: v = act(x @ W^T + b)  (one MKL/oneDNN GEMM on the NHWC view, then an
-//                      in-place vectorized activation), then one pass that computes the
-//                      depthwise k x k conv + bias + SiLU (+ v) per output row, vectorized over
-//                      channels, writing z once.
+//   expand_dwconv_act_proj: the non-attention iRMB body -- expansion GEMM + bias + act, the
+//                      depthwise k x k conv + bias + SiLU (+ skip), the projection GEMM (+
+//                      residual) -- chunk by chunk (whole images or bands of rows) so that the
+//                      expanded tensor stays in cache; two parallel phases per chunk.
 //   window_attention:  EMO's strided-window attention read straight from q/k/v of any strides
 //                      (NHWC channel slices of the qk conv output need no copy), one task per
 //                      (image, window, head), output written once in NHWC.
+//   irmb_inference / irmb_chain: LayerNorm + qk GEMM + attention + the body, one block or a
+//                      chain of blocks per call (no Python between the steps).
 // Outputs are (B, C, H, W) tensors in channels_last memory format.
 //
 // Vector width comes from the build: setup.py / emo_kernels/_cpu.py compile this file with
@@ -198,6 +200,19 @@ at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B
   return t.permute({0, 2, 3, 1});
 }
 
+// Scratch buffers of the calling thread, kept between calls (grow-only, per slot): a fresh
+// multi-MB allocation per call costs page faults on every call (glibc hands large blocks
+// back to the kernel). Callers use a buffer only within one call, never two calls at once.
+at::Tensor workspace(int slot, int64_t numel, const at::TensorOptions& opts) {
+  thread_local at::Tensor cache[3];
+  at::Tensor& t = cache[slot];
+  if (!t.defined() || t.scalar_type() != opts.dtype().toScalarType() || t.numel() < numel) {
+    c10::InferenceMode normal(false);  // a normal tensor: writable in and out of InferenceMode
+    t = at::empty({std::max<int64_t>(numel, 1)}, opts);
+  }
+  return t.narrow(0, 0, numel);
+}
+
 // [lo, hi) split into n near-equal parts; part i, aligned to `align` (except the end)
 inline std::pair<int64_t, int64_t> split_range(int64_t lo, int64_t hi, int64_t n, int64_t i,
                                                int64_t align = 1) {
@@ -280,9 +295,11 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   const int64_t vrows = (no - 1) * s + K;  // buffer rows per image of a chunk
   const int64_t nthreads = at::get_num_threads();
 
-  auto vbuf = at::empty({nb * vrows * Wp * C}, opts);
-  at::Tensor tmp = expand ? at::empty({nb * vrows * W, C}, opts) : at::Tensor();
-  at::Tensor zbuf = proj ? at::empty({nb * no * Wo, C}, opts) : at::Tensor();
+  auto vbuf = workspace(0, nb * vrows * Wp * C, opts);
+  at::Tensor tmp = expand ? workspace(1, nb * vrows * W * C, opts).view({nb * vrows * W, C})
+                          : at::Tensor();
+  at::Tensor zbuf = proj ? workspace(2, nb * no * Wo * C, opts).view({nb * no * Wo, C})
+                         : at::Tensor();
   const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
 
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "emo_expand_dw_proj", [&] {
@@ -578,7 +595,8 @@ at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 // One whole iRMB forward (inference, BatchNorms folded): LayerNorm over channels (optional),
 // qk GEMM + strided-window attention (optional), then the fused expansion / depthwise /
-// projection body with the residual. One call per block: no Python between the steps.
+// projection body with the residual, or (squeeze-excite: the stem block) the body up to the
+// depthwise pass, SE, and the projection. One call per block: no Python between the steps.
 at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor>& ln_w,
                           const c10::optional<at::Tensor>& ln_b, double eps,
                           const c10::optional<at::Tensor>& w_qk,
@@ -587,7 +605,12 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
                           const c10::optional<at::Tensor>& w_exp,
                           const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
                           const c10::optional<at::Tensor>& b_dw, const at::Tensor& w_proj,
-                          int64_t act, int64_t stride, bool skip, int64_t budget, int64_t split) {
+                          int64_t act, int64_t stride, bool skip,
+                          const c10::optional<at::Tensor>& se_w1,
+                          const c10::optional<at::Tensor>& se_b1,
+                          const c10::optional<at::Tensor>& se_w2,
+                          const c10::optional<at::Tensor>& se_b2, int64_t se_act, int64_t budget,
+                          int64_t split) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
@@ -610,18 +633,30 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
   }
   c10::optional<at::Tensor> res;
   if (skip) res = x;
-  return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, res, act, stride, skip,
-                                budget, split);
+  if (!(se_w1.has_value() && se_w1->defined()))
+    return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, res, act, stride, skip,
+                                  budget, split);
+  // squeeze-excite between the depthwise pass and the projection (no skip: checked in Python):
+  // its per-image channel scale is folded into per-image projection weights (one bmm)
+  auto z = expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, c10::nullopt, c10::nullopt, act,
+                                  stride, false, budget, split);
+  const int64_t Cm = z.size(1), Ho = z.size(2), Wo = z.size(3), Cout = w_proj.size(0);
+  auto z3 = nhwc_view(z).reshape({B, Ho * Wo, Cm});
+  auto h = at::addmm(*se_b1, z3.mean(1), se_w1->reshape({se_w1->size(0), Cm}).t());
+  h = se_act == ACT_GELU ? at::gelu(h) : se_act == ACT_SILU ? at::silu(h) : h;
+  auto sc = at::sigmoid(at::addmm(*se_b2, h, se_w2->reshape({Cm, h.size(1)}).t()));
+  auto wsc = w_proj.reshape({Cout, Cm}).unsqueeze(0) * sc.unsqueeze(1);  // (B, Cout, Cm)
+  auto o = at::bmm(z3, wsc.transpose(1, 2));                              // (B, HoWo, Cout)
+  return o.view({B, Ho, Wo, Cout}).permute({0, 3, 1, 2});
 }
 
 // A chain of irmb_inference calls (one per block, each block's arguments as a tuple in the
 // order of irmb_inference's after x), in one call: returns the outputs of the blocks listed in
 // `outputs` (indices, increasing). No Python between blocks.
-using BlockArgs = std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>, double,
-                             c10::optional<at::Tensor>, c10::optional<at::Tensor>, int64_t,
-                             int64_t, double, c10::optional<at::Tensor>,
-                             c10::optional<at::Tensor>, at::Tensor, c10::optional<at::Tensor>,
-                             at::Tensor, int64_t, int64_t, bool>;
+using OptT = c10::optional<at::Tensor>;
+using BlockArgs = std::tuple<OptT, OptT, double, OptT, OptT, int64_t, int64_t, double, OptT, OptT,
+                             at::Tensor, OptT, at::Tensor, int64_t, int64_t, bool, OptT, OptT, OptT,
+                             OptT, int64_t>;
 
 std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockArgs>& blocks,
                                    const std::vector<int64_t>& outputs, int64_t budget,
@@ -634,8 +669,9 @@ std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockA
     y = irmb_inference(y, std::get<0>(a), std::get<1>(a), std::get<2>(a), std::get<3>(a),
                        std::get<4>(a), std::get<5>(a), std::get<6>(a), std::get<7>(a),
                        std::get<8>(a), std::get<9>(a), std::get<10>(a), std::get<11>(a),
-                       std::get<12>(a), std::get<13>(a), std::get<14>(a), std::get<15>(a), budget,
-                       split);
+                       std::get<12>(a), std::get<13>(a), std::get<14>(a), std::get<15>(a),
+                       std::get<16>(a), std::get<17>(a), std::get<18>(a), std::get<19>(a),
+                       std::get<20>(a), budget, split);
     if (next < outputs.size() && outputs[next] == static_cast<int64_t>(i)) {
       outs.push_back(y);
       ++next;
@@ -666,7 +702,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("ln_weight"), py::arg("ln_bias"), py::arg("eps"), py::arg("w_qk"),
         py::arg("b_qk"), py::arg("head_dim"), py::arg("window_size"), py::arg("scale"),
         py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"), py::arg("w_proj"),
-        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"),
+        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("se_w1"), py::arg("se_b1"),
+        py::arg("se_w2"), py::arg("se_b2"), py::arg("se_act"), py::arg("budget"),
         py::arg("split"));
   m.def("irmb_chain", &irmb_chain, "irmb_inference over a chain of blocks", py::arg("x"),
         py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"));

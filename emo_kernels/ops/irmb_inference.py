@@ -3,10 +3,12 @@
     y   = LN2d(x)                                  if ln_weight is given (eps)
     y   = window_attention(q, k, y, b_qk[C:])      if w_qk is given: [q, k] = conv1x1(y, w_qk) + b_qk
     z   = expand_dwconv_act(y, w_exp, b_exp, w_dw, b_dw, act, stride, skip)
+    z   = z * sigmoid(conv1x1(se_act(conv1x1(mean(z), se_reduce_*)), se_expand_*))
+                                                   if se_reduce_weight is given (needs skip=False)
     out = conv1x1(z, w_proj) (+ x if skip)
 
 Every BatchNorm must already be folded (an input BN into w_exp/b_exp, the depthwise BN into
-w_dw/b_dw: see emo.layers.fold_bn); squeeze-excite is not part of it. No autograd.
+w_dw/b_dw: see emo.layers.fold_bn). No autograd.
 
 Arguments
     x        (B, C, H, W) float; w_exp (Cmid, C[, 1, 1]) or None (identity, act='none');
@@ -35,8 +37,31 @@ from .expand_dwconv_act import _validate_proj
 OP = "irmb_inference"
 
 
+def _validate_se(cmid, x, w1, b1, w2, b2, se_act, skip):
+    if w1 is None:
+        if any(t is not None for t in (b1, w2, b2)):
+            raise ValueError("se_reduce_bias/se_expand_* need se_reduce_weight")
+        return
+    if skip:
+        raise ValueError("squeeze-excite with skip=True is not supported (EMO's only SE block, "
+                         "the stem's, has no skip)")
+    if se_act not in ("silu", "gelu", "none"):
+        raise ValueError(f"se_act must be 'silu', 'gelu' or 'none', got {se_act!r}")
+    check_tensor("se_reduce_weight", w1, like=x)
+    if w1.dim() not in (2, 4) or w1.shape[1] != cmid or w1[0].numel() != cmid:
+        raise ValueError(f"se_reduce_weight must be (R, Cmid={cmid}[, 1, 1]), got "
+                         f"{tuple(w1.shape)}")
+    r = w1.shape[0]
+    check_tensor("se_reduce_bias", b1, shape=(r,), like=x)
+    check_tensor("se_expand_weight", w2, like=x)
+    if w2.dim() not in (2, 4) or w2.shape[:2] != (cmid, r) or w2[0].numel() != r:
+        raise ValueError(f"se_expand_weight must be (Cmid={cmid}, R={r}[, 1, 1]), got "
+                         f"{tuple(w2.shape)}")
+    check_tensor("se_expand_bias", b2, shape=(cmid,), like=x)
+
+
 def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias,
-              w_qk, b_qk, head_dim, window_size):
+              w_qk, b_qk, head_dim, window_size, se=(None, None, None, None, "silu")):
     _validate_eda(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, None, None, None, None, False)
     C = x.shape[1]
     check_tensor("ln_weight", ln_weight, shape=(C,), like=x, optional=True)
@@ -54,6 +79,7 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight,
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
     elif b_qk is not None:
         raise ValueError("b_qk needs w_qk")
+    _validate_se(w_dw.shape[0], x, *se, skip)
     k = w_dw.shape[-1]
     pad = -(-(k - stride) // 2)
     ho = (x.shape[2] + 2 * pad - k) // stride + 1
@@ -63,13 +89,19 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight,
 
 def irmb_inference(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
                    ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None, head_dim=None,
-                   window_size=7, scale=None):
+                   window_size=7, scale=None, se_reduce_weight=None, se_reduce_bias=None,
+                   se_expand_weight=None, se_expand_bias=None, se_act="silu"):
     """See the module docstring."""
+    se = (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
     _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias, w_qk,
-              b_qk, head_dim, window_size)
+              b_qk, head_dim, window_size, se)
     kwargs = dict(act=act, stride=stride, skip=skip, ln_weight=ln_weight, ln_bias=ln_bias,
                   eps=eps, w_qk=w_qk, b_qk=b_qk, head_dim=head_dim, window_size=window_size,
                   scale=scale)
+    if se_reduce_weight is not None:
+        kwargs.update(se_reduce_weight=se_reduce_weight, se_reduce_bias=se_reduce_bias,
+                      se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias,
+                      se_act=se_act)
     fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
     return fn(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
 
@@ -85,6 +117,7 @@ backends.register(OP, "cpu", cpu.irmb_inference_cpu, cpu.irmb_inference_can_run)
 
 # ----- a chain of blocks, prepared once ------------------------------------------------------
 CHAIN_OP = "irmb_chain"
+_SE_KEYS = ("se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias")
 
 
 class IRMBChain:
@@ -113,7 +146,8 @@ class IRMBChain:
             try:
                 _validate(probe, *args, kwargs["act"], kwargs["stride"], kwargs["skip"],
                           kwargs.get("ln_weight"), kwargs.get("ln_bias"), kwargs.get("w_qk"),
-                          kwargs.get("b_qk"), kwargs.get("head_dim"), kwargs.get("window_size", 7))
+                          kwargs.get("b_qk"), kwargs.get("head_dim"), kwargs.get("window_size", 7),
+                          tuple(kwargs.get(k) for k in _SE_KEYS) + (kwargs.get("se_act", "silu"),))
             except (TypeError, ValueError) as e:
                 raise type(e)(f"block {i}: {e}") from None
             self.blocks.append((args, kwargs))

@@ -1,7 +1,8 @@
 """Reference of ``irmb_inference``: one whole iRMB forward (inference) from the two references."""
+import torch
 import torch.nn.functional as F
 
-from .expand_dwconv_act import expand_dwconv_act_ref
+from .expand_dwconv_act import activation, expand_dwconv_act_ref
 from .window_attention import window_attention_ref
 
 
@@ -10,13 +11,22 @@ def pointwise(x, w, b=None):
     return F.conv2d(x, w.reshape(w.shape[0], -1, 1, 1), b)
 
 
+def squeeze_excite(z, w1, b1, w2, b2, act):
+    """z * sigmoid(conv1x1(act(conv1x1(mean_hw(z), w1) + b1), w2) + b2)."""
+    s = z.mean((2, 3), keepdim=True)
+    s = activation(pointwise(s, w1, b1), act)
+    return z * torch.sigmoid(pointwise(s, w2, b2))
+
+
 def irmb_inference_ref(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
                        ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None,
-                       head_dim=None, window_size=7, scale=None, ops=None):
+                       head_dim=None, window_size=7, scale=None, se_reduce_weight=None,
+                       se_reduce_bias=None, se_expand_weight=None, se_expand_bias=None,
+                       se_act="silu", ops=None):
     """y = LN2d(x) (if ln_weight is given); with w_qk: y = window_attention(qk(y)[:C],
-    qk(y)[C:], y, b_qk[C:]); out = conv1x1(expand_dwconv_act(y, ...), w_proj) (+ x if skip).
-    ``ops``: a namespace with expand_dwconv_act and window_attention to compose (default:
-    the references)."""
+    qk(y)[C:], y, b_qk[C:]); z = expand_dwconv_act(y, ...); with se_*: z = SE(z) (no skip);
+    out = conv1x1(z, w_proj) (+ x if skip). ``ops``: a namespace with expand_dwconv_act and
+    window_attention to compose (default: the references)."""
     eda = expand_dwconv_act_ref if ops is None else ops.expand_dwconv_act
     wa = window_attention_ref if ops is None else ops.window_attention
     y = x
@@ -28,6 +38,11 @@ def irmb_inference_ref(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", strid
         qk = pointwise(y, w_qk, b_qk)
         y = wa(qk[:, :C], qk[:, C:], y, None if b_qk is None else b_qk[C:], head_dim=head_dim,
                window_size=window_size, scale=scale)
+    if se_reduce_weight is not None:
+        z = eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=False)
+        z = squeeze_excite(z, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                           se_expand_bias, se_act)
+        return pointwise(z, w_proj)
     if ops is None:
         z = eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip)
         out = pointwise(z, w_proj)
