@@ -221,6 +221,13 @@ inline std::pair<int64_t, int64_t> split_range(int64_t lo, int64_t hi, int64_t n
   return {std::min(a, hi), std::min(b, hi)};
 }
 
+// Squeeze-excite between the depthwise pass and the projection (the stem block):
+// s = sigmoid(w2 act(w1 mean_hw(z) + b1) + b2), out = z (w_proj * s)^T.
+struct SEArgs {
+  at::Tensor w1, b1, w2, b2;  // (R, Cm), (R), (Cm, R), (Cm), contiguous
+  int64_t act;
+};
+
 // The whole non-attention iRMB body:
 //   v = act(x W^T + b)   (or v = x: no expansion)      the expansion GEMM + bias + activation
 //   z = silu(dwconv(v) + b_dw) (+ v if skip)           the depthwise pass
@@ -239,7 +246,8 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
                                   const c10::optional<at::Tensor>& b_dw,
                                   const c10::optional<at::Tensor>& w_proj,
                                   const c10::optional<at::Tensor>& residual, int64_t act,
-                                  int64_t stride, bool skip, int64_t budget, int64_t split) {
+                                  int64_t stride, bool skip, int64_t budget, int64_t split,
+                                  const SEArgs* se = nullptr) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
@@ -283,8 +291,9 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   const int64_t vrows_img = (Ho - 1) * s + K;
   const int64_t img_bytes = vrows_img * in_row + Ho * out_row;
   int64_t nb, no;
-  if (img_bytes <= budget) {
-    nb = std::min<int64_t>(B, budget / img_bytes);
+  TORCH_CHECK(!se || (proj && !skip), "squeeze-excite needs the projection and no skip");
+  if (img_bytes <= budget || se) {  // SE needs whole images (its mean is over the image)
+    nb = std::max<int64_t>(1, std::min<int64_t>(B, budget / img_bytes));
     no = Ho;
   } else {
     nb = 1;
@@ -391,7 +400,55 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           });
         };
         run(nt1, phase1);
-        if (!cols2) {
+        if (se) {  // depthwise over rows into z, then per image: SE scale, projection over rows
+          const int64_t nt2 = std::min(G2, nthreads);
+          run(nt2, [&](int64_t t) {
+            auto [g0, g1] = split_range(0, G2, nt2, t);
+            if (g0 < g1) dw_rows(g0, g1, 0, C);
+          });
+          const int64_t R = se->w1.size(0), HW = Ho * Wo;
+          for (int64_t b = 0; b < nbc; ++b) {
+            const T* zi = zb + b * HW * C;
+            std::vector<double> mean(C, 0.0), hid(R);
+            std::vector<T> racc(C);  // one row's channel sums, vectorized; rows summed in double
+            for (int64_t oh = 0; oh < Ho; ++oh) {
+              const T* zr = zi + oh * Wo * C;
+              for (int64_t c = 0; c < C; c += Vectorized<T>::size()) {
+                const int64_t cnt = std::min<int64_t>(Vectorized<T>::size(), C - c);
+                Vectorized<T> a(T(0));
+                for (int64_t ow = 0; ow < Wo; ++ow) a = a + Vectorized<T>::loadu(zr + ow * C + c, cnt);
+                a.store(racc.data() + c, cnt);
+              }
+              for (int64_t c = 0; c < C; ++c) mean[c] += racc[c];
+            }
+            const T* w1 = se->w1.data_ptr<T>();
+            const T* b1 = se->b1.data_ptr<T>();
+            const T* w2 = se->w2.data_ptr<T>();
+            const T* b2 = se->b2.data_ptr<T>();
+            for (int64_t r = 0; r < R; ++r) {
+              double h = b1[r];
+              for (int64_t c = 0; c < C; ++c) h += w1[r * C + c] * (mean[c] / HW);
+              hid[r] = se->act == ACT_SILU ? ssilu(h) : se->act == ACT_GELU ? sgelu(h) : h;
+            }
+            auto wsc = at::empty({C, Cout}, opts);  // (w_proj * s)^T
+            T* wp = wsc.data_ptr<T>();
+            const auto wpa = w_proj->reshape({Cout, C}).contiguous();
+            const T* wo = wpa.data_ptr<T>();
+            for (int64_t c = 0; c < C; ++c) {
+              double a = b2[c];
+              for (int64_t r = 0; r < R; ++r) a += w2[c * R + r] * hid[r];
+              const T sc = static_cast<T>(1.0 / (1.0 + std::exp(-a)));
+              for (int64_t o = 0; o < Cout; ++o) wp[c * Cout + o] = wo[o * C + c] * sc;
+            }
+            const int64_t nt3 = std::min(noc, nthreads);
+            run(nt3, [&](int64_t t) {
+              auto [r0, r1] = split_range(0, noc, nt3, t);
+              if (r0 >= r1) return;
+              auto o = out2.narrow(0, y0 + (b * noc + r0) * Wo, (r1 - r0) * Wo);
+              at::mm_out(o, zbuf.narrow(0, (b * noc + r0) * Wo, (r1 - r0) * Wo), wsc);
+            });
+          }
+        } else if (!cols2) {
           const int64_t nt2 = std::min(G2, nthreads);
           run(nt2, [&](int64_t t) {
             auto [g0, g1] = split_range(0, G2, nt2, t);
@@ -636,18 +693,13 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
   if (!(se_w1.has_value() && se_w1->defined()))
     return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, res, act, stride, skip,
                                   budget, split);
-  // squeeze-excite between the depthwise pass and the projection (no skip: checked in Python):
-  // its per-image channel scale is folded into per-image projection weights (one bmm)
-  auto z = expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, c10::nullopt, c10::nullopt, act,
-                                  stride, false, budget, split);
-  const int64_t Cm = z.size(1), Ho = z.size(2), Wo = z.size(3), Cout = w_proj.size(0);
-  auto z3 = nhwc_view(z).reshape({B, Ho * Wo, Cm});
-  auto h = at::addmm(*se_b1, z3.mean(1), se_w1->reshape({se_w1->size(0), Cm}).t());
-  h = se_act == ACT_GELU ? at::gelu(h) : se_act == ACT_SILU ? at::silu(h) : h;
-  auto sc = at::sigmoid(at::addmm(*se_b2, h, se_w2->reshape({Cm, h.size(1)}).t()));
-  auto wsc = w_proj.reshape({Cout, Cm}).unsqueeze(0) * sc.unsqueeze(1);  // (B, Cout, Cm)
-  auto o = at::bmm(z3, wsc.transpose(1, 2));                              // (B, HoWo, Cout)
-  return o.view({B, Ho, Wo, Cout}).permute({0, 3, 1, 2});
+  // squeeze-excite between the depthwise pass and the projection (no skip: checked in Python),
+  // per image inside the fused body: its channel scale is folded into the projection weights
+  const int64_t Cm = w_dw.size(0);
+  SEArgs se{se_w1->reshape({se_w1->size(0), Cm}).contiguous(), se_b1->contiguous(),
+            se_w2->reshape({Cm, se_w1->size(0)}).contiguous(), se_b2->contiguous(), se_act};
+  return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, c10::nullopt, act, stride,
+                                false, budget, split, &se);
 }
 
 // A chain of irmb_inference calls (one per block, each block's arguments as a tuple in the
@@ -690,7 +742,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("expand_dwconv_act", &expand_dwconv_act, "expand 1x1 + act + depthwise + SiLU (+skip)",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"));
-  m.def("expand_dwconv_act_proj", &expand_dwconv_act_proj,
+  m.def("expand_dwconv_act_proj",
+        [](const at::Tensor& x, const c10::optional<at::Tensor>& w_exp,
+           const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
+           const c10::optional<at::Tensor>& b_dw, const c10::optional<at::Tensor>& w_proj,
+           const c10::optional<at::Tensor>& residual, int64_t act, int64_t stride, bool skip,
+           int64_t budget, int64_t split) {
+          return expand_dwconv_act_proj(x, w_exp, b_exp, w_dw, b_dw, w_proj, residual, act,
+                                        stride, skip, budget, split);
+        },
         "expand_dwconv_act followed by the 1x1 projection (+ residual), chunked over images",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("w_proj"), py::arg("residual"), py::arg("act"), py::arg("stride"),
