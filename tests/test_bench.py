@@ -103,3 +103,19 @@ def test_gpu_check_dry_run(tmp_path):
     for name in ("build", "tests", "ops", "model", "compile", "report"):
         assert f"[{name}] ok" in summary, summary
     assert "collected" in (out / "tests.log").read_text() or "tests" in (out / "tests.log").read_text()
+
+
+def test_bench_cpu_tiny(tmp_path):
+    """bench.bench_cpu end to end on a tiny setting (EMO-1M, 64x64, 2 rounds, no compile): every
+    variant gives the eager logits, and the tables are written."""
+    pytest.importorskip("onnxruntime")
+    from bench import bench_cpu
+    out = tmp_path / "cpu"
+    bench_cpu.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "2",
+                    "--warmup", "1", "--gap-ms", "0", "--no-compile", "--out", str(out)])
+    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
+    assert [r["variant"].split(" (")[0] for r in rows] == [
+        "eager fused=False", "onnxruntime fused=False", "fused=True"]
+    assert all(r["rel_err_vs_eager"] <= 1e-4 for r in rows)
+    assert all(r["fused_speedup_per_round"] > 0 for r in rows)
+    assert "median of per-round ratios" in (tmp_path / "cpu.md").read_text()
