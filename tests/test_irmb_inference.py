@@ -56,10 +56,19 @@ def _cast(args, kw, dtype):
     return [c(a) for a in args], {k: c(v) for k, v in kw.items()}
 
 
+@pytest.fixture(params=[1, 2], ids=["t1", "t2"])
+def threads(request):
+    """1 thread, and 2 (the cpu backend splits small GEMMs and every phase between threads)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
-def test_irmb_inference(cfg, dtype, backend):
+def test_irmb_inference(cfg, dtype, backend, threads):
     if backend == "cpu" and _reason is not None:
         pytest.skip(f"cpu backend unavailable: {_reason}")
     args, kw = _args(cfg)

@@ -680,8 +680,26 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
   if (w_qk.has_value() && w_qk->defined()) {
     auto y2 = nhwc_view(y).reshape({B * H * W, C});
     auto wq = w_qk->reshape({2 * C, C}).t();
-    at::Tensor qk = b_qk.has_value() && b_qk->defined() ? at::addmm(*b_qk, y2, wq)
-                                                        : at::mm(y2, wq);
+    const bool bias = b_qk.has_value() && b_qk->defined();
+    at::Tensor qk;
+    const int64_t nthreads = at::get_num_threads();
+    if (nthreads > 1 && B * H * W < 512 * nthreads) {
+      // few pixels (batch 1): MKL would run this GEMM on one thread; split its output columns
+      qk = at::empty({B * H * W, 2 * C}, y2.options());
+      const bool inference = c10::InferenceMode::is_enabled();
+      at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
+        c10::InferenceMode guard(inference);
+        for (int64_t t = t0; t < t1; ++t) {
+          auto [n0, n1] = split_range(0, 2 * C, nthreads, t, 16);
+          if (n0 >= n1) continue;
+          auto o = qk.narrow(1, n0, n1 - n0);
+          if (bias) at::addmm_out(o, b_qk->narrow(0, n0, n1 - n0), y2, wq.narrow(1, n0, n1 - n0));
+          else at::mm_out(o, y2, wq.narrow(1, n0, n1 - n0));
+        }
+      });
+    } else {
+      qk = bias ? at::addmm(*b_qk, y2, wq) : at::mm(y2, wq);
+    }
     auto qk4 = qk.view({B, H, W, 2 * C}).permute({0, 3, 1, 2});
     c10::optional<at::Tensor> kpad;
     if (b_qk.has_value() && b_qk->defined()) kpad = b_qk->narrow(0, C, C);
