@@ -309,31 +309,36 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   const int64_t vrows = (no - 1) * s + K;  // buffer rows per image of a chunk
   const int64_t nthreads = at::get_num_threads();
 
-  auto vbuf = workspace(0, nb * vrows * Wp * C, opts);
-  at::Tensor tmp = expand ? workspace(1, nb * vrows * W * C, opts).view({nb * vrows * W, C})
-                          : at::Tensor();
-  at::Tensor zbuf = proj ? workspace(2, nb * no * Wo * C, opts).view({nb * no * Wo, C})
-                         : at::Tensor();
   const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
+  const int64_t nchunks_o = (Ho + no - 1) / no, nchunks = (B + nb - 1) / nb * nchunks_o;
+  // Enough chunks for every thread: each thread runs whole chunks alone (no barriers, and
+  // its GEMMs see all the chunk's pixels); else one chunk at a time with every thread.
+  const bool par_chunks = nthreads > 1 && nchunks >= nthreads;
 
   AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "emo_expand_dw_proj", [&] {
     using T = scalar_t;
-    T* vb = vbuf.data_ptr<T>();
     const T* xp = x2.data_ptr<T>();
     const T* bep = be.defined() ? be.data_ptr<T>() : nullptr;
     const T* wdp = wd.data_ptr<T>();
     const T* bdp = bd.defined() ? bd.data_ptr<T>() : nullptr;
     T* op = out2.data_ptr<T>();
-    if (pad > 0) {  // the left/right pad columns of every buffer row: zero once, never written
-      for (int64_t r = 0; r < nb * vrows; ++r) {
-        std::fill(vb + r * Wp * C, vb + (r * Wp + pad) * C, T(0));
-        std::fill(vb + (r * Wp + pad + W) * C, vb + (r + 1) * Wp * C, T(0));
-      }
-    }
-    for (int64_t b0 = 0; b0 < B; b0 += nb) {
-      const int64_t nbc = std::min(nb, B - b0);
-      for (int64_t o0 = 0; o0 < Ho; o0 += no) {
+    // one chunk (images [b0, b0 + nb) or one image's output rows [o0, o0 + no)), its phases
+    // split over nth threads; the buffers are the calling thread's
+    auto process = [&](int64_t b0, int64_t o0, int64_t nth) {
+        auto vbuf = workspace(0, nb * vrows * Wp * C, opts);
+        at::Tensor tmp = expand ? workspace(1, nb * vrows * W * C, opts).view({nb * vrows * W, C})
+                                : at::Tensor();
+        at::Tensor zbuf = proj ? workspace(2, nb * no * Wo * C, opts).view({nb * no * Wo, C})
+                               : at::Tensor();
+        T* vb = vbuf.data_ptr<T>();
+        const int64_t nbc = std::min(nb, B - b0);
         const int64_t noc = std::min(no, Ho - o0);
+        if (pad > 0) {  // the left/right pad columns of the buffer rows (never written)
+          for (int64_t r = 0; r < nbc * vrows; ++r) {
+            std::fill(vb + r * Wp * C, vb + (r * Wp + pad) * C, T(0));
+            std::fill(vb + (r * Wp + pad + W) * C, vb + (r + 1) * Wp * C, T(0));
+          }
+        }
         const int64_t v_lo = o0 * s - pad;                   // virtual row of buffer row 0
         const int64_t v_hi = (o0 + noc - 1) * s - pad + K;   // exclusive
         const int64_t r_lo = std::max<int64_t>(0, v_lo), r_hi = std::min(H, v_hi);
@@ -348,8 +353,8 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
         // ---- phase 1: v rows (expansion GEMM + bias + act) into the padded buffer ----
         const int64_t G1 = nbc * nr;  // global input rows; x rows of the chunk are contiguous
         const int64_t x0 = (b0 * H + r_lo) * W;  // first x pixel (nb > 1 means nr == H)
-        const bool cols1 = split == 2 || (split == 0 && nthreads > 1 && G1 * W < 96 * nthreads);
-        const int64_t nt1 = cols1 ? nthreads : std::min(G1, nthreads);
+        const bool cols1 = split == 2 || (split == 0 && nth > 1 && G1 * W < 96 * nth);
+        const int64_t nt1 = cols1 ? nth : std::min(G1, nth);
         auto phase1 = [&](int64_t t) {
           int64_t g0 = 0, g1 = G1, c0 = 0, c1 = C;
           if (cols1) std::tie(c0, c1) = split_range(0, C, nt1, t, Vectorized<T>::size());
@@ -372,7 +377,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
         // ---- phase 2: depthwise (+ skip) and projection (+ residual) ----
         const int64_t G2 = nbc * noc;
         const int64_t y0 = (b0 * Ho + o0) * Wo;  // first output pixel
-        const bool cols2 = split == 2 || (split == 0 && nthreads > 1 && G2 * Wo < 96 * nthreads);
+        const bool cols2 = split == 2 || (split == 0 && nth > 1 && G2 * Wo < 96 * nth);
         T* zb = proj ? zbuf.data_ptr<T>() : op + y0 * C;
         auto dw_rows = [&](int64_t g0, int64_t g1, int64_t c0, int64_t c1) {
           const T* rows[7];
@@ -406,7 +411,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
         };
         run(nt1, phase1);
         if (se) {  // depthwise over rows into z, then per image: SE scale, projection over rows
-          const int64_t nt2 = std::min(G2, nthreads);
+          const int64_t nt2 = std::min(G2, nth);
           run(nt2, [&](int64_t t) {
             auto [g0, g1] = split_range(0, G2, nt2, t);
             if (g0 < g1) dw_rows(g0, g1, 0, C);
@@ -445,7 +450,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
               const T sc = static_cast<T>(1.0 / (1.0 + std::exp(-a)));
               for (int64_t o = 0; o < Cout; ++o) wp[c * Cout + o] = wo[o * C + c] * sc;
             }
-            const int64_t nt3 = std::min(noc, nthreads);
+            const int64_t nt3 = std::min(noc, nth);
             run(nt3, [&](int64_t t) {
               auto [r0, r1] = split_range(0, noc, nt3, t);
               if (r0 >= r1) return;
@@ -454,7 +459,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
             });
           }
         } else if (!cols2) {
-          const int64_t nt2 = std::min(G2, nthreads);
+          const int64_t nt2 = std::min(G2, nth);
           run(nt2, [&](int64_t t) {
             auto [g0, g1] = split_range(0, G2, nt2, t);
             if (g0 >= g1) return;
@@ -462,17 +467,24 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
             if (proj) proj_rows(g0, g1, 0, Cout);
           });
         } else {
-          run(nthreads, [&](int64_t t) {
-            auto [c0, c1] = split_range(0, C, nthreads, t, Vectorized<T>::size());
+          run(nth, [&](int64_t t) {
+            auto [c0, c1] = split_range(0, C, nth, t, Vectorized<T>::size());
             if (c0 < c1) dw_rows(0, G2, c0, c1);
           });
           if (proj)
-            run(nthreads, [&](int64_t t) {
-              auto [n0, n1] = split_range(0, Cout, nthreads, t, Vectorized<T>::size());
+            run(nth, [&](int64_t t) {
+              auto [n0, n1] = split_range(0, Cout, nth, t, Vectorized<T>::size());
               if (n0 < n1) proj_rows(0, G2, n0, n1);
             });
         }
-      }
+    };
+    if (par_chunks) {
+      at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
+        c10::InferenceMode guard(inference);
+        for (int64_t c = c0; c < c1; ++c) process(c / nchunks_o * nb, c % nchunks_o * no, 1);
+      });
+    } else {
+      for (int64_t c = 0; c < nchunks; ++c) process(c / nchunks_o * nb, c % nchunks_o * no, nthreads);
     }
   });
   return out.permute({0, 3, 1, 2});
