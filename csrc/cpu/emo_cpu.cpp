@@ -393,11 +393,18 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           auto o = out2.narrow(0, y0 + g0 * Wo, (g1 - g0) * Wo).narrow(1, n0, n1 - n0);
           auto z = zbuf.narrow(0, g0 * Wo, (g1 - g0) * Wo);
           auto w = wpt.narrow(1, n0, n1 - n0);
-          if (res2.defined())
-            at::addmm_out(o, res2.narrow(0, y0 + g0 * Wo, (g1 - g0) * Wo).narrow(1, n0, n1 - n0),
-                          z, w);
-          else
-            at::mm_out(o, z, w);
+          at::mm_out(o, z, w);
+          if (res2.defined()) {  // + residual while the rows are in cache (addmm_out would copy
+                                 // the residual into o first, then run a beta=1 GEMM: slower)
+            using V = Vectorized<T>;
+            const T* rp = res2.data_ptr<T>();
+            for (int64_t i = (y0 + g0 * Wo); i < y0 + g1 * Wo; ++i)
+              for (int64_t n = n0; n < n1; n += V::size()) {
+                const int64_t cnt = std::min<int64_t>(V::size(), n1 - n);
+                (V::loadu(op + i * Cout + n, cnt) + V::loadu(rp + i * Cout + n, cnt))
+                    .store(op + i * Cout + n, cnt);
+              }
+          }
         };
         auto run = [&](int64_t n, const std::function<void(int64_t)>& f) {
           if (n <= 1) {
