@@ -40,23 +40,10 @@ def _drop_key_cache(module):
             m.__dict__.pop(k, None)
 
 
-def _pointwise(x, w, bias=None, residual=None):
-    """1x1 conv of a (B, C, H, W) map as one GEMM on its NHWC view: (B*H*W, C) @ w^T (+ bias or
-    + residual), returned channels_last. No copy when x (and residual) are channels_last."""
-    B, C, H, W = x.shape
-    N = w.shape[0]
-    x2 = x.permute(0, 2, 3, 1).reshape(-1, C)
-    if residual is not None:
-        out = torch.addmm(residual.permute(0, 2, 3, 1).reshape(-1, N), x2, w.t())
-    elif bias is not None:
-        out = torch.addmm(bias, x2, w.t())
-    else:
-        out = torch.mm(x2, w.t())
-    return out.view(B, H, W, N).permute(0, 3, 1, 2)
-
-
 class iRMB(nn.Module):
-    """Inverted residual mobile block (attention variant when ``attn=True``)."""
+    """Inverted residual mobile block (attention variant when ``attn=True``). With
+    ``fused=True`` every form of EMO runs through emo_kernels; squeeze-excite together with the
+    skip (no EMO block has both) runs the reference computation."""
 
     def __init__(self, dim_in, dim_out, *, norm="bn", act="silu", exp_ratio=1.0, v_proj=True,
                  kernel_size=3, stride=1, skip=True, se=False, attn=False, head_dim=16,
@@ -211,40 +198,13 @@ class iRMB(nn.Module):
     def _forward_infer_cpu(self, x):
         """Eval forward on CPU with cached folded weights and NHWC (channels_last) activations:
         one ``emo_kernels.irmb_inference`` call (LayerNorm, attention, expansion, depthwise,
-        projection and residual; the cpu backend runs it as one C++ call)."""
-        p = self._inference_params()
-        call = self._irmb_args(p)
-        if call is not None:
-            return emo_kernels.irmb_inference(x, *call[0], **call[1])
-        act = self.act if p["w_exp"] is not None else "none"
-        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
-        folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
-        # the stem block (squeeze-excite), or a norm that cannot be passed on
-        shortcut = x
-        if self.attn:
-            y = self.norm(x)
-            C = y.shape[1]
-            qk = _pointwise(y, p["w_qk"], p["b_qk"])
-            x_in = emo_kernels.window_attention(
-                qk[:, :C], qk[:, C:], y, p["b_qk"][C:], head_dim=self.head_dim,
-                window_size=self.window_size, scale=self.scale)
-        elif folded:
-            x_in = x  # the input BN is folded into w_exp
-        else:
-            x_in = self.norm(x)
-        args = (x_in, p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"])
-        if not isinstance(self.se, SE):
-            return emo_kernels.expand_dwconv_act(
-                *args, **kw, w_proj=p["w_proj"], residual=shortcut if self.has_skip else None)
-        z = emo_kernels.expand_dwconv_act(*args, **kw)
-        # squeeze-excite (stem block): fold its channel scale into the projection weights
-        s = z.mean((2, 3))
-        s = self.se.act(F.linear(s, self.se.conv_reduce.weight.flatten(1), self.se.conv_reduce.bias))
-        s = torch.sigmoid(F.linear(s, self.se.conv_expand.weight.flatten(1), self.se.conv_expand.bias))
-        w = p["w_proj"][None] * s[:, None, :]  # (B, Cout, Cmid)
-        B, C, H, W = z.shape
-        zz = z.permute(0, 2, 3, 1).reshape(B, H * W, C)
-        return torch.bmm(zz, w.transpose(1, 2)).view(B, H, W, -1).permute(0, 3, 1, 2)
+        SE, projection and residual; the cpu backend runs it as one C++ call). A block that op
+        cannot take (a BatchNorm before attention: not in EMO's configs) runs the general fused
+        path."""
+        call = self._irmb_args(self._inference_params())
+        if call is None:
+            return self._forward_fused(x)
+        return emo_kernels.irmb_inference(x, *call[0], **call[1])
 
     def _use_infer_cpu(self, x):
         if self.training or x.device.type != "cpu":
@@ -263,7 +223,10 @@ class iRMB(nn.Module):
         return super()._apply(*args, **kwargs)
 
     def forward(self, x):
-        if not self.fused:
+        if not self.fused or (isinstance(self.se, SE) and self.has_skip):
+            # SE with the inner skip (not in EMO's configs: its only SE block, the stem's, has
+            # no skip) puts SE between the depthwise pass and the skip, which the fused ops
+            # cannot express: such a block always runs the reference computation
             return self._forward_reference(x)
         if self._use_infer_cpu(x):
             return self._forward_infer_cpu(x)

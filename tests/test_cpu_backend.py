@@ -325,3 +325,43 @@ def test_activations_at_extreme_inputs(act):
     assert torch.isfinite(out).all()
     # error relative to max(|act(x)|, 1): the float32 tolerance, elementwise
     assert ((out.double() - ref).abs() / ref.abs().clamp_min(1.0)).max() <= TOLERANCE[torch.float32]
+
+
+def test_block_outside_irmb_inference_uses_general_fused_path():
+    """An iRMB form irmb_inference does not take (a BatchNorm before attention; not in EMO's
+    configs) still runs fused in CPU inference, through the general fused path; SE with a skip
+    (not in EMO either) runs the reference computation. Both give the fused=False output."""
+    torch.manual_seed(0)
+    for kw in (dict(norm="bn", attn=True, head_dim=8), dict(se=True, skip=True)):
+        ref = emo.iRMB(16, 16, exp_ratio=2.0, **kw).eval()
+        fused = emo.iRMB(16, 16, exp_ratio=2.0, fused=True, **kw).eval()
+        with torch.no_grad():
+            for m in (ref, fused):  # non-trivial BN statistics
+                for bn in m.modules():
+                    if isinstance(bn, torch.nn.BatchNorm2d):
+                        bn.running_mean.uniform_(-0.5, 0.5)
+                        bn.running_var.uniform_(0.5, 2.0)
+        fused.load_state_dict(ref.state_dict())
+        x = torch.randn(2, 16, 9, 7)
+        with torch.no_grad():
+            if "attn" in kw:
+                assert fused._irmb_args(fused._inference_params()) is None
+            assert rel_err(fused(x), ref(x)) <= 1e-5, kw
+
+
+def test_parameters_under_no_grad_with_threads():
+    """Under torch.no_grad, weights that require grad (nn.Parameters) are fine for the cpu
+    backend on every thread (grad mode is thread-local: the worker threads must not record
+    autograd for them)."""
+    x, we, be, wd, bd = _cast(_edc_args(EDC[7], torch.float32), torch.float32)
+    params = [torch.nn.Parameter(t) for t in (we, be, wd, bd)]
+    wp = torch.nn.Parameter(torch.randn(5, we.shape[0]))
+    ref = expand_dwconv_act_ref(x, *params, act="silu", stride=2)
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with emo_kernels.use_backend("cpu"), torch.no_grad():
+            out = emo_kernels.expand_dwconv_act(x, *params, act="silu", stride=2, w_proj=wp)
+    finally:
+        torch.set_num_threads(old)
+    assert rel_err(out, torch.einsum("bchw,oc->bohw", ref, wp).detach()) <= TOLERANCE[torch.float32]

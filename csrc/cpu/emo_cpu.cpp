@@ -413,6 +413,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           }
           at::parallel_for(0, n, 1, [&](int64_t t0, int64_t t1) {
             c10::InferenceMode guard(inference);
+            at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
             for (int64_t t = t0; t < t1; ++t) f(t);
           });
         };
@@ -488,6 +489,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
     if (par_chunks) {
       at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
         c10::InferenceMode guard(inference);
+        at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
         for (int64_t c = c0; c < c1; ++c) process(c / nchunks_o * nb, c % nchunks_o * no, 1);
       });
     } else {
@@ -713,6 +715,7 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
       const bool inference = c10::InferenceMode::is_enabled();
       at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
         c10::InferenceMode guard(inference);
+        at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
         for (int64_t t = t0; t < t1; ++t) {
           auto [n0, n1] = split_range(0, 2 * C, nthreads, t, 16);
           if (n0 >= n1) continue;
