@@ -91,7 +91,7 @@ def cpu_extensions():
                                    "_cpu_build.py"))
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    ext = CppExtension("emo_kernels._C_cpu", build.SOURCES,
+    ext = CppExtension("emo_kernels._C_cpu", build.SOURCES, depends=build.HEADERS,
                        extra_compile_args={"cxx": build.cxx_flags()},
                        extra_link_args=["-fopenmp"])
     return [ext], {"build_ext": BuildExtension}

@@ -11,6 +11,7 @@ time the backend refuses (with the reason) a build whose ISA the present CPU lac
 import os
 
 SOURCES = ["csrc/cpu/emo_cpu.cpp"]
+HEADERS = ["csrc/cpu/gemm.h"]
 ISA_ENV = "EMO_KERNELS_CPU_ISA"
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],

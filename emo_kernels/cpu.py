@@ -2,10 +2,12 @@
 
 * ``expand_dwconv_act`` (with the optional projection): the work is cut into chunks that fit
   the threads' L2 (several whole images, or a band of output rows of one image with its halo
-  rows recomputed); per chunk, phase 1 runs the expansion GEMM (MKL through ``at::mm_out``)
-  and bias + activation into a zero-padded buffer, phase 2 the depthwise conv + bias + SiLU
-  (+ skip) and the projection GEMM (+ residual), each phase split over all threads by rows
-  (or by channels when the chunk has few pixels). v and z never leave cache. An eval-mode
+  rows recomputed); per chunk, phase 1 runs the expansion GEMM with bias + activation applied
+  on its accumulators and written straight into a zero-padded buffer, phase 2 the depthwise
+  conv + bias + SiLU (+ skip) and the projection GEMM (+ residual, again in its epilogue), each
+  phase split over all threads by rows (or by channels when the chunk has few pixels). v and z
+  never leave cache. The GEMMs are the extension's own kernel (csrc/cpu/gemm.h) on weights
+  packed into column panels: per call, or once per chain (``irmb_chain``). An eval-mode
   BatchNorm passed as arguments is folded into the depthwise weights here.
 * ``window_attention``: reads q, k, v through their strides (channel slices of an NHWC qk
   tensor need no copy), one task per (image, window, head), scores and P.V in blocks of 4
@@ -130,12 +132,38 @@ def irmb_chain_can_run(x, chain, outputs):
     return _common_reason([x] + chain.tensors)
 
 
+def _watch(tensors):
+    """The tensors whose in-place changes a prepared chain must notice: all but inference
+    tensors (they have no version counter; outside InferenceMode they cannot be modified in
+    place, and the model's own chains hold weights folded under InferenceMode)."""
+    return [t for t in tensors if not t.is_inference()]
+
+
+def _prepared_block(ext, args, kw):
+    """One block's tuple for the C++ irmb_chain: its arguments, then its weights prepared once
+    (the three 1x1 weights packed for the GEMM kernel, the depthwise weight as (k*k, Cmid))."""
+    w_exp, _, w_dw, _, w_proj = args
+    w_qk = kw.get("w_qk")
+    with torch.no_grad():
+        dw = w_dw.reshape(w_dw.shape[0], -1).t().contiguous()
+        return _block_tuple(args, kw) + (
+            None if w_qk is None else ext.pack_weight(w_qk),
+            None if w_exp is None else ext.pack_weight(w_exp), dw, ext.pack_weight(w_proj))
+
+
 def irmb_chain_cpu(x, chain, outputs):
-    """The whole chain in one C++ call (the block tuples are built once per chain)."""
-    tuples = chain.__dict__.get("_cpu_tuples")
-    if tuples is None:
-        tuples = chain._cpu_tuples = [_block_tuple(a, k) for a, k in chain.blocks]
-    return _cpu.load().irmb_chain(x, tuples, list(outputs), _budget(), SPLIT)
+    """The whole chain in one C++ call. The block tuples, with the weights packed for the GEMM
+    kernel, are made at the first call and again when a weight was modified in place (version
+    counters; see _watch)."""
+    ext = _cpu.load()
+    cached = chain.__dict__.get("_cpu_prepared")
+    if cached is not None and [t._version for t in cached[0]] == cached[1]:
+        tuples = cached[2]
+    else:
+        watch = _watch(chain.tensors)
+        tuples = [_prepared_block(ext, a, k) for a, k in chain.blocks]
+        chain._cpu_prepared = (watch, [t._version for t in watch], tuples)
+    return ext.irmb_chain(x, tuples, list(outputs), _budget(), SPLIT)
 
 
 def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):

@@ -380,3 +380,41 @@ def test_float_gelu_accuracy():
         out = emo_kernels.expand_dwconv_act(x.float(), eye.float(), None, wd.float(), None,
                                             act="gelu", stride=1, skip=True)
     assert (out.double() - ref).abs().max() <= 1e-6
+
+
+# The packed-weight GEMM kernel (csrc/cpu/gemm.h) on its own: row counts around every register
+# block tail (AVX-512 blocks 12 rows, AVX2 6, DEFAULT 4), column counts with half panels and
+# partial vectors, K down to 1; bias and both activations in the epilogue.
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+def test_gemm_kernel(dtype, act):
+    ext = cpu_backend._cpu.load()
+    g = torch.Generator().manual_seed(3)
+    fn = {"none": lambda t: t, "silu": torch.nn.functional.silu,
+          "gelu": torch.nn.functional.gelu}[act]
+    for M in (1, 5, 11, 12, 13, 23, 25, 49):
+        for N in (8, 16, 24, 40, 72):
+            for K in (1, 3, 17):
+                x = torch.randn(M, K, generator=g, dtype=torch.float64)
+                w = torch.randn(N, K, 1, 1, generator=g, dtype=torch.float64)
+                b = torch.randn(N, generator=g, dtype=torch.float64)
+                ref = fn(x @ w.view(N, K).t() + b)
+                packed = ext.pack_weight(w.to(dtype))
+                for p in (packed, None):
+                    out = ext.linear(x.to(dtype), w.to(dtype), p, b.to(dtype), cpu_backend._ACT[act])
+                    assert out.shape == (M, N) and out.dtype == dtype
+                    assert rel_err(out, ref) <= TOLERANCE[dtype], (M, N, K)
+                out = ext.linear(x.to(dtype), w.to(dtype), packed, None, 0)
+                assert rel_err(out, x @ w.view(N, K).t()) <= TOLERANCE[dtype], (M, N, K)
+
+
+def test_gemm_refuses_a_packed_weight_of_another_shape():
+    ext = cpu_backend._cpu.load()
+    w = torch.randn(40, 16)
+    x = torch.randn(5, 16)
+    with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
+        ext.linear(x, w, ext.pack_weight(torch.randn(40, 8)), None, 0)
+    with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
+        ext.linear(x, w, ext.pack_weight(torch.randn(200, 16)), None, 0)
+    with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
+        ext.linear(x, w, ext.pack_weight(w.double()), None, 0)

@@ -180,6 +180,30 @@ def test_chain_matches_blocks(dtype, backend):
         assert rel_err(out, ref) <= TOLERANCE[dtype]
 
 
+def test_chain_sees_in_place_weight_changes():
+    """The cpu backend packs a chain's weights once; an in-place change of a weight after a call
+    is seen by the next call (the packs are remade)."""
+    if _reason is not None:
+        pytest.skip(f"cpu backend unavailable: {_reason}")
+    blocks = _chain_blocks()
+    chain = emo_kernels.IRMBChain(blocks, 16, torch.float64, "cpu")
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+
+    def ref():
+        y = x
+        for args, kw in blocks:
+            y = irmb_inference_ref(y, *args, **kw)
+        return y
+
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        assert rel_err(chain(x)[0], ref()) <= TOLERANCE[torch.float64]
+        for args, kw in blocks:  # every packed weight: w_exp, w_dw, w_proj, w_qk
+            for t in (args[0], args[2], args[4], kw.get("w_qk")):
+                if t is not None:
+                    t.mul_(1.5)
+        assert rel_err(chain(x)[0], ref()) <= TOLERANCE[torch.float64]
+
+
 def test_chain_errors():
     blocks = _chain_blocks()
     bad = [blocks[0], (blocks[2][0], blocks[2][1])]  # block 1 expects 24 channels, gets 16

@@ -11,6 +11,10 @@
 //                      chain of blocks per call (no Python between the steps).
 // Outputs are (B, C, H, W) tensors in channels_last memory format.
 //
+// The 1x1 convolutions are GEMMs by gemm.h's kernel on packed weights (packed per call, or
+// once per chain by the caller: irmb_chain's prepared weights), bias / activation / residual
+// applied in its epilogue.
+//
 // Vector width comes from the build: setup.py / emo_kernels/_cpu.py compile this file with
 // CPU_CAPABILITY=AVX512, AVX2 or DEFAULT (see isa()); the Python side refuses to run a build
 // whose ISA the present CPU lacks.
@@ -25,6 +29,8 @@
 #include <cmath>
 #include <limits>
 #include <vector>
+
+#include "gemm.h"
 
 #define EMO_STR2(x) #x
 #define EMO_STR(x) EMO_STR2(x)
@@ -106,25 +112,11 @@ inline T ssilu(T x) { return x / (T(1) + std::exp(-x)); }
 template <typename T>
 inline T sgelu(T x) { return x * T(0.5) * (T(1) + std::erf(x * T(M_SQRT1_2))); }
 
-// dst[i*C + c] = act(src[i*C + c] + bias[c]) for n pixels and channels [c0, c1): the GEMM
-// output of a pixel row, activated and copied into the zero-padded depthwise input buffer.
+// dst[i*C + c] = src[i*C + c] for n pixels and channels [c0, c1): an input row copied into the
+// zero-padded depthwise input buffer (identity expansion: the stem block).
 template <typename T>
-void bias_act_copy(const T* src, T* dst, int64_t n, int64_t C, int64_t c0, int64_t c1,
-                   const T* bias, int64_t act) {
-  using V = Vectorized<T>;
-  constexpr int64_t VS = V::size();
-  for (int64_t i = 0; i < n; ++i) {
-    const T* s = src + i * C;
-    T* d = dst + i * C;
-    for (int64_t c = c0; c < c1; c += VS) {
-      const int64_t cnt = std::min<int64_t>(VS, c1 - c);
-      V x = V::loadu(s + c, cnt);
-      if (bias) x = x + V::loadu(bias + c, cnt);
-      if (act == ACT_SILU) x = vsilu(x);
-      else if (act == ACT_GELU) x = vgelu(x);
-      x.store(d + c, cnt);
-    }
-  }
+void copy_row(const T* src, T* dst, int64_t n, int64_t C, int64_t c0, int64_t c1) {
+  for (int64_t i = 0; i < n; ++i) std::copy(src + i * C + c0, src + i * C + c1, dst + i * C + c0);
 }
 
 // ---- depthwise conv + bias + SiLU (+ skip) on a zero-padded NHWC buffer ---------------------
@@ -209,7 +201,7 @@ at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B
 // multi-MB allocation per call costs page faults on every call (glibc hands large blocks
 // back to the kernel). Callers use a buffer only within one call, never two calls at once.
 at::Tensor workspace(int slot, int64_t numel, const at::TensorOptions& opts) {
-  thread_local at::Tensor cache[3];
+  thread_local at::Tensor cache[2];
   at::Tensor& t = cache[slot];
   if (!t.defined() || t.scalar_type() != opts.dtype().toScalarType() || t.numel() < numel) {
     c10::InferenceMode normal(false);  // a normal tensor: writable in and out of InferenceMode
@@ -225,6 +217,42 @@ inline std::pair<int64_t, int64_t> split_range(int64_t lo, int64_t hi, int64_t n
   const int64_t a = lo + units * i / n * align, b = lo + units * (i + 1) / n * align;
   return {std::min(a, hi), std::min(b, hi)};
 }
+
+// ---- the packed-weight GEMM (gemm.h) ---------------------------------------------------------
+// A conv weight (N, K[, 1, 1]) packed into column panels: (num_panels, K, panel_width).
+at::Tensor pack_weight(const at::Tensor& w) {
+  TORCH_CHECK(w.device().is_cpu() && w.dim() >= 2, "pack_weight: a CPU weight (N, K[, 1, 1])");
+  TORCH_CHECK(w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble,
+              "emo_kernels._C_cpu: float32 or float64 only");
+  const int64_t N = w.size(0), K = w.numel() / std::max<int64_t>(N, 1);
+  at::Tensor out;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "emo_pack_weight", [&] {
+    using T = scalar_t;
+    c10::InferenceMode normal(false);  // usable outside InferenceMode too
+    out = at::empty({emo_gemm::num_panels<T>(N), K, emo_gemm::panel_width<T>()}, w.options());
+    const auto wc = w.reshape({N, K}).contiguous();
+    emo_gemm::pack<T>(wc.data_ptr<T>(), N, K, out.data_ptr<T>());
+  });
+  return out;
+}
+
+// The packed form of w: `packed` if given (checked against w's shape), else packed now.
+at::Tensor packed_or_pack(const at::Tensor& w, const c10::optional<at::Tensor>& packed) {
+  const int64_t N = w.size(0), K = w.numel() / std::max<int64_t>(N, 1);
+  if (!(packed.has_value() && packed->defined())) return pack_weight(w);
+  const auto& p = *packed;
+  TORCH_CHECK(p.scalar_type() == w.scalar_type() && p.dim() == 3 && p.size(1) == K &&
+                  p.size(0) * p.size(2) >= N && (p.size(0) - 1) * p.size(2) < N &&
+                  p.is_contiguous(),
+              "a packed weight must come from pack_weight of the same weight");
+  return p;
+}
+
+// Weights of the fused body prepared ahead (irmb_chain): packed GEMM weights and the depthwise
+// weights as (K*K, C); undefined ones are prepared per call.
+struct Prepared {
+  at::Tensor exp, dw, proj;
+};
 
 // Squeeze-excite between the depthwise pass and the projection (the stem block):
 // s = sigmoid(w2 act(w1 mean_hw(z) + b1) + b2), out = z (w_proj * s)^T.
@@ -252,7 +280,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
                                   const c10::optional<at::Tensor>& w_proj,
                                   const c10::optional<at::Tensor>& residual, int64_t act,
                                   int64_t stride, bool skip, int64_t budget, int64_t split,
-                                  const SEArgs* se = nullptr) {
+                                  const SEArgs* se = nullptr, const Prepared& pre = Prepared()) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble,
@@ -271,14 +299,23 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   TORCH_CHECK(expand || act == ACT_NONE, "identity expansion needs act='none'");
   const int64_t C = expand ? w_exp->size(0) : Cin;
   TORCH_CHECK(w_dw.numel() == C * K * K, "w_dw must be (Cmid, 1, k, k)");
-  at::Tensor wt = expand ? w_exp->reshape({C, Cin}).t() : at::Tensor();
+  TORCH_CHECK(!expand || w_exp->numel() == C * Cin, "w_exp must be (Cmid, Cin, 1, 1)");
+  const at::Tensor pexp = expand ? packed_or_pack(*w_exp, pre.exp) : at::Tensor();
   at::Tensor be = expand && b_exp.has_value() && b_exp->defined() ? b_exp->contiguous()
                                                                   : at::Tensor();
-  auto wd = w_dw.reshape({C, K * K}).t().contiguous();  // (K*K, C)
+  at::Tensor wd = pre.dw;  // (K*K, C)
+  if (wd.defined()) {
+    TORCH_CHECK(wd.scalar_type() == w_dw.scalar_type() && wd.is_contiguous() &&
+                    wd.dim() == 2 && wd.size(0) == K * K && wd.size(1) == C,
+                "a prepared depthwise weight must be w_dw as (k*k, Cmid)");
+  } else {
+    wd = w_dw.reshape({C, K * K}).t().contiguous();
+  }
   at::Tensor bd = b_dw.has_value() && b_dw->defined() ? b_dw->contiguous() : at::Tensor();
   const bool proj = w_proj.has_value() && w_proj->defined();
   const int64_t Cout = proj ? w_proj->size(0) : C;
-  at::Tensor wpt = proj ? w_proj->reshape({Cout, C}).t() : at::Tensor();
+  TORCH_CHECK(!proj || w_proj->numel() == Cout * C, "w_proj must be (Cout, Cmid, 1, 1)");
+  const at::Tensor pproj = proj ? packed_or_pack(*w_proj, pre.proj) : at::Tensor();
   at::Tensor res2;
   if (proj && residual.has_value() && residual->defined()) {
     TORCH_CHECK(residual->size(0) == B && residual->size(1) == Cout && residual->size(2) == Ho &&
@@ -291,7 +328,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
 
   // ---- chunking: (b0, nb images, output rows [o0, o0 + no)) ----
   const int64_t esz = x_in.element_size();
-  const int64_t in_row = (Wp + (expand ? W : 0)) * C * esz;  // padded v row + GEMM output row
+  const int64_t in_row = Wp * C * esz;  // padded v row
   const int64_t out_row = proj ? Wo * C * esz : 0;           // z row
   const int64_t vrows_img = (Ho - 1) * s + K;
   const int64_t img_bytes = vrows_img * in_row + Ho * out_row;
@@ -326,9 +363,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
     // split over nth threads; the buffers are the calling thread's
     auto process = [&](int64_t b0, int64_t o0, int64_t nth) {
         auto vbuf = workspace(0, nb * vrows * Wp * C, opts);
-        at::Tensor tmp = expand ? workspace(1, nb * vrows * W * C, opts).view({nb * vrows * W, C})
-                                : at::Tensor();
-        at::Tensor zbuf = proj ? workspace(2, nb * no * Wo * C, opts).view({nb * no * Wo, C})
+        at::Tensor zbuf = proj ? workspace(1, nb * no * Wo * C, opts).view({nb * no * Wo, C})
                                : at::Tensor();
         T* vb = vbuf.data_ptr<T>();
         const int64_t nbc = std::min(nb, B - b0);
@@ -355,23 +390,35 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
         const int64_t x0 = (b0 * H + r_lo) * W;  // first x pixel (nb > 1 means nr == H)
         const bool cols1 = split == 2 || (split == 0 && nth > 1 && G1 * W < 96 * nth);
         const int64_t nt1 = cols1 ? nth : std::min(G1, nth);
+        // destination of chunk pixel i (image row g = i / W of the chunk, column i % W) in the
+        // padded buffer: the GEMM epilogue writes act(acc + bias) there
+        std::vector<T*> vrow(expand ? G1 * W : 0);
+        for (int64_t i = 0; i < static_cast<int64_t>(vrow.size()); ++i) {
+          const int64_t g = i / W, b = g / nr, r = r_lo + g % nr;
+          vrow[i] = vb + ((b * vrows + (r - v_lo)) * Wp + pad + i % W) * C;
+        }
         auto phase1 = [&](int64_t t) {
           int64_t g0 = 0, g1 = G1, c0 = 0, c1 = C;
           if (cols1) std::tie(c0, c1) = split_range(0, C, nt1, t, Vectorized<T>::size());
           else std::tie(g0, g1) = split_range(0, G1, nt1, t);
           if (g0 >= g1 || c0 >= c1) return;
-          const T* src = xp + (x0 + g0 * W) * Cin;
-          int64_t ld = Cin;
           if (expand) {
-            auto o = tmp.narrow(0, g0 * W, (g1 - g0) * W).narrow(1, c0, c1 - c0);
-            at::mm_out(o, x2.narrow(0, x0 + g0 * W, (g1 - g0) * W), wt.narrow(1, c0, c1 - c0));
-            src = tmp.data_ptr<T>() + g0 * W * C;
-            ld = C;
+            using V = Vectorized<T>;
+            T* const* dst = vrow.data();
+            auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
+              if (bep) a = a + V::loadu(bep + n, cnt);
+              if (act == ACT_SILU) a = vsilu(a);
+              else if (act == ACT_GELU) a = vgelu(a);
+              a.store(dst[i] + n, cnt);
+            };
+            emo_gemm::gemm<T>(xp + x0 * Cin, Cin, pexp.data_ptr<T>(), Cin, g0 * W, g1 * W, c0, c1,
+                              epi);
+            return;
           }
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t b = g / nr, r = r_lo + g % nr;
             T* dst = vb + ((b * vrows + (r - v_lo)) * Wp + pad) * C;
-            bias_act_copy<T>(src + (g - g0) * W * ld, dst, W, C, c0, c1, bep, act);
+            copy_row<T>(xp + (x0 + g * W) * Cin, dst, W, C, c0, c1);
           }
         };
         // ---- phase 2: depthwise (+ skip) and projection (+ residual) ----
@@ -389,22 +436,17 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
             dw_row_dispatch<T>(K, rows, wdp, bdp, vskip, zb + g * Wo * C, Wo, C, c0, c1, s);
           }
         };
-        auto proj_rows = [&](int64_t g0, int64_t g1, int64_t n0, int64_t n1) {
-          auto o = out2.narrow(0, y0 + g0 * Wo, (g1 - g0) * Wo).narrow(1, n0, n1 - n0);
-          auto z = zbuf.narrow(0, g0 * Wo, (g1 - g0) * Wo);
-          auto w = wpt.narrow(1, n0, n1 - n0);
-          at::mm_out(o, z, w);
-          if (res2.defined()) {  // + residual while the rows are in cache (addmm_out would copy
-                                 // the residual into o first, then run a beta=1 GEMM: slower)
-            using V = Vectorized<T>;
-            const T* rp = res2.data_ptr<T>();
-            for (int64_t i = (y0 + g0 * Wo); i < y0 + g1 * Wo; ++i)
-              for (int64_t n = n0; n < n1; n += V::size()) {
-                const int64_t cnt = std::min<int64_t>(V::size(), n1 - n);
-                (V::loadu(op + i * Cout + n, cnt) + V::loadu(rp + i * Cout + n, cnt))
-                    .store(op + i * Cout + n, cnt);
-              }
-          }
+        // out rows [g0, g1) of the chunk (Wo pixels each), columns [n0, n1): z Wp^T (+ residual),
+        // the residual added in the GEMM epilogue; wp: the packed (maybe SE-scaled) weights
+        auto proj_rows = [&](int64_t g0, int64_t g1, int64_t n0, int64_t n1, const T* wp) {
+          using V = Vectorized<T>;
+          T* o = op + y0 * Cout;
+          const T* rp = res2.defined() ? res2.data_ptr<T>() + y0 * Cout : nullptr;
+          auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
+            if (rp) a = a + V::loadu(rp + i * Cout + n, cnt);
+            a.store(o + i * Cout + n, cnt);
+          };
+          emo_gemm::gemm<T>(zb, C, wp, C, g0 * Wo, g1 * Wo, n0, n1, epi);
         };
         auto run = [&](int64_t n, const std::function<void(int64_t)>& f) {
           if (n <= 1) {
@@ -448,22 +490,22 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
               for (int64_t c = 0; c < C; ++c) h += w1[r * C + c] * (mean[c] / HW);
               hid[r] = se->act == ACT_SILU ? ssilu(h) : se->act == ACT_GELU ? sgelu(h) : h;
             }
-            auto wsc = at::empty({C, Cout}, opts);  // (w_proj * s)^T
-            T* wp = wsc.data_ptr<T>();
-            const auto wpa = w_proj->reshape({Cout, C}).contiguous();
-            const T* wo = wpa.data_ptr<T>();
+            // the packed projection weights with row k (input channel k) scaled by s[k]
+            const int64_t NP = emo_gemm::panel_width<T>(), P = emo_gemm::num_panels<T>(Cout);
+            std::vector<T> wsc(P * C * NP);
+            const T* pp = pproj.data_ptr<T>();
             for (int64_t c = 0; c < C; ++c) {
               double a = b2[c];
               for (int64_t r = 0; r < R; ++r) a += w2[c * R + r] * hid[r];
               const T sc = static_cast<T>(1.0 / (1.0 + std::exp(-a)));
-              for (int64_t o = 0; o < Cout; ++o) wp[c * Cout + o] = wo[o * C + c] * sc;
+              for (int64_t q = 0; q < P; ++q)
+                for (int64_t j = 0; j < NP; ++j)
+                  wsc[(q * C + c) * NP + j] = pp[(q * C + c) * NP + j] * sc;
             }
             const int64_t nt3 = std::min(noc, nth);
             run(nt3, [&](int64_t t) {
               auto [r0, r1] = split_range(0, noc, nt3, t);
-              if (r0 >= r1) return;
-              auto o = out2.narrow(0, y0 + (b * noc + r0) * Wo, (r1 - r0) * Wo);
-              at::mm_out(o, zbuf.narrow(0, (b * noc + r0) * Wo, (r1 - r0) * Wo), wsc);
+              if (r0 < r1) proj_rows(b * noc + r0, b * noc + r1, 0, Cout, wsc.data());
             });
           }
         } else if (!cols2) {
@@ -472,7 +514,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
             auto [g0, g1] = split_range(0, G2, nt2, t);
             if (g0 >= g1) return;
             dw_rows(g0, g1, 0, C);
-            if (proj) proj_rows(g0, g1, 0, Cout);
+            if (proj) proj_rows(g0, g1, 0, Cout, pproj.data_ptr<T>());
           });
         } else {
           run(nth, [&](int64_t t) {
@@ -482,7 +524,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           if (proj)
             run(nth, [&](int64_t t) {
               auto [n0, n1] = split_range(0, Cout, nth, t, Vectorized<T>::size());
-              if (n0 < n1) proj_rows(0, G2, n0, n1);
+              if (n0 < n1) proj_rows(0, G2, n0, n1, pproj.data_ptr<T>());
             });
         }
     };
@@ -676,10 +718,55 @@ at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::
   return out.permute({0, 3, 1, 2});
 }
 
+// LayerNorm over the channels of every pixel of a channels_last (B, C, H, W) tensor: per
+// pixel, mean and variance (two passes over its C contiguous values, in vectors), then
+// (x - mean) * rstd * w + b. Reads x once, writes y once; rows split over the threads when
+// there are enough of them to pay for a parallel region.
+at::Tensor layer_norm_nhwc(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b,
+                           double eps) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), M = B * H * W;
+  auto out = at::empty({B, H, W, C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "emo_layer_norm", [&] {
+    using T = scalar_t;
+    using V = Vectorized<T>;
+    constexpr int64_t VS = V::size();
+    const T* xp = x.data_ptr<T>();
+    const T* wp = w.data_ptr<T>();
+    const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+    T* op = out.data_ptr<T>();
+    auto rows = [&](int64_t r0, int64_t r1) {  // no tensor ops: no grad/inference mode needed
+      for (int64_t r = r0; r < r1; ++r) {
+        const T* xr = xp + r * C;
+        T* yr = op + r * C;
+        V s(T(0));
+        for (int64_t c = 0; c < C; c += VS) s = s + V::loadu(xr + c, std::min<int64_t>(VS, C - c));
+        const T mean = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, s) / C;
+        V q(T(0));
+        for (int64_t c = 0; c < C; c += VS) {
+          const int64_t cnt = std::min<int64_t>(VS, C - c);
+          const V d = V::loadu(xr + c, cnt) - V(mean);
+          q = q + V::set(V(T(0)), d * d, cnt);  // lanes past C stay 0
+        }
+        const T var = at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, q) / C;
+        const V rstd(T(1) / std::sqrt(var + static_cast<T>(eps))), mv(mean);
+        for (int64_t c = 0; c < C; c += VS) {
+          const int64_t cnt = std::min<int64_t>(VS, C - c);
+          V v = (V::loadu(xr + c, cnt) - mv) * rstd * V::loadu(wp + c, cnt);
+          if (bp) v = v + V::loadu(bp + c, cnt);
+          v.store(yr + c, cnt);
+        }
+      }
+    };
+    at::parallel_for(0, M, 256, rows);
+  });
+  return out.permute({0, 3, 1, 2});
+}
+
 // One whole iRMB forward (inference, BatchNorms folded): LayerNorm over channels (optional),
 // qk GEMM + strided-window attention (optional), then the fused expansion / depthwise /
 // projection body with the residual, or (squeeze-excite: the stem block) the body up to the
 // depthwise pass, SE, and the projection. One call per block: no Python between the steps.
+// pw_*: the weights prepared ahead (as in irmb_chain's tuples), or None: prepared here.
 at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor>& ln_w,
                           const c10::optional<at::Tensor>& ln_b, double eps,
                           const c10::optional<at::Tensor>& w_qk,
@@ -693,40 +780,60 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
                           const c10::optional<at::Tensor>& se_b1,
                           const c10::optional<at::Tensor>& se_w2,
                           const c10::optional<at::Tensor>& se_b2, int64_t se_act, int64_t budget,
-                          int64_t split) {
+                          int64_t split, const c10::optional<at::Tensor>& pw_qk,
+                          const c10::optional<at::Tensor>& pw_exp,
+                          const c10::optional<at::Tensor>& pw_dw,
+                          const c10::optional<at::Tensor>& pw_proj) {
   TORCH_CHECK(x_in.device().is_cpu(), "emo_kernels._C_cpu: expected CPU tensors");
+  const Prepared pre{pw_exp.value_or(at::Tensor()), pw_dw.value_or(at::Tensor()),
+                     pw_proj.value_or(at::Tensor())};
   TORCH_CHECK(x_in.dim() == 4, "x must be (B, C, H, W)");
   const int64_t B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
   auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor y = x;
-  if (ln_w.has_value() && ln_w->defined()) {  // LN2d: LayerNorm of the (B, H, W, C) view
-    y = at::layer_norm(nhwc_view(x), {C}, *ln_w, ln_b.has_value() ? *ln_b : at::Tensor(), eps)
-            .permute({0, 3, 1, 2});
+  if (ln_w.has_value() && ln_w->defined()) {  // LN2d: LayerNorm over the channels of each pixel
+    TORCH_CHECK(ln_w->numel() == C && (!ln_b.has_value() || !ln_b->defined() || ln_b->numel() == C),
+                "ln_weight / ln_bias must have C elements");
+    y = layer_norm_nhwc(x, ln_w->contiguous(),
+                        ln_b.has_value() && ln_b->defined() ? ln_b->contiguous() : at::Tensor(), eps);
   }
   if (w_qk.has_value() && w_qk->defined()) {
-    auto y2 = nhwc_view(y).reshape({B * H * W, C});
-    auto wq = w_qk->reshape({2 * C, C}).t();
+    TORCH_CHECK(w_qk->numel() == 2 * C * C, "w_qk must be (2C, C, 1, 1)");
+    const int64_t M = B * H * W, N = 2 * C;
+    const auto y2 = nhwc_view(y).reshape({M, C}).contiguous();
+    const auto pqk = packed_or_pack(*w_qk, pw_qk);
     const bool bias = b_qk.has_value() && b_qk->defined();
-    at::Tensor qk;
+    const auto bq = bias ? b_qk->contiguous() : at::Tensor();
+    at::Tensor qk = at::empty({M, N}, y2.options());
     const int64_t nthreads = at::get_num_threads();
-    if (nthreads > 1 && B * H * W < 512 * nthreads) {
-      // few pixels (batch 1): MKL would run this GEMM on one thread; split its output columns
-      qk = at::empty({B * H * W, 2 * C}, y2.options());
-      const bool inference = c10::InferenceMode::is_enabled();
+    // few pixels (batch 1): split the output columns over the threads, else the rows
+    const bool cols = M < 512 * nthreads;
+    const bool inference = c10::InferenceMode::is_enabled();
+    AT_DISPATCH_FLOATING_TYPES(y2.scalar_type(), "emo_qk", [&] {
+      using T = scalar_t;
+      using V = Vectorized<T>;
+      const T* bp = bias ? bq.data_ptr<T>() : nullptr;
+      T* o = qk.data_ptr<T>();
+      auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
+        if (bp) a = a + V::loadu(bp + n, cnt);
+        a.store(o + i * N + n, cnt);
+      };
+      auto part = [&](int64_t t) {
+        if (cols) {
+          auto [n0, n1] = split_range(0, N, nthreads, t, V::size());
+          if (n0 < n1) emo_gemm::gemm<T>(y2.data_ptr<T>(), C, pqk.data_ptr<T>(), C, 0, M, n0, n1, epi);
+        } else {
+          auto [m0, m1] = split_range(0, M, nthreads, t);
+          if (m0 < m1) emo_gemm::gemm<T>(y2.data_ptr<T>(), C, pqk.data_ptr<T>(), C, m0, m1, 0, N, epi);
+        }
+      };
+      if (nthreads == 1) return part(0);
       at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
         c10::InferenceMode guard(inference);
-        at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
-        for (int64_t t = t0; t < t1; ++t) {
-          auto [n0, n1] = split_range(0, 2 * C, nthreads, t, 16);
-          if (n0 >= n1) continue;
-          auto o = qk.narrow(1, n0, n1 - n0);
-          if (bias) at::addmm_out(o, b_qk->narrow(0, n0, n1 - n0), y2, wq.narrow(1, n0, n1 - n0));
-          else at::mm_out(o, y2, wq.narrow(1, n0, n1 - n0));
-        }
+        at::NoGradGuard no_grad;
+        for (int64_t t = t0; t < t1; ++t) part(t);
       });
-    } else {
-      qk = bias ? at::addmm(*b_qk, y2, wq) : at::mm(y2, wq);
-    }
+    });
     auto qk4 = qk.view({B, H, W, 2 * C}).permute({0, 3, 1, 2});
     c10::optional<at::Tensor> kpad;
     if (b_qk.has_value() && b_qk->defined()) kpad = b_qk->narrow(0, C, C);
@@ -737,23 +844,25 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
   if (skip) res = x;
   if (!(se_w1.has_value() && se_w1->defined()))
     return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, res, act, stride, skip,
-                                  budget, split);
+                                  budget, split, nullptr, pre);
   // squeeze-excite between the depthwise pass and the projection (no skip: checked in Python),
   // per image inside the fused body: its channel scale is folded into the projection weights
   const int64_t Cm = w_dw.size(0);
   SEArgs se{se_w1->reshape({se_w1->size(0), Cm}).contiguous(), se_b1->contiguous(),
             se_w2->reshape({Cm, se_w1->size(0)}).contiguous(), se_b2->contiguous(), se_act};
   return expand_dwconv_act_proj(y, w_exp, b_exp, w_dw, b_dw, w_proj, c10::nullopt, act, stride,
-                                false, budget, split, &se);
+                                false, budget, split, &se, pre);
 }
 
 // A chain of irmb_inference calls (one per block, each block's arguments as a tuple in the
-// order of irmb_inference's after x), in one call: returns the outputs of the blocks listed in
-// `outputs` (indices, increasing). No Python between blocks.
+// order of irmb_inference's after x up to se_act, then the prepared weights: w_qk and w_exp
+// packed by pack_weight, w_dw as (k*k, Cmid), w_proj packed; each may be None), in one call:
+// returns the outputs of the blocks listed in `outputs` (indices, increasing). No Python
+// between blocks, no weight repacking per call.
 using OptT = c10::optional<at::Tensor>;
 using BlockArgs = std::tuple<OptT, OptT, double, OptT, OptT, int64_t, int64_t, double, OptT, OptT,
                              at::Tensor, OptT, at::Tensor, int64_t, int64_t, bool, OptT, OptT, OptT,
-                             OptT, int64_t>;
+                             OptT, int64_t, OptT, OptT, OptT, OptT>;
 
 std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockArgs>& blocks,
                                    const std::vector<int64_t>& outputs, int64_t budget,
@@ -768,7 +877,8 @@ std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockA
                        std::get<8>(a), std::get<9>(a), std::get<10>(a), std::get<11>(a),
                        std::get<12>(a), std::get<13>(a), std::get<14>(a), std::get<15>(a),
                        std::get<16>(a), std::get<17>(a), std::get<18>(a), std::get<19>(a),
-                       std::get<20>(a), budget, split);
+                       std::get<20>(a), budget, split, std::get<21>(a), std::get<22>(a),
+                       std::get<23>(a), std::get<24>(a));
     if (next < outputs.size() && outputs[next] == static_cast<int64_t>(i)) {
       outs.push_back(y);
       ++next;
@@ -776,6 +886,33 @@ std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockA
   }
   TORCH_CHECK(next == outputs.size(), "irmb_chain: output indices must be increasing block indices");
   return outs;
+}
+
+// act(x W^T + bias) for x (M, K): the GEMM kernel on its own (tests and benchmarks).
+at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& packed,
+                  const c10::optional<at::Tensor>& bias, int64_t act) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "linear: x must be a CPU (M, K) tensor");
+  TORCH_CHECK(x.scalar_type() == w.scalar_type(), "linear: x and w must share a dtype");
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  TORCH_CHECK(w.numel() == N * K, "linear: w must be (N, K)");
+  const auto wp = packed_or_pack(w, packed);
+  const auto xc = x.contiguous();
+  auto out = at::empty({M, N}, x.options());
+  at::Tensor b = bias.has_value() && bias->defined() ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "emo_linear", [&] {
+    using T = scalar_t;
+    using V = Vectorized<T>;
+    T* o = out.data_ptr<T>();
+    const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
+    auto epi = [&](int64_t m, int64_t n, V acc, int64_t cnt) {
+      if (bp) acc = acc + V::loadu(bp + n, cnt);
+      if (act == ACT_SILU) acc = vsilu(acc);
+      else if (act == ACT_GELU) acc = vgelu(acc);
+      acc.store(o + m * N + n, cnt);
+    };
+    emo_gemm::gemm<T>(xc.data_ptr<T>(), K, wp.data_ptr<T>(), K, 0, M, 0, N, epi);
+  });
+  return out;
 }
 
 std::string isa() { return EMO_STR(CPU_CAPABILITY); }
@@ -809,8 +946,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"), py::arg("w_proj"),
         py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("se_w1"), py::arg("se_b1"),
         py::arg("se_w2"), py::arg("se_b2"), py::arg("se_act"), py::arg("budget"),
-        py::arg("split"));
+        py::arg("split"), py::arg("pw_qk") = py::none(), py::arg("pw_exp") = py::none(),
+        py::arg("pw_dw") = py::none(), py::arg("pw_proj") = py::none());
   m.def("irmb_chain", &irmb_chain, "irmb_inference over a chain of blocks", py::arg("x"),
         py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"));
+  m.def("pack_weight", &pack_weight, "a conv weight (N, K[, 1, 1]) packed for the GEMM kernel",
+        py::arg("w"));
+  m.def("linear", &linear, "act(x w^T + bias) by the packed-weight GEMM kernel", py::arg("x"),
+        py::arg("w"), py::arg("packed"), py::arg("bias"), py::arg("act"));
   m.def("isa", &isa, "the CPU_CAPABILITY this file was compiled for");
 }
