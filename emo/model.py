@@ -36,7 +36,7 @@ def _param_key(module):
 
 def _drop_key_cache(module):
     for m in module.modules():
-        for k in ("_key_dicts", "_infer_cache", "_stem_cache", "_chain_cache"):
+        for k in ("_key_dicts", "_infer_cache", "_stem_cache", "_chain_cache", "_chain_dicts"):
             m.__dict__.pop(k, None)
 
 
@@ -310,6 +310,14 @@ class EMO(nn.Module):
                 m.fused = fused
         return self
 
+    def train(self, mode=True):
+        _drop_key_cache(self)  # the chain caches of the model and of every block
+        return super().train(mode)
+
+    def _apply(self, *args, **kwargs):
+        _drop_key_cache(self)
+        return super()._apply(*args, **kwargs)
+
     def set_grad_checkpointing(self, enable=True):
         self.grad_checkpointing = enable
 
@@ -361,13 +369,22 @@ class EMO(nn.Module):
     def _infer_chain(self, blocks, x):
         """The cached IRMBChain of stages 1-4 and the indices of the stage ends, or (None, None)
         when blocks have hooks or a block cannot be chained. Rebuilt when a block, a parameter
-        or a buffer changes (each block's _param_key) or the input dtype/device does."""
+        or a buffer changes (one flat key over their data pointers and versions) or the input
+        dtype/device does."""
         from torch.nn.modules import module as _m
         if _m._global_forward_hooks or _m._global_forward_pre_hooks or any(
                 b._forward_hooks or b._forward_pre_hooks for b in blocks):
             return None, None
-        keys = [_param_key(b) for b in blocks]
-        if any(k is None for k in keys):
+        # one flat key over the blocks' non-empty parameter/buffer dicts (the tensors the fused
+        # path reads live there; a parameter added to an empty dict later is not read by it)
+        dicts = self.__dict__.get("_chain_dicts")
+        if dicts is None or dicts[0] != blocks:
+            dicts = self.__dict__["_chain_dicts"] = (blocks, [
+                d for b in blocks for m in b.modules() for d in (m._parameters, m._buffers) if d])
+        try:
+            keys = [v for d in dicts[1] for t in d.values() if t is not None
+                    for v in (t.data_ptr(), t._version)]
+        except RuntimeError:  # inference tensors: no version counter, do not cache
             return None, None
         cache = self.__dict__.get("_chain_cache")
         tag = (x.dtype, x.device)

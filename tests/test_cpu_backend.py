@@ -286,6 +286,16 @@ def test_model_cache_follows_weights_and_mode():
     fused.eval(), ref.eval()
     with torch.no_grad():
         assert rel_err(fused(x), ref(x)) <= 1e-4
+    for m in (ref, fused):  # a parameter's data swapped (no version bump), then a submodule
+        m.stage2[0].proj.conv.weight.data = m.stage2[0].proj.conv.weight.data * 2.0
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-4
+    for m in (ref, fused):  # a block's submodule replaced, picked up after eval() (documented)
+        m.stage3[2].proj = copy.deepcopy(m.stage3[2].proj)
+        m.stage3[2].proj.conv.weight.data.mul_(-0.5)
+        m.eval()
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-4
 
 
 def test_model_eval_with_grad_uses_autograd_path():
