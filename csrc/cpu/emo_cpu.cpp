@@ -24,7 +24,6 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
-#include <functional>
 #include <tuple>
 #include <cmath>
 #include <limits>
@@ -218,6 +217,34 @@ inline std::pair<int64_t, int64_t> split_range(int64_t lo, int64_t hi, int64_t n
   return {std::min(a, hi), std::min(b, hi)};
 }
 
+// f(0), ..., f(n - 1) over the threads (at::parallel_for's static split), inline when n <= 1.
+// Workers run with the caller's InferenceMode and with grad mode off: both are thread-local,
+// and a worker must not record autograd for its ops.
+template <typename F>
+void run_parts(int64_t n, const F& f) {
+  if (n <= 1) {
+    for (int64_t t = 0; t < n; ++t) f(t);
+    return;
+  }
+  const bool inference = c10::InferenceMode::is_enabled();
+  at::parallel_for(0, n, 1, [&](int64_t t0, int64_t t1) {
+    c10::InferenceMode guard(inference);
+    at::NoGradGuard no_grad;
+    for (int64_t t = t0; t < t1; ++t) f(t);
+  });
+}
+
+// act(a + bias[n, n + cnt)) on one vector of GEMM accumulators (bias may be null): the
+// epilogue of the expansion and qk GEMMs.
+template <typename T>
+inline Vectorized<T> bias_act(Vectorized<T> a, const T* bias, int64_t n, int64_t cnt,
+                              int64_t act) {
+  if (bias) a = a + Vectorized<T>::loadu(bias + n, cnt);
+  if (act == ACT_SILU) return vsilu(a);
+  if (act == ACT_GELU) return vgelu(a);
+  return a;
+}
+
 // ---- the packed-weight GEMM (gemm.h) ---------------------------------------------------------
 // A conv weight (N, K[, 1, 1]) packed into column panels: (num_panels, K, panel_width).
 at::Tensor pack_weight(const at::Tensor& w) {
@@ -350,7 +377,6 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   const int64_t vrows = (no - 1) * s + K;  // buffer rows per image of a chunk
   const int64_t nthreads = at::get_num_threads();
 
-  const bool inference = c10::InferenceMode::is_enabled();  // worker threads must agree
   const int64_t nchunks_o = (Ho + no - 1) / no, nchunks = (B + nb - 1) / nb * nchunks_o;
   // Enough chunks for every thread: each thread runs whole chunks alone (no barriers, and
   // its GEMMs see all the chunk's pixels); else one chunk at a time with every thread.
@@ -410,10 +436,7 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
             using V = Vectorized<T>;
             T* const* dst = vrow.data();
             auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
-              if (bep) a = a + V::loadu(bep + n, cnt);
-              if (act == ACT_SILU) a = vsilu(a);
-              else if (act == ACT_GELU) a = vgelu(a);
-              a.store(dst[i] + n, cnt);
+              bias_act<T>(a, bep, n, cnt, act).store(dst[i] + n, cnt);
             };
             emo_gemm::gemm<T>(xp + x0 * Cin, Cin, pexp.data_ptr<T>(), Cin, g0 * W, g1 * W, c0, c1,
                               epi);
@@ -452,21 +475,10 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           };
           emo_gemm::gemm<T>(zb, C, wp, C, g0 * Wo, g1 * Wo, n0, n1, epi);
         };
-        auto run = [&](int64_t n, const std::function<void(int64_t)>& f) {
-          if (n <= 1) {
-            for (int64_t t = 0; t < n; ++t) f(t);
-            return;
-          }
-          at::parallel_for(0, n, 1, [&](int64_t t0, int64_t t1) {
-            c10::InferenceMode guard(inference);
-            at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
-            for (int64_t t = t0; t < t1; ++t) f(t);
-          });
-        };
-        run(nt1, phase1);
+        run_parts(nt1, phase1);
         if (se) {  // depthwise over rows into z, then per image: SE scale, projection over rows
           const int64_t nt2 = std::min(G2, nth);
-          run(nt2, [&](int64_t t) {
+          run_parts(nt2, [&](int64_t t) {
             auto [g0, g1] = split_range(0, G2, nt2, t);
             if (g0 < g1) dw_rows(g0, g1, 0, C);
           });
@@ -507,37 +519,33 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
                   wsc[(q * C + c) * NP + j] = pp[(q * C + c) * NP + j] * sc;
             }
             const int64_t nt3 = std::min(noc, nth);
-            run(nt3, [&](int64_t t) {
+            run_parts(nt3, [&](int64_t t) {
               auto [r0, r1] = split_range(0, noc, nt3, t);
               if (r0 < r1) proj_rows(b * noc + r0, b * noc + r1, 0, Cout, wsc.data());
             });
           }
         } else if (!cols2) {
           const int64_t nt2 = std::min(G2, nth);
-          run(nt2, [&](int64_t t) {
+          run_parts(nt2, [&](int64_t t) {
             auto [g0, g1] = split_range(0, G2, nt2, t);
             if (g0 >= g1) return;
             dw_rows(g0, g1, 0, C);
             if (proj) proj_rows(g0, g1, 0, Cout, pproj.data_ptr<T>());
           });
         } else {
-          run(nth, [&](int64_t t) {
+          run_parts(nth, [&](int64_t t) {
             auto [c0, c1] = split_range(0, C, nth, t, Vectorized<T>::size());
             if (c0 < c1) dw_rows(0, G2, c0, c1);
           });
           if (proj)
-            run(nth, [&](int64_t t) {
+            run_parts(nth, [&](int64_t t) {
               auto [n0, n1] = split_range(0, Cout, nth, t, Vectorized<T>::size());
               if (n0 < n1) proj_rows(0, G2, n0, n1, pproj.data_ptr<T>());
             });
         }
     };
     if (par_chunks) {
-      at::parallel_for(0, nchunks, 1, [&](int64_t c0, int64_t c1) {
-        c10::InferenceMode guard(inference);
-        at::NoGradGuard no_grad;  // grad mode is thread-local: workers must not record autograd
-        for (int64_t c = c0; c < c1; ++c) process(c / nchunks_o * nb, c % nchunks_o * no, 1);
-      });
+      run_parts(nchunks, [&](int64_t c) { process(c / nchunks_o * nb, c % nchunks_o * no, 1); });
     } else {
       for (int64_t c = 0; c < nchunks; ++c) process(c / nchunks_o * nb, c % nchunks_o * no, nthreads);
     }
@@ -812,17 +820,15 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
     const int64_t nthreads = at::get_num_threads();
     // few pixels (batch 1): split the output columns over the threads, else the rows
     const bool cols = M < 512 * nthreads;
-    const bool inference = c10::InferenceMode::is_enabled();
     AT_DISPATCH_FLOATING_TYPES(y2.scalar_type(), "emo_qk", [&] {
       using T = scalar_t;
       using V = Vectorized<T>;
       const T* bp = bias ? bq.data_ptr<T>() : nullptr;
       T* o = qk.data_ptr<T>();
       auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
-        if (bp) a = a + V::loadu(bp + n, cnt);
-        a.store(o + i * N + n, cnt);
+        bias_act<T>(a, bp, n, cnt, ACT_NONE).store(o + i * N + n, cnt);
       };
-      auto part = [&](int64_t t) {
+      run_parts(nthreads, [&](int64_t t) {
         if (cols) {
           auto [n0, n1] = split_range(0, N, nthreads, t, V::size());
           if (n0 < n1) emo_gemm::gemm<T>(y2.data_ptr<T>(), C, pqk.data_ptr<T>(), C, 0, M, n0, n1, epi);
@@ -830,12 +836,6 @@ at::Tensor irmb_inference(const at::Tensor& x_in, const c10::optional<at::Tensor
           auto [m0, m1] = split_range(0, M, nthreads, t);
           if (m0 < m1) emo_gemm::gemm<T>(y2.data_ptr<T>(), C, pqk.data_ptr<T>(), C, m0, m1, 0, N, epi);
         }
-      };
-      if (nthreads == 1) return part(0);
-      at::parallel_for(0, nthreads, 1, [&](int64_t t0, int64_t t1) {
-        c10::InferenceMode guard(inference);
-        at::NoGradGuard no_grad;
-        for (int64_t t = t0; t < t1; ++t) part(t);
       });
     });
     auto qk4 = qk.view({B, H, W, 2 * C}).permute({0, 3, 1, 2});
@@ -892,7 +892,7 @@ std::vector<at::Tensor> irmb_chain(const at::Tensor& x, const std::vector<BlockA
   return outs;
 }
 
-// act(x W^T + bias) for x (M, K): the GEMM kernel on its own (tests and benchmarks).
+// act(x W^T + bias) for x (M, K): the GEMM kernel on its own (for the tests).
 at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& packed,
                   const c10::optional<at::Tensor>& bias, int64_t act) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 2, "linear: x must be a CPU (M, K) tensor");
@@ -909,10 +909,7 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& w, const c10::optional<
     T* o = out.data_ptr<T>();
     const T* bp = b.defined() ? b.data_ptr<T>() : nullptr;
     auto epi = [&](int64_t m, int64_t n, V acc, int64_t cnt) {
-      if (bp) acc = acc + V::loadu(bp + n, cnt);
-      if (act == ACT_SILU) acc = vsilu(acc);
-      else if (act == ACT_GELU) acc = vgelu(acc);
-      acc.store(o + m * N + n, cnt);
+      bias_act<T>(acc, bp, n, cnt, act).store(o + m * N + n, cnt);
     };
     emo_gemm::gemm<T>(xc.data_ptr<T>(), K, wp.data_ptr<T>(), K, 0, M, 0, N, epi);
   });

@@ -128,8 +128,9 @@ class IRMBChain:
     ``args = (w_exp, b_exp, w_dw, b_dw, w_proj)``, kwargs its keyword arguments.
     ``chain(x, outputs=(i, j, ...))`` returns the outputs of blocks i, j, ... (increasing;
     default: the last block's). Backends: ``cpu`` runs the whole chain as one C++ call (no
-    Python between blocks), on copies of the 1x1 weights packed for its GEMM kernel at the
-    first call and remade when a weight tensor was modified in place since (version counters;
+    Python between blocks), on copies of the weights prepared at the first call (the 1x1
+    weights packed for its GEMM kernel, the depthwise weights transposed) and remade when a
+    weight tensor was modified in place since (version counters;
     inference tensors have none: an in-place change of one, inside ``torch.inference_mode``, is
     not seen -- build a new chain); ``torch`` calls ``irmb_inference`` block by block.
     """
