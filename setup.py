@@ -106,6 +106,7 @@ setup(
     version="0.1.0",
     description="Fused Triton/CUDA kernels for the EMO vision backbone, and an exact EMO model zoo",
     packages=find_packages(include=["emo", "emo.*", "emo_kernels", "emo_kernels.*"]),
+    package_data={"emo_kernels": ["gpu_measured.json"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
     ext_modules=ext_modules,

@@ -10,27 +10,39 @@ Backends, in the order ``auto`` prefers them:
 
 Choose with the environment variable ``EMO_KERNELS_BACKEND=torch|cpu|triton|cuda|auto``
 (read at every call), or in code with :func:`set_backend` or the :func:`use_backend`
-context manager (which take precedence over the variable); both take ``ops=[...]`` to
+context manager (which take precedence over the variable; the selection is per thread, kept
+in a ``threading.local`` that torch.compile can trace and guard on -- a ``ContextVar`` cannot
+be traced by the Dynamo of torch 2.11); both take ``ops=[...]`` to
 select a backend for some ops only (``use_backend('triton', ops=['window_attention'])``),
 the other ops keeping the outer selection. Asking for a backend that
 cannot serve a call raises :class:`BackendUnavailableError` naming the reason; ``auto``
 takes the first backend that can, and :func:`explain` says why the others were passed over.
 
 ``auto`` never picks the Triton interpreter (it is a test tool, thousands of times slower
-than the reference) and never picks an implementation marked ``auto_ok=False`` (kernels
-not yet verified on hardware).
+than the reference), and picks a GPU kernel (an implementation registered with
+``gpu_kernel=True``) for a CUDA call only where a committed GPU measurement shows it faster
+than the torch path for that op, GPU family and shape class (:mod:`emo_kernels.measured`);
+everywhere else it runs the torch path, and :func:`explain` says why.
 """
 import contextlib
-import contextvars
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional
+
+import torch
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
 CHOICES = BACKENDS + ("auto",)
 ENV_VAR = "EMO_KERNELS_BACKEND"
 
-_selected: contextvars.ContextVar = contextvars.ContextVar("emo_kernels_backend", default=None)
+class _Selection(threading.local):
+    """The selection in force in this thread: a tuple of ``(op, backend)`` pairs, op None for
+    "every other op" (a tuple of strings: torch.compile guards on it as a constant)."""
+    value = ()
+
+
+_selected = _Selection()
 
 
 class BackendUnavailableError(RuntimeError):
@@ -42,7 +54,8 @@ class Impl:
     fn: Callable
     # returns None when the backend can run these arguments, else the reason it cannot
     can_run: Callable[..., Optional[str]]
-    auto_ok: bool = True
+    # a GPU kernel: auto picks it only where emo_kernels.measured shows it faster
+    gpu_kernel: bool = False
 
 
 # op name -> backend name -> Impl
@@ -50,10 +63,14 @@ _REGISTRY: Dict[str, Dict[str, Impl]] = {}
 
 
 def register(op: str, backend: str, fn: Callable, can_run: Callable[..., Optional[str]] = None,
-             auto_ok: bool = True) -> None:
+             gpu_kernel: bool = False) -> None:
+    """Register ``fn`` as ``backend``'s implementation of ``op``; ``can_run(*args, **kwargs)``
+    returns None when it can run a call, else the reason it cannot. ``gpu_kernel=True``: auto
+    picks it on CUDA only where a committed measurement shows it faster (emo_kernels.measured)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    _REGISTRY.setdefault(op, {})[backend] = Impl(fn, can_run or (lambda *a, **k: None), auto_ok)
+    _REGISTRY.setdefault(op, {})[backend] = Impl(fn, can_run or (lambda *a, **k: None),
+                                                 gpu_kernel)
 
 
 def _check_name(name: str) -> str:
@@ -63,19 +80,29 @@ def _check_name(name: str) -> str:
 
 
 def _selection(name, ops):
-    """The context value: {op: backend} with key None for "every other op"."""
+    """The thread's new selection (see _Selection) after selecting ``name`` for ``ops``."""
     if ops is None:
-        return None if name is None else {None: _check_name(name)}
-    sel = dict(_selected.get() or {})
-    sel.update({op: _check_name(name) for op in ([ops] if isinstance(ops, str) else ops)})
-    return sel
+        return () if name is None else ((None, _check_name(name)),)
+    ops = (ops,) if isinstance(ops, str) else tuple(ops)
+    return tuple(p for p in _selected.value if p[0] not in ops) + tuple(
+        (op, _check_name(name)) for op in ops)
+
+
+def _selected_for(op):
+    """The backend selected in code for ``op`` in this thread, or None."""
+    default = None
+    for o, name in _selected.value:
+        if o == op:
+            return name
+        if o is None:
+            default = name
+    return default
 
 
 def get_backend(op: Optional[str] = None) -> str:
     """The backend in force (for ``op``): set_backend/use_backend, else $EMO_KERNELS_BACKEND,
     else 'auto'."""
-    sel = _selected.get() or {}
-    name = sel.get(op, sel.get(None))
+    name = _selected_for(op)
     if name is None:
         name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
         if name not in CHOICES:
@@ -86,18 +113,19 @@ def get_backend(op: Optional[str] = None) -> str:
 def set_backend(name: Optional[str], ops=None) -> None:
     """Select a backend for this thread/context (None: back to $EMO_KERNELS_BACKEND/auto);
     with ``ops``, only for those ops."""
-    _selected.set(_selection(name, ops))
+    _selected.value = _selection(name, ops)
 
 
 @contextlib.contextmanager
 def use_backend(name: str, ops=None):
     """``with use_backend('triton'): ...`` -- select a backend inside the block (with
     ``ops=[...]``, only for those ops)."""
-    token = _selected.set(_selection(name, ops))
+    outer = _selected.value
+    _selected.value = _selection(name, ops)
     try:
         yield
     finally:
-        _selected.reset(token)
+        _selected.value = outer
 
 
 def _reason(op: str, backend: str, args, kwargs) -> Optional[str]:
@@ -109,15 +137,29 @@ def _reason(op: str, backend: str, args, kwargs) -> Optional[str]:
     return impl.can_run(*args, **kwargs)
 
 
+def _auto_skip(op: str, backend: str, impl: Impl, args, kwargs) -> Optional[str]:
+    """Why ``auto`` passes over an implementation that could run this call, or None."""
+    if impl.gpu_kernel:
+        x = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        if x is not None and x.device.type == "cpu" and triton_interpreted():
+            return "runs only in the Triton interpreter here (TRITON_INTERPRET=1), which auto skips"
+        from . import measured
+        return measured.auto_reason(op, backend, args, kwargs)
+    return None
+
+
 def explain(op: str, *args, **kwargs) -> Dict[str, Optional[str]]:
-    """For each backend: None if it can run ``op`` on these arguments, else why not."""
+    """For each backend: None if ``auto`` would use it for ``op`` on these arguments, else why
+    not (it cannot run them, or auto passes it over: "usable when asked for explicitly, but
+    ...")."""
     out = {}
     for b in BACKENDS:
         r = _reason(op, b, args, kwargs)
-        if r is None and b == "triton" and triton_interpreted():
-            r = "runs only in the Triton interpreter here (TRITON_INTERPRET=1), which auto skips"
-        elif r is None and not _REGISTRY[op][b].auto_ok:
-            r = "usable when asked for explicitly, but not verified on hardware, so auto skips it"
+        if r is None:
+            skip = _auto_skip(op, b, _REGISTRY[op][b], args, kwargs)
+            if skip is not None:
+                r = skip if skip.startswith("runs only in the Triton interpreter") else (
+                    f"usable when asked for explicitly, but {skip}, so auto skips it")
         out[b] = r
     return out
 
@@ -129,11 +171,9 @@ def resolve(op: str, *args, **kwargs) -> Callable:
         impls = _REGISTRY.get(op, {})
         for b in BACKENDS:  # the first that can run it; the reasons only when none can
             impl = impls.get(b)
-            if impl is None or not impl.auto_ok:
+            if impl is None or impl.can_run(*args, **kwargs) is not None:
                 continue
-            if b == "triton" and triton_interpreted():
-                continue
-            if impl.can_run(*args, **kwargs) is None:
+            if _auto_skip(op, b, impl, args, kwargs) is None:
                 return impl.fn
         reasons = explain(op, *args, **kwargs)
         raise BackendUnavailableError(

@@ -13,6 +13,36 @@ if not HAS_CUDA:
 
 import pytest  # noqa: E402
 
+
+def _interpreter_scalar_shim():
+    """Test-only fix for triton < 3.8's interpreter under numpy >= 2.4.
+
+    The interpreter passes scalar kernel arguments as 1-element numpy arrays and converts them
+    back with ``int(array)`` (``tensor.__index__``, used by ``range(0, CIN, BLOCK_K)``); numpy
+    2.4 refuses ``int()`` of a non-0-d array. triton 3.8 squeezes first; this does the same for
+    the older interpreter (the GPU machine's triton 3.6 + numpy 2.5). Compiled kernels are not
+    affected: only the interpreter's Python emulation of a scalar is.
+    """
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    orig = interpreter._patch_lang_tensor
+    if getattr(orig, "_emo_scalar_shim", False):
+        return
+
+    def patch(tensor, scope):
+        orig(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0])
+                       if self.handle.data.size == 1 else int(self.handle.data))
+
+    patch._emo_scalar_shim = True
+    interpreter._patch_lang_tensor = patch
+
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    _interpreter_scalar_shim()
+
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared")
 FIXTURE = os.path.join(SHARED, "fixtures", "emo_1m_224x224_256x256.pt")
 

@@ -5,7 +5,8 @@ only) and, for testing without a GPU, ``torch.ops.emo_kernels_cuda_emu`` (the sa
 functions run in a host loop over CPU tensors). Pass ``emulate=True`` to the functions below to
 use the latter; the backend registered in emo_kernels.ops never does.
 
-Not verified on GPU hardware yet: registered with ``auto_ok=False``, so ``auto`` never picks it.
+Registered with ``gpu_kernel=True``: ``auto`` picks it only where a committed GPU measurement
+shows it faster than the torch path (emo_kernels.measured); none exists yet.
 """
 from .expand_dwconv_act import can_run_expand_dwconv_act, expand_dwconv_act_cuda
 from .window_attention import can_run_window_attention, window_attention_cuda

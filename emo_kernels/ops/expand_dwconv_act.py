@@ -133,12 +133,13 @@ backends.register(OP, "torch", expand_dwconv_act_ref)
 
 
 # ---- cuda backend (csrc/expand_dwconv_act.cu via emo_kernels.cuda) -------------------------
-# Not verified on GPU hardware yet: auto_ok=False, so `auto` never picks it. can_run refuses
+# A GPU kernel: auto picks it only where a committed GPU measurement shows it faster
+# (emo_kernels.measured); today there is none, so auto never picks it. can_run refuses
 # CPU tensors and an unbuilt extension (with the build hint).
 from .. import cuda as _cuda_backend  # noqa: E402
 
 backends.register(OP, "cuda", _cuda_backend.expand_dwconv_act_cuda,
-                  _cuda_backend.can_run_expand_dwconv_act, auto_ok=False)
+                  _cuda_backend.can_run_expand_dwconv_act, gpu_kernel=True)
 
 
 # ----- triton backend (emo_kernels/triton/expand_dwconv_act.py), imported on first use so that
@@ -168,7 +169,7 @@ def _triton_fn(*args, **kwargs):
     return expand_dwconv_act_triton(*args, **kwargs)
 
 
-backends.register(OP, "triton", _triton_fn, _triton_can_run)
+backends.register(OP, "triton", _triton_fn, _triton_can_run, gpu_kernel=True)
 
 
 # ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)

@@ -127,16 +127,17 @@ def window_attention_triton(q, k, v, k_pad=None, *, head_dim, window_size=7, sca
         q, k, v, k_pad, head_dim, window_size, scale)[0]
 
 
-backends.register(OP, "triton", window_attention_triton, _can_run_triton)
+backends.register(OP, "triton", window_attention_triton, _can_run_triton, gpu_kernel=True)
 
 
 # ---- cuda backend (csrc/window_attention.cu via emo_kernels.cuda) --------------------------
-# Not verified on GPU hardware yet: auto_ok=False, so `auto` never picks it. can_run refuses
+# A GPU kernel: auto picks it only where a committed GPU measurement shows it faster
+# (emo_kernels.measured); today there is none, so auto never picks it. can_run refuses
 # CPU tensors, head_dim > 64 and an unbuilt extension (with the build hint).
 from .. import cuda as _cuda_backend  # noqa: E402
 
 backends.register(OP, "cuda", _cuda_backend.window_attention_cuda,
-                  _cuda_backend.can_run_window_attention, auto_ok=False)
+                  _cuda_backend.can_run_window_attention, gpu_kernel=True)
 
 
 # ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)

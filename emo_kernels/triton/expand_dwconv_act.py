@@ -153,7 +153,8 @@ def _expand_at(x_ptr, xoff, ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
             if NATIVE_DOT:  # fp16/bf16 on GPU: tensor cores, fp32 accumulation (exact products)
                 u = tl.dot(xa, wa.to(xa.dtype), u)
             else:
-                u = tl.dot(xa.to(ACC_DT), wa.to(ACC_DT), u, input_precision="ieee")
+                u = tl.dot(xa.to(ACC_DT), wa.to(ACC_DT), u, input_precision="ieee",
+                           out_dtype=ACC_DT)
         if HAS_BEXP:
             u += tl.load(bexp_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
     else:
@@ -356,7 +357,7 @@ def _gemm_gx_kernel(gu_ptr, wexp_ptr, gx_ptr, CIN, CMID, H, W, NT, sob, soc, soh
                     mask=i_ok[:, None] & c_ok[None, :], other=0.0)
         w = tl.load(wexp_ptr + c[:, None] * CIN + k[None, :], mask=c_ok[:, None] & k_ok[None, :],
                     other=0.0).to(ACC_DT)
-        acc = tl.dot(a, w, acc, input_precision="ieee")
+        acc = tl.dot(a, w, acc, input_precision="ieee", out_dtype=ACC_DT)
     ih = i // W
     iw = i % W
     tl.store(gx_ptr + b * sob + k[None, :].to(tl.int64) * soc + ih[:, None].to(tl.int64) * soh
@@ -387,7 +388,7 @@ def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sx
         xx = tl.load(x_ptr + bb[:, None] * sxb + k[None, :].to(tl.int64) * sxc
                      + (i // W)[:, None].to(tl.int64) * sxh + (i % W)[:, None].to(tl.int64) * sxw,
                      mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(ACC_DT)
-        acc = tl.dot(a, xx, acc, input_precision="ieee")
+        acc = tl.dot(a, xx, acc, input_precision="ieee", out_dtype=ACC_DT)
     tl.store(gw_ptr + c[:, None] * CIN + k[None, :], acc, mask=c_ok[:, None] & k_ok[None, :])
 
 
