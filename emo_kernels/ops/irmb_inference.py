@@ -31,8 +31,8 @@ import torch
 
 from .. import backends, cpu
 from ..reference import irmb_inference_ref
-from ._checks import (ACTS, FLOAT_DTYPES, check_channels, check_choice, check_int, check_kwargs,
-                      check_number, check_tensor, check_weight_1x1)
+from ._checks import (ACTS, FLOAT_DTYPES, check_choice, check_int, check_kwargs, check_number,
+                      check_tensor, check_weight_1x1)
 from .expand_dwconv_act import _validate as _validate_eda
 from .expand_dwconv_act import _validate_proj, _z_shape
 from .window_attention import check_head_dim
