@@ -70,7 +70,8 @@ def test_loader_names_mismatching_keys(fixture):
 
 
 def test_loader_new_head_for_other_num_classes(fixture):
-    model = emo.emo_1m(pretrained=float_sd(fixture["state_dict"]), num_classes=10)
+    with pytest.warns(UserWarning, match=r"classifier head.*'head.weight'"):
+        model = emo.emo_1m(pretrained=float_sd(fixture["state_dict"]), num_classes=10)
     assert model.head.weight.shape == (10, 168)
     ref = fixture["state_dict"]["stage3.1.qk.conv.weight"].float()
     assert torch.equal(model.stage3[1].qk.conv.weight, ref)

@@ -102,7 +102,7 @@ def test_se_errors():
     args, kw = _args(CFGS[-1])
     with pytest.raises(ValueError, match="skip=True is not supported"):
         emo_kernels.irmb_inference(*args, **{**kw, "skip": True})
-    with pytest.raises(ValueError, match="se_expand_weight must be"):
+    with pytest.raises(ValueError, match="se_expand_weight expects 24 input channels"):
         emo_kernels.irmb_inference(*args, **{**kw, "se_expand_weight": kw["se_reduce_weight"]})
     with pytest.raises(ValueError, match="need se_reduce_weight"):
         emo_kernels.irmb_inference(*args, **{**kw, "se_reduce_weight": None})
@@ -127,7 +127,7 @@ def test_reference_matches_model_block():
 def test_irmb_inference_errors():
     args, kw = _args(CFGS[3])
     x = args[0]
-    with pytest.raises(ValueError, match="w_qk must be"):
+    with pytest.raises(ValueError, match="w_qk expects 3 input channels"):
         emo_kernels.irmb_inference(*args, **{**kw, "w_qk": kw["w_qk"][:, :3]})
     with pytest.raises(ValueError, match="head_dim"):
         emo_kernels.irmb_inference(*args, **{**kw, "head_dim": 7})

@@ -16,6 +16,7 @@ Arguments
     bn_*     optional BatchNorm applied to p, as ``F.batch_norm(p, running_mean, running_var,
              bn_weight, bn_bias, bn_training, momentum, eps)``: in training it uses batch
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
+             Their dtype: x's, or float32 with fp16/bf16 x (mixed precision, as under autocast).
     w_proj   optional (Cout, Cmid[, 1, 1]): return conv1x1(z, w_proj) (+ residual, optional
              (B, Cout, Ho, Wo)) instead of z -- the iRMB projection (fused by the cpu backend).
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
@@ -33,45 +34,52 @@ import torch.nn.functional as F
 
 from .. import backends, cpu
 from ..reference import expand_dwconv_act_ref
-from ._checks import check_tensor
+from ._checks import (ACTS, bn_dtypes, check_bool, check_channels, check_choice, check_int_in,
+                      check_number, check_tensor, check_weight_1x1)
 
 OP = "expand_dwconv_act"
+BN_NAMES = ("bn_weight", "bn_bias", "running_mean", "running_var")
+
+
+def _validate_bn(x, cmid, bn):
+    """BatchNorm parameters/statistics: (Cmid,) on x's device, all of one dtype: x's, or float32
+    when x is fp16/bf16 (mixed precision: nn.BatchNorm2d keeps them in fp32 under autocast)."""
+    given = [(n, t) for n, t in zip(BN_NAMES, bn) if t is not None]
+    for name, t in given:
+        check_tensor(name, t, shape=(cmid,), device=x.device, dtype=bn_dtypes(x.dtype), like=x)
+        if t.dtype != given[0][1].dtype:
+            raise TypeError(f"{name} must have the dtype of {given[0][0]} "
+                            f"({given[0][1].dtype}), got {t.dtype}")
 
 
 def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
-              running_mean, running_var, bn_training):
+              running_mean, running_var, bn_training, momentum=0.1, eps=1e-6):
     check_tensor("x", x, dim=4)
     cin = x.shape[1]
+    check_channels("x", cin)
+    check_choice("act", act, ACTS)
+    check_int_in("stride", stride, (1, 2))
+    check_bool("skip", skip)
+    check_bool("bn_training", bn_training)
+    check_number("momentum", momentum)
+    check_number("eps", eps)
     if w_exp is None:
         if act != "none":
-            raise ValueError("w_exp=None (identity expansion) needs act='none'")
+            raise ValueError(f"w_exp=None (identity expansion) needs act='none', got act={act!r}")
         if b_exp is not None:
             raise ValueError("b_exp must be None when w_exp is None")
         cmid = cin
     else:
-        check_tensor("w_exp", w_exp, like=x)
-        if w_exp.dim() == 4 and tuple(w_exp.shape[2:]) != (1, 1) or w_exp.dim() not in (2, 4):
-            raise ValueError(f"w_exp must be (Cmid, Cin) or (Cmid, Cin, 1, 1), got {tuple(w_exp.shape)}")
-        if w_exp.shape[1] != cin:
-            raise ValueError(f"w_exp expects {w_exp.shape[1]} input channels but x has {cin}")
-        cmid = w_exp.shape[0]
+        cmid, _ = check_weight_1x1("w_exp", w_exp, x, cols=cin)
         check_tensor("b_exp", b_exp, shape=(cmid,), like=x, optional=True)
-    if act not in ("silu", "gelu", "none"):
-        raise ValueError(f"act must be 'silu', 'gelu' or 'none', got {act!r}")
     check_tensor("w_dw", w_dw, dim=4, like=x)
     k = w_dw.shape[-1]
     if tuple(w_dw.shape) != (cmid, 1, k, k) or k % 2 == 0:
         raise ValueError(f"w_dw must be (Cmid={cmid}, 1, k, k) with odd k, got {tuple(w_dw.shape)}")
     check_tensor("b_dw", b_dw, shape=(cmid,), like=x, optional=True)
-    if stride not in (1, 2):
-        raise ValueError(f"stride must be 1 or 2, got {stride!r}")
     if skip and stride != 1:
         raise ValueError("skip=True needs stride=1 (the skip adds the expansion output)")
-    for name, t in (("bn_weight", bn_weight), ("bn_bias", bn_bias),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        check_tensor(name, t, shape=(cmid,), optional=True)
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but the input is on {x.device}")
+    _validate_bn(x, cmid, (bn_weight, bn_bias, running_mean, running_var))
     if (running_mean is None) != (running_var is None):
         raise ValueError("pass both running_mean and running_var, or neither")
     if not bn_training and (bn_weight is not None or bn_bias is not None) and running_mean is None:
@@ -80,14 +88,18 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias
         raise ValueError(f"x must have a non-empty spatial map, got {tuple(x.shape)}")
 
 
+def _z_shape(x, w_dw, stride):
+    """The shape of z (the depthwise output) for validated arguments."""
+    k = w_dw.shape[-1]
+    pad = -(-(k - stride) // 2)
+    return (x.shape[0], w_dw.shape[0], (x.shape[2] + 2 * pad - k) // stride + 1,
+            (x.shape[3] + 2 * pad - k) // stride + 1)
+
+
 def _validate_proj(z_shape, x, w_proj, residual):
-    check_tensor("w_proj", w_proj, like=x)
     B, cmid, ho, wo = z_shape
-    if w_proj.dim() not in (2, 4) or w_proj.dim() == 4 and tuple(w_proj.shape[2:]) != (1, 1):
-        raise ValueError(f"w_proj must be (Cout, Cmid) or (Cout, Cmid, 1, 1), got {tuple(w_proj.shape)}")
-    if w_proj.shape[1] != cmid:
-        raise ValueError(f"w_proj expects {w_proj.shape[1]} input channels but z has {cmid}")
-    check_tensor("residual", residual, shape=(B, w_proj.shape[0], ho, wo), like=x, optional=True)
+    cout, _ = check_weight_1x1("w_proj", w_proj, x, cols=cmid, source="z")
+    check_tensor("residual", residual, shape=(B, cout, ho, wo), like=x, optional=True)
 
 
 # base implementation -> the same backend's implementation with the projection fused in
@@ -107,20 +119,17 @@ def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
     ``conv1x1(z, w_proj) (+ residual)`` instead of z: the iRMB projection, fused into the same
     pass by backends that can (cpu), else computed after the backend's z with F.conv2d."""
     _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
-              running_mean, running_var, bn_training)
+              running_mean, running_var, bn_training, momentum, eps)
+    if w_proj is not None:
+        _validate_proj(_z_shape(x, w_dw, stride), x, w_proj, residual)
+    elif residual is not None:
+        raise ValueError("residual needs w_proj")
     kwargs = dict(act=act, stride=stride, skip=skip, bn_weight=bn_weight, bn_bias=bn_bias,
                   running_mean=running_mean, running_var=running_var, bn_training=bn_training,
                   momentum=momentum, eps=eps)
     fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
     if w_proj is None:
-        if residual is not None:
-            raise ValueError("residual needs w_proj")
         return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    k = w_dw.shape[-1]
-    pad = -(-(k - stride) // 2)
-    ho = (x.shape[2] + 2 * pad - k) // stride + 1
-    wo = (x.shape[3] + 2 * pad - k) // stride + 1
-    _validate_proj((x.shape[0], w_dw.shape[0], ho, wo), x, w_proj, residual)
     fused = _WITH_PROJ.get(fn)
     if fused is not None:
         return fused(x, w_exp, b_exp, w_dw, b_dw, w_proj=w_proj, residual=residual, **kwargs)

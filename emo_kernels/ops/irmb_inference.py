@@ -24,20 +24,26 @@ public ops ``window_attention`` and ``expand_dwconv_act`` (each dispatched to it
 Memory traffic (cpu): reads x, writes LN(x), qk (2C) and the attention output (C) per pixel,
 reads them back once, writes out; v and z stay in cache (see expand_dwconv_act).
 """
+import inspect
 import sys
 
 import torch
 
 from .. import backends, cpu
 from ..reference import irmb_inference_ref
-from ._checks import check_tensor
+from ._checks import (ACTS, FLOAT_DTYPES, check_choice, check_int, check_kwargs, check_number,
+                      check_tensor, check_weight_1x1)
 from .expand_dwconv_act import _validate as _validate_eda
-from .expand_dwconv_act import _validate_proj
+from .expand_dwconv_act import _validate_proj, _z_shape
+from .window_attention import check_head_dim
 
 OP = "irmb_inference"
+ARG_NAMES = ("w_exp", "b_exp", "w_dw", "b_dw", "w_proj")  # after x
+_SE_KEYS = ("se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias")
 
 
 def _validate_se(cmid, x, w1, b1, w2, b2, se_act, skip):
+    check_choice("se_act", se_act, ACTS)
     if w1 is None:
         if any(t is not None for t in (b1, w2, b2)):
             raise ValueError("se_reduce_bias/se_expand_* need se_reduce_weight")
@@ -45,46 +51,41 @@ def _validate_se(cmid, x, w1, b1, w2, b2, se_act, skip):
     if skip:
         raise ValueError("squeeze-excite with skip=True is not supported (EMO's only SE block, "
                          "the stem's, has no skip)")
-    if se_act not in ("silu", "gelu", "none"):
-        raise ValueError(f"se_act must be 'silu', 'gelu' or 'none', got {se_act!r}")
-    check_tensor("se_reduce_weight", w1, like=x)
-    if w1.dim() not in (2, 4) or w1.shape[1] != cmid or w1[0].numel() != cmid:
-        raise ValueError(f"se_reduce_weight must be (R, Cmid={cmid}[, 1, 1]), got "
-                         f"{tuple(w1.shape)}")
-    r = w1.shape[0]
+    r, _ = check_weight_1x1("se_reduce_weight", w1, x, cols=cmid, source="z")
     check_tensor("se_reduce_bias", b1, shape=(r,), like=x)
-    check_tensor("se_expand_weight", w2, like=x)
-    if w2.dim() not in (2, 4) or w2.shape[:2] != (cmid, r) or w2[0].numel() != r:
-        raise ValueError(f"se_expand_weight must be (Cmid={cmid}, R={r}[, 1, 1]), got "
-                         f"{tuple(w2.shape)}")
+    check_weight_1x1("se_expand_weight", w2, x, rows=cmid, cols=r,
+                     source="the squeeze (R = se_reduce_weight.shape[0])")
     check_tensor("se_expand_bias", b2, shape=(cmid,), like=x)
 
 
-def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias,
-              w_qk, b_qk, head_dim, window_size, se=(None, None, None, None, "silu")):
-    _validate_eda(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, None, None, None, None, False)
+def _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
+              ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None, b_qk=None, head_dim=None,
+              window_size=7, scale=None, se_reduce_weight=None, se_reduce_bias=None,
+              se_expand_weight=None, se_expand_bias=None, se_act="silu"):
+    """The checks of ``irmb_inference`` (same signature)."""
+    _validate_eda(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, None, None, None, None, False,
+                  eps=eps)
     C = x.shape[1]
     check_tensor("ln_weight", ln_weight, shape=(C,), like=x, optional=True)
     check_tensor("ln_bias", ln_bias, shape=(C,), like=x, optional=True)
     if ln_bias is not None and ln_weight is None:
         raise ValueError("ln_bias needs ln_weight")
+    check_int("window_size", window_size, min=1)
+    check_number("scale", scale, optional=True)
+    if head_dim is not None:
+        check_int("head_dim", head_dim, min=1)
     if w_qk is not None:
-        check_tensor("w_qk", w_qk, like=x)
-        if w_qk.shape[:2] != (2 * C, C) or w_qk.dim() not in (2, 4) or w_qk[0].numel() != C:
-            raise ValueError(f"w_qk must be (2C={2 * C}, C={C}[, 1, 1]), got {tuple(w_qk.shape)}")
+        check_weight_1x1("w_qk", w_qk, x, rows=2 * C, cols=C)
         check_tensor("b_qk", b_qk, shape=(2 * C,), like=x, optional=True)
-        if not isinstance(head_dim, int) or head_dim < 1 or C % head_dim:
-            raise ValueError(f"head_dim must be a positive int dividing C={C}, got {head_dim!r}")
-        if not isinstance(window_size, int) or window_size < 1:
-            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+        check_head_dim(head_dim, C)
     elif b_qk is not None:
         raise ValueError("b_qk needs w_qk")
-    _validate_se(w_dw.shape[0], x, *se, skip)
-    k = w_dw.shape[-1]
-    pad = -(-(k - stride) // 2)
-    ho = (x.shape[2] + 2 * pad - k) // stride + 1
-    wo = (x.shape[3] + 2 * pad - k) // stride + 1
-    _validate_proj((x.shape[0], w_dw.shape[0], ho, wo), x, w_proj, x if skip else None)
+    _validate_se(w_dw.shape[0], x, se_reduce_weight, se_reduce_bias, se_expand_weight,
+                 se_expand_bias, se_act, skip)
+    _validate_proj(_z_shape(x, w_dw, stride), x, w_proj, None)
+    if skip and w_proj.shape[0] != C:
+        raise ValueError(f"skip=True adds x to the output, so w_proj must have C={C} output "
+                         f"channels (Cout = C), got {w_proj.shape[0]}")
 
 
 def irmb_inference(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1, skip=False,
@@ -92,18 +93,21 @@ def irmb_inference(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1,
                    window_size=7, scale=None, se_reduce_weight=None, se_reduce_bias=None,
                    se_expand_weight=None, se_expand_bias=None, se_act="silu"):
     """See the module docstring."""
-    se = (se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, se_act)
-    _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, act, stride, skip, ln_weight, ln_bias, w_qk,
-              b_qk, head_dim, window_size, se)
     kwargs = dict(act=act, stride=stride, skip=skip, ln_weight=ln_weight, ln_bias=ln_bias,
                   eps=eps, w_qk=w_qk, b_qk=b_qk, head_dim=head_dim, window_size=window_size,
-                  scale=scale)
-    if se_reduce_weight is not None:
-        kwargs.update(se_reduce_weight=se_reduce_weight, se_reduce_bias=se_reduce_bias,
-                      se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias,
-                      se_act=se_act)
+                  scale=scale, se_reduce_weight=se_reduce_weight, se_reduce_bias=se_reduce_bias,
+                  se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias,
+                  se_act=se_act)
+    _validate(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
+    if se_reduce_weight is None:
+        for k in _SE_KEYS + ("se_act",):
+            del kwargs[k]
     fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
     return fn(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs)
+
+
+KEYWORDS = tuple(n for n, p in inspect.signature(irmb_inference).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY)
 
 
 def _composed(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kwargs):
@@ -117,7 +121,6 @@ backends.register(OP, "cpu", cpu.irmb_inference_cpu, cpu.irmb_inference_can_run)
 
 # ----- a chain of blocks, prepared once ------------------------------------------------------
 CHAIN_OP = "irmb_chain"
-_SE_KEYS = ("se_reduce_weight", "se_reduce_bias", "se_expand_weight", "se_expand_bias")
 
 
 class IRMBChain:
@@ -136,24 +139,24 @@ class IRMBChain:
     """
 
     def __init__(self, blocks, in_channels, dtype, device):
+        check_int("in_channels", in_channels, min=1)
+        if dtype not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be one of {FLOAT_DTYPES}, got {dtype!r}")
         if not blocks:
             raise ValueError("IRMBChain needs at least one block")
         self.blocks = []
         c = in_channels
         probe_hw = 7
-        for i, (args, kwargs) in enumerate(blocks):
-            args, kwargs = tuple(args), dict(kwargs)
+        for i, block in enumerate(blocks):
+            try:
+                args, kwargs = _block_args(block)
+                probe = torch.empty(1, c, probe_hw, probe_hw, dtype=dtype, device=device)
+                _validate(probe, *args, **kwargs)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"block {i}: {e}") from None
             kwargs.setdefault("act", "silu")
             kwargs.setdefault("stride", 1)
             kwargs.setdefault("skip", False)
-            probe = torch.empty(1, c, probe_hw, probe_hw, dtype=dtype, device=device)
-            try:
-                _validate(probe, *args, kwargs["act"], kwargs["stride"], kwargs["skip"],
-                          kwargs.get("ln_weight"), kwargs.get("ln_bias"), kwargs.get("w_qk"),
-                          kwargs.get("b_qk"), kwargs.get("head_dim"), kwargs.get("window_size", 7),
-                          tuple(kwargs.get(k) for k in _SE_KEYS) + (kwargs.get("se_act", "silu"),))
-            except (TypeError, ValueError) as e:
-                raise type(e)(f"block {i}: {e}") from None
             self.blocks.append((args, kwargs))
             c = args[4].shape[0]
         self.in_channels, self.out_channels = in_channels, c
@@ -173,13 +176,40 @@ class IRMBChain:
         if x.dtype != self.dtype or x.device != self.device:
             raise TypeError(f"the chain's weights are {self.dtype} on {self.device}, the input is "
                             f"{x.dtype} on {x.device}")
-        outputs = [len(self) - 1] if outputs is None else [int(i) for i in outputs]
-        if any(b <= a for a, b in zip(outputs, outputs[1:])) or \
-                any(not 0 <= i < len(self) for i in outputs):
-            raise ValueError(f"outputs must be increasing block indices in [0, {len(self)}), "
-                             f"got {outputs}")
+        outputs = [len(self) - 1] if outputs is None else _check_outputs(outputs, len(self))
         fn = backends.resolve(CHAIN_OP, x, self, outputs)
         return fn(x, self, outputs)
+
+
+def _block_args(block):
+    """A chain block as (args tuple, kwargs dict), checked for form, arity and keywords."""
+    if not (isinstance(block, (tuple, list)) and len(block) == 2 and
+            isinstance(block[0], (tuple, list)) and isinstance(block[1], dict)):
+        raise TypeError(f"a block must be an (args, kwargs) pair: a tuple of {ARG_NAMES} and a "
+                        f"dict of keyword arguments, got {block!r:.80}")
+    args, kwargs = tuple(block[0]), dict(block[1])
+    if len(args) != len(ARG_NAMES):
+        raise TypeError(f"args must be the {len(ARG_NAMES)} arguments {ARG_NAMES}, got "
+                        f"{len(args)} values")
+    check_kwargs("irmb_inference", kwargs, KEYWORDS)
+    return args, kwargs
+
+
+def _check_outputs(outputs, n):
+    """Chain output indices: an iterable of ints (not bools, floats or a str), increasing, in
+    [0, n)."""
+    if isinstance(outputs, (str, bytes)) or not hasattr(outputs, "__iter__"):
+        raise TypeError(f"outputs must be a list of block indices (ints), got {outputs!r}")
+    outputs = list(outputs)
+    bad = [i for i in outputs if isinstance(i, bool) or not hasattr(type(i), "__index__")]
+    if bad:
+        raise TypeError(f"outputs must be ints (block indices), got {bad[0]!r} "
+                        f"({type(bad[0]).__name__}) in {outputs!r}")
+    outputs = [i.__index__() for i in outputs]
+    if any(b <= a for a, b in zip(outputs, outputs[1:])) or \
+            any(not 0 <= i < n for i in outputs):
+        raise ValueError(f"outputs must be increasing block indices in [0, {n}), got {outputs}")
+    return outputs
 
 
 def _chain_composed(x, chain, outputs):

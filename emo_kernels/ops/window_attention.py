@@ -27,27 +27,33 @@ import torch
 
 from .. import backends, cpu
 from ..reference import window_attention_ref
-from ._checks import check_tensor
+from ._checks import check_channels, check_int, check_number, check_tensor
 
 OP = "window_attention"
 
 
-def _validate(q, k, v, k_pad, head_dim, window_size):
+def _validate(q, k, v, k_pad, head_dim, window_size, scale=None):
     check_tensor("q", q, dim=4)
     check_tensor("k", k, shape=q.shape, like=q)
     check_tensor("v", v, shape=q.shape, like=q)
     C = q.shape[1]
+    check_channels("q", C)
     check_tensor("k_pad", k_pad, shape=(C,), like=q, optional=True)
-    if not isinstance(head_dim, int) or head_dim < 1 or C % head_dim:
-        raise ValueError(f"head_dim must be a positive int dividing C={C}, got {head_dim!r}")
-    if not isinstance(window_size, int) or window_size < 1:
-        raise ValueError(f"window_size must be a positive int, got {window_size!r}")
+    check_head_dim(head_dim, C)
+    check_int("window_size", window_size, min=1)
+    check_number("scale", scale, optional=True)
     if q.shape[2] < 1 or q.shape[3] < 1:
         raise ValueError(f"q must have a non-empty spatial map, got {tuple(q.shape)}")
 
 
+def check_head_dim(head_dim, C):
+    check_int("head_dim", head_dim, min=1)
+    if C % head_dim:
+        raise ValueError(f"head_dim must divide the channels C={C}, got {head_dim}")
+
+
 def window_attention(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
-    _validate(q, k, v, k_pad, head_dim, window_size)
+    _validate(q, k, v, k_pad, head_dim, window_size, scale)
     kwargs = dict(head_dim=head_dim, window_size=window_size, scale=scale)
     fn = backends.resolve(OP, q, k, v, k_pad, **kwargs)
     return fn(q, k, v, k_pad, **kwargs)
