@@ -19,7 +19,7 @@ import torch
 
 import emo
 import emo_kernels
-from emo_kernels import backends
+from emo_kernels import backends, measured
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -551,6 +551,7 @@ def base_info(cfg: Config, dtype, layout, batch):
     info.update(versions())
     if cfg.device.type == "cuda":
         info["copy_gbps"] = copy_bandwidth_cached(cfg.device)
+        info["family"] = measured.device_family(cfg.device)
     return info
 
 
@@ -636,6 +637,7 @@ def run_op_row(benchmark, op, spec, uses, mode, dtype, layout, batch, provider):
     info = base_info(cfg, dtype, layout, batch)
     elem = torch.empty((), dtype=dtype).element_size()
     info.update(suite="op", op=op, case=spec.id, mode=mode, provider=provider,
+                shape_class=measured.shape_class(op, args, kwargs),
                 backend=None if provider == COMPILED else provider,
                 compiled=provider == COMPILED,
                 uses={m: len(b) for m, b in uses.items()}, bytes=OPS[op]["bytes"](

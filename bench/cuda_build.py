@@ -3,10 +3,13 @@ which backends can run on this device (``emo_kernels.explain`` on small tensors)
 
     python -m bench.cuda_build            # on the GPU machine (bench/gpu_check.sh runs it)
     python -m bench.cuda_build --dry-run  # say what would be done; build nothing
+    python -m bench.cuda_build --cpu      # build the CPU extension in place (nothing else)
 
 Steps (on a GPU, with CUDA sources in csrc/):
-1. ``python setup.py build_ext --inplace`` (offline: the installed torch's cpp_extension and
-   ninja; MAX_JOBS=$(nproc); EMO_KERNELS_CUDA_ARCHS = this GPU's capability, e.g. 90), so that
+1. ``python setup.py build_ext --inplace`` of the CUDA extension alone
+   (EMO_KERNELS_SKIP_CPU_BUILD=1: the CPU extension is built afterwards, by ``--cpu``, so the
+   GPU work starts sooner; offline: the installed torch's cpp_extension, ninja when present;
+   MAX_JOBS=$(nproc); EMO_KERNELS_CUDA_ARCHS = this GPU's capability, e.g. 90), so that
    every later process imports ``emo_kernels._C`` directly;
 2. then the loader ``emo_kernels`` exposes (``emo_kernels._cuda.load``, which also JIT-builds
    with torch.utils.cpp_extension.load when _C is missing), or, in other layouts, the first of
@@ -62,9 +65,12 @@ def try_loaders(loaders):
     return False
 
 
-def build_in_place():
+def build_in_place(cpu=False):
+    """``setup.py build_ext --inplace`` of the CUDA extension alone, or (``cpu``) of the CPU
+    extension alone."""
     import torch
     env = dict(os.environ)
+    env["EMO_KERNELS_SKIP_CUDA_BUILD" if cpu else "EMO_KERNELS_SKIP_CPU_BUILD"] = "1"
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
@@ -103,8 +109,11 @@ def explain_table(device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--cpu", action="store_true", help="build the CPU extension in place, only")
     args = p.parse_args(argv)
     import torch
+    if args.cpu:
+        return 0 if build_in_place(cpu=True) else 1
     srcs = cuda_sources()
     loaders = find_loaders()
     print(f"cuda_build: torch {torch.__version__} (CUDA {torch.version.cuda}), "

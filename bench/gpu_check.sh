@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# One-shot GPU check for a fresh GPU machine (torch + triton preinstalled, no network):
-#   1 env      device, versions (torch, triton, CUDA, driver), date   -> env.txt
-#   2 build    in-place build of the CUDA extension for this GPU (bench/cuda_build.py: setup.py
-#              build_ext --inplace, then emo_kernels._cuda.load(), its JIT fallback; skipped
-#              with a message when the cuda backend is not on this branch)
-#   3 tests    python -m pytest tests (the full suite, on the GPU)      -> tests.log
-#   4 ops      bench/bench_expand_dwconv_act.py + bench_window_attention.py (pytest-benchmark;
-#              bf16 then fp32, channels_last, batch 256; 30 % of the time left)
-#   5 model    bench/bench_model.py (eager, fused per backend; bf16, fp16, fp32, channels_last,
-#              batch 256 then 1; 60 % of the time left)
-#   6 compile  bench/bench_model.py, torch.compile rows (EMO-5M, bf16, batch 256) with the rest,
-#              if at least 40 s are left
-#   7 report   bench/report.py -> <stem>.md / .json / .png
-# Every part runs under `timeout` (SIGINT first, so pytest-benchmark still writes the rows it
-# has; rows are ordered most important first); one global deadline keeps the whole run under
-# GPU_CHECK_TOTAL seconds (default 450 s: within 8 minutes with the kill grace); time a part
-# does not use goes to the later ones. Output: ONE folder, at most 8 files:
+# One-shot GPU check for a fresh GPU machine (torch + triton preinstalled, no network, no pip):
+# GPU work first, then what the CPU machines already cover. Parts, in order:
+#   1 env        device, versions (torch, triton, CUDA, driver), date        -> env.txt
+#   2 build      the CUDA extension ALONE (bench/cuda_build.py: setup.py build_ext --inplace
+#                with EMO_KERNELS_SKIP_CPU_BUILD=1, MAX_JOBS=$(nproc), this GPU's arch only);
+#                then the CPU extension starts building in the background for part 7
+#   3 gpu-tests  the GPU test cases only (-k "triton or cuda": every dtype, NaN-poisoned
+#                outputs, gradcheck) of the kernel test files, with EMO_KERNELS_CPU_JIT=0 so
+#                that nothing builds the CPU extension meanwhile   -> tests.log, gpu_tests.xml
+#   4 calibrate  bench/calibrate.py: copy + L2-hit bandwidth, one bf16 GEMM, cuDNN depthwise
+#                efficiency, expand_dwconv_act of s1.1/s3.1 per backend, EMO-5M batch 256 eager
+#                vs fused=True vs torch.compile, beside gpu-design.md's estimates
+#                                                                           -> calibrate.jsonl
+#   5 ops        op benchmarks (bf16, channels_last, batch 256, fwd and fwd+bwd)
+#   6 measured   bench/measured.py: the table that lets auto pick a kernel (from part 5 and
+#                part 3's junit XML; a backend with a failed GPU test gets no rows)
+#                                                                         -> gpu_measured.json
+#   7 tests-rest the rest of the suite (CPU-side tests on this stack), after the CPU build
+#   8 report     bench/report.py over part 5's rows                  -> <stem>.md, <stem>.json
+# Every part runs under `timeout` (SIGINT first, so pytest-benchmark and calibrate keep what
+# they have); one global deadline keeps the whole run under GPU_CHECK_TOTAL seconds (default
+# 450 s: within 8 minutes with the kill grace); time a part does not use goes to the later
+# ones; a part cut short still leaves its partial output. Output: ONE folder, at most 8 files:
 #   $OUT if set, else bench/results/gpu-<device>-<date>/:
-#   env.txt summary.txt build.log tests.log <stem>.md <stem>.json <stem>.png logs.tar.gz
+#   env.txt summary.txt tests.log calibrate.jsonl gpu_measured.json <stem>.md <stem>.json
+#   logs.tar.gz (build, CPU build, junit XML, benchmark JSON and logs, report PNG)
 #
 # Usage (repo root, as root on the GPU machine; system python3, PYTHONPATH=repo, no pip):
 #   bash bench/gpu_check.sh
 #   bash bench/gpu_check.sh --dry-run   # CPU smoke run of every part with tiny settings
-#                                       # (CI: tests/test_bench.py), then checks the outputs
-# Caps (seconds, env): GPU_CHECK_TOTAL=450 CAP_BUILD=150 CAP_TESTS=120, and upper bounds
-#   CAP_OPS=150 CAP_MODEL=200 CAP_COMPILE=150 on the shares above. PYTHON=python3.
-#   EMO_BENCH_* (bench/common.py) override the benchmark settings.
+#                                       # (CI, on both software stacks), then checks the outputs
+# Caps (seconds, env): GPU_CHECK_TOTAL=450 CAP_BUILD=150 CAP_GPU_TESTS=120 CAP_CALIBRATE=130
+#   CAP_OPS=60 CAP_TESTS_REST=120. PYTHON=python3. EMO_BENCH_* (bench/common.py) override the
+#   benchmark settings. The script never installs or downloads anything.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -33,7 +40,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -41,11 +48,13 @@ done
 PY=${PYTHON:-python3}
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 GPU_CHECK_ACTIVE=1
+export PIP_NO_INDEX=1          # belt and braces: nothing here may install or download
 START=$(date +%s)
 TOTAL=${GPU_CHECK_TOTAL:-450}
-RESERVE=30                     # kept for the report and packing
+RESERVE=20                     # kept for the report and packing
 DATE=$(date -u +%F)
-if [ $DRY = 1 ]; then TOTAL=${GPU_CHECK_TOTAL:-300}; fi
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ $DRY = 1 ]; then TOTAL=${GPU_CHECK_TOTAL:-400}; fi
 
 SLUG=$("$PY" -c 'import torch
 from bench.common import device_slug
@@ -60,25 +69,26 @@ mkdir -p "$DEST"
 LOGS=$(mktemp -d /tmp/gpu_check_logs.XXXXXX)
 SUMMARY="$DEST/summary.txt"
 : > "$SUMMARY"
-echo "gpu_check: $(date -u +%FT%TZ) dry=$DRY python=$PY out=$DEST total cap ${TOTAL}s" | tee -a "$SUMMARY"
+echo "gpu_check: $(date -u +%FT%TZ) commit=$COMMIT dry=$DRY python=$PY out=$DEST total cap ${TOTAL}s" | tee -a "$SUMMARY"
+
+left() { echo $(( START + TOTAL - RESERVE - $(date +%s) )); }
 
 # part NAME CAP LOG CMD...: run CMD under timeout (SIGINT, then KILL 10 s later) within the
 # global deadline; append status and duration to summary.txt
 part() {
   local name=$1 cap=$2 log=$3; shift 3
-  local now left t0 rc
-  now=$(date +%s); left=$(( START + TOTAL - RESERVE - now ))
-  [ "$name" = report ] && left=$(( START + TOTAL - now ))
-  (( cap > left )) && cap=$left
+  local l t0 rc how
+  l=$(left); [ "$name" = report ] && l=$(( l + RESERVE ))
+  (( cap > l )) && cap=$l
   if (( cap < 5 )); then
-    echo "[$name] SKIPPED: no time left (deadline)" | tee -a "$SUMMARY"; return 0
+    echo "[$name] SKIPPED: no time left (deadline)" | tee -a "$SUMMARY"; PART_RC=124; return 0
   fi
   echo "== [$name] cap ${cap}s: $*" | tee -a "$SUMMARY"
   t0=$(date +%s)
   timeout -s INT -k 10 "$cap" "$@" >"$log" 2>&1
   rc=$?
   PART_RC=$rc
-  local how=ok
+  how=ok
   if (( rc == 124 || rc == 130 || rc == 137 )); then how="TIMED OUT (partial)"
   elif (( rc != 0 )); then how="exit $rc"; fi
   echo "[$name] $how after $(( $(date +%s) - t0 ))s; log: $(basename "$log")" | tee -a "$SUMMARY"
@@ -89,9 +99,10 @@ part() {
 # 1 env
 {
   echo "date: $(date -u +%FT%TZ)"
+  echo "commit: $COMMIT"
   echo "host: $(uname -a)"
   echo "cpus: $(nproc)"
-  "$PY" - <<'EOF'
+  "$PY" - <<'PYEOF'
 import torch
 from bench import common
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,10 +113,9 @@ if dev.type == "cuda":
     p = torch.cuda.get_device_properties(dev)
     print(f"capability: {p.major}.{p.minor}, SMs: {p.multi_processor_count}, "
           f"memory: {p.total_memory / 2**30:.1f} GiB")
-EOF
+PYEOF
   if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem,temperature.gpu,power.draw --format=csv
-    nvidia-smi
   else
     echo "nvidia-smi: not found"
   fi
@@ -113,71 +123,77 @@ EOF
 } > "$DEST/env.txt" 2>&1
 echo "[env] written: env.txt" | tee -a "$SUMMARY"
 
+GPU_TEST_FILES=(tests/test_expand_dwconv_act.py tests/test_window_attention.py tests/test_validation.py)
 if [ $DRY = 1 ]; then
   # tiny settings: every part runs, quickly, on CPU
   export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu EMO_BENCH_THREADS=1  # 1: no OpenMP stalls on a busy CI box
   BUILD_ARGS=(--dry-run)
-  TEST_ARGS=(--collect-only -q tests/test_backends.py tests/test_reference_ops.py)
-  OPS_K=(-k "Cin24-Cmid24 or C80-hd20")
-  MODEL_K=(-k "(infer and torch) or (train and eager)")
-  COMPILE_ARGS=(--collect-only -q)
+  GPU_TEST_ARGS=(--collect-only -q)
+  REST_ARGS=(--collect-only -q tests/test_backends.py tests/test_measured.py)
+  CAL_ARGS=(--dry-run)
+  OPS_K=(-k "fwd- and (Cin24-Cmid24 or C80-hd20) and torch")
+  OPS_DTYPES=fp32
 else
   BUILD_ARGS=()
-  TEST_ARGS=(-q -rs tests --deselect tests/test_bench.py::test_gpu_check_dry_run)
+  GPU_TEST_ARGS=(-q -rs)
+  REST_ARGS=(-q -rs tests --deselect tests/test_bench.py::test_gpu_check_dry_run)
+  for f in "${GPU_TEST_FILES[@]}"; do REST_ARGS+=(--deselect "$f"); done
+  CAL_ARGS=()
   OPS_K=()
-  MODEL_K=()
-  COMPILE_ARGS=(-q)
+  OPS_DTYPES=bf16
 fi
 BENCH_OPTS=(-p no:cacheprovider -rs --benchmark-columns=median,iqr,rounds --benchmark-sort=name)
 
-# 2 build
-part build "${CAP_BUILD:-150}" "$DEST/build.log" "$PY" -m bench.cuda_build "${BUILD_ARGS[@]}"
-
-# without a built extension, every later process would retry the JIT build: switch it off
+# 2 build: the CUDA extension alone, then the CPU extension in the background
+part build "${CAP_BUILD:-150}" "$LOGS/build.log" "$PY" -m bench.cuda_build "${BUILD_ARGS[@]}"
 if [ $DRY = 0 ] && [ "${PART_RC:-0}" != 0 ]; then
-  export EMO_KERNELS_CUDA_JIT=0
+  export EMO_KERNELS_CUDA_JIT=0   # no later process retries the build
   echo "[build] failed: EMO_KERNELS_CUDA_JIT=0 for the later parts (cuda rows will skip)" | tee -a "$SUMMARY"
 fi
+CPU_BUILD_PID=""
+if [ $DRY = 0 ]; then
+  "$PY" -m bench.cuda_build --cpu > "$LOGS/cpu_build.log" 2>&1 &
+  CPU_BUILD_PID=$!
+fi
 
-# 3 tests
-part tests "${CAP_TESTS:-120}" "$DEST/tests.log" "$PY" -m pytest -p no:cacheprovider "${TEST_ARGS[@]}"
+# 3 the GPU test cases first (nothing may build the CPU extension meanwhile)
+EMO_KERNELS_CPU_JIT=0 part gpu-tests "${CAP_GPU_TESTS:-120}" "$DEST/tests.log" "$PY" -m pytest \
+  -p no:cacheprovider "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}" -k "triton or cuda" \
+  --junitxml="$LOGS/gpu_tests.xml"
 
-left() { echo $(( START + TOTAL - RESERVE - $(date +%s) )); }
-share() { local c=$(( $(left) * $1 / 100 )); (( c > $2 )) && c=$2; echo $c; }
+# 4 calibration measurements (each line written as soon as it is measured)
+EMO_KERNELS_CPU_JIT=0 part calibrate "${CAP_CALIBRATE:-130}" "$LOGS/calibrate.log" "$PY" -m bench.calibrate \
+  --out "$DEST/calibrate.jsonl" "${CAL_ARGS[@]}"
 
-# 4 op benchmarks (GPU: bf16 and fp32, channels_last, batch 256)
-EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$([ $DRY = 1 ] && echo fp32 || echo bf16,fp32)} \
-part ops "$(share 30 "${CAP_OPS:-150}")" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
+# 5 op benchmarks (GPU: bf16, channels_last, batch 256, fwd and fwd+bwd)
+EMO_KERNELS_CPU_JIT=0 EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$OPS_DTYPES} \
+EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
+EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-$([ $DRY = 1 ] && echo 1 || echo 3)} \
+part ops "${CAP_OPS:-60}" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
   bench/bench_expand_dwconv_act.py bench/bench_window_attention.py "${OPS_K[@]}" \
   --benchmark-json="$LOGS/ops.json"
 
-# 5 model benchmarks (GPU: bf16/fp16/fp32, channels_last, batch 256 then 1; 10 rounds)
-EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
-EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-$([ $DRY = 1 ] && echo 1 || echo 3)} \
-part model "$(share 60 "${CAP_MODEL:-200}")" "$LOGS/bench_model.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
-  bench/bench_model.py "${MODEL_K[@]}" --benchmark-json="$LOGS/model.json"
+# 6 the measurement table auto reads (commit it into emo_kernels/ with the results)
+OPS_JSONS=(); [ -s "$LOGS/ops.json" ] && OPS_JSONS=("$LOGS/ops.json")
+part measured 20 "$LOGS/measured.log" "$PY" -m bench.measured "${OPS_JSONS[@]}" \
+  --junit "$LOGS/gpu_tests.xml" --out "$DEST/gpu_measured.json" --commit "$COMMIT" --date "$DATE"
 
-# 6 torch.compile rows, if time is left (GPU: EMO-5M, bf16, batch 256; dry: collection only)
-if (( $(left) >= 40 )); then
-  EMO_BENCH_COMPILE=only EMO_BENCH_MODELS=${EMO_BENCH_COMPILE_MODELS:-emo_5m} \
-  EMO_BENCH_DTYPES=${EMO_BENCH_COMPILE_DTYPES:-$([ $DRY = 1 ] && echo fp32 || echo bf16)} \
-  EMO_BENCH_BATCHES=${EMO_BENCH_COMPILE_BATCHES:-$([ $DRY = 1 ] && echo 1 || echo 256)} \
-  EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-10} EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-3} \
-  part compile "$(share 100 "${CAP_COMPILE:-150}")" "$LOGS/bench_compile.log" "$PY" -m pytest \
-    "${BENCH_OPTS[@]}" bench/bench_model.py "${COMPILE_ARGS[@]}" \
-    --benchmark-json="$LOGS/compile.json"
-else
-  echo "[compile] SKIPPED: $(left)s left" | tee -a "$SUMMARY"
+# 7 the rest of the suite, once the CPU extension is built
+if [ -n "$CPU_BUILD_PID" ]; then
+  l=$(left); (( l > 0 )) && timeout "$l" tail --pid="$CPU_BUILD_PID" -f /dev/null
+  wait "$CPU_BUILD_PID" 2>/dev/null; echo "[cpu-build] exit $? (log: cpu_build.log)" | tee -a "$SUMMARY"
 fi
+part tests-rest "${CAP_TESTS_REST:-120}" "$LOGS/tests_rest.log" "$PY" -m pytest -p no:cacheprovider \
+  "${REST_ARGS[@]}"
 
-# 7 report
-JSONS=()
-for j in ops model compile; do [ -s "$LOGS/$j.json" ] && JSONS+=("$LOGS/$j.json"); done
-if (( ${#JSONS[@]} )); then
-  NOTE="GPU check $(date -u +%F); parts and caps in summary.txt"
+# 8 report
+if [ -s "$LOGS/ops.json" ]; then
+  NOTE="GPU check $(date -u +%F) on commit $COMMIT; parts and caps in summary.txt"
   [ $DRY = 1 ] && NOTE="DRY RUN on CPU with tiny settings: smoke test of the script, not a measurement"
-  part report 30 "$LOGS/report.log" "$PY" -m bench.report "${JSONS[@]}" --out-dir "$DEST" \
+  mkdir -p "$LOGS/report"
+  part report 20 "$LOGS/report.log" "$PY" -m bench.report "$LOGS/ops.json" --out-dir "$LOGS/report" \
     --stem "$STEM" --note "$NOTE"
+  for ext in md json; do [ -f "$LOGS/report/$STEM.$ext" ] && mv "$LOGS/report/$STEM.$ext" "$DEST/"; done
 else
   echo "[report] SKIPPED: no benchmark JSON was written" | tee -a "$SUMMARY"
 fi
@@ -191,7 +207,7 @@ ls -1 "$DEST" | tee -a "$SUMMARY"
 
 # check the expected outputs (the dry run must produce all of them)
 status=0
-for f in env.txt summary.txt build.log tests.log logs.tar.gz "$STEM.md" "$STEM.json"; do
+for f in env.txt summary.txt tests.log calibrate.jsonl gpu_measured.json logs.tar.gz "$STEM.md" "$STEM.json"; do
   [ -s "$DEST/$f" ] || { echo "gpu_check: MISSING $f" | tee -a "$SUMMARY"; status=1; }
 done
 n=$(find "$DEST" -type f | wc -l)
