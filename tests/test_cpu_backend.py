@@ -428,3 +428,80 @@ def test_gemm_refuses_a_packed_weight_of_another_shape():
         ext.linear(x, w, ext.pack_weight(torch.randn(200, 16)), None, 0)
     with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
         ext.linear(x, w, ext.pack_weight(w.double()), None, 0)
+
+
+# ----- issue #20: never a wrong answer, never a crash -------------------------------------------
+def test_zero_channels_refused_by_the_extension():
+    """Zero channels (expansion width 0, identity expansion of 0 channels, projection to 0) are
+    refused by the C++ itself with an error (they sized chunks of 0 bytes: SIGFPE), and so is a
+    window of size 0; an empty batch gives an empty result."""
+    x = torch.randn(2, 4, 6, 6)
+    cases = [  # (x, w_exp, b_exp, w_dw, w_proj, act)
+        (x, torch.randn(0, 4), torch.randn(0), torch.randn(0, 1, 3, 3), None, "silu"),
+        (x, torch.randn(0, 4), None, torch.randn(0, 1, 3, 3), torch.randn(4, 0), "silu"),
+        (x[:, :0], None, None, torch.randn(0, 1, 3, 3), None, "none"),
+        (x, torch.randn(8, 4), None, torch.randn(8, 1, 3, 3), torch.randn(0, 8), "silu"),
+        (x[:, :0], torch.randn(8, 0), None, torch.randn(8, 1, 3, 3), None, "silu"),
+    ]
+    with torch.no_grad():
+        for x_, we, be, wd, wp, act in cases:
+            with pytest.raises(RuntimeError, match="channel counts must be positive"):
+                if wp is None:
+                    cpu_backend.expand_dwconv_act_cpu(x_, we, be, wd, None, act=act, stride=2)
+                else:
+                    cpu_backend.irmb_inference_cpu(x_, we, be, wd, None, wp, act=act, stride=2)
+        with pytest.raises(RuntimeError, match="window_size must be positive"):
+            cpu_backend.window_attention_cpu(x, x, x, head_dim=2, window_size=0)
+        out = cpu_backend.expand_dwconv_act_cpu(x[:0], torch.randn(8, 4), None,
+                                                torch.randn(8, 1, 3, 3), act="silu", stride=2)
+    assert out.shape == (0, 8, 3, 3)
+
+
+@pytest.mark.parametrize("H", [8, 9], ids=["H8", "H9"])
+@pytest.mark.parametrize("act", ["silu", "none"], ids=["expand", "identity"])
+@pytest.mark.parametrize("proj", [False, True], ids=["noproj", "proj"])
+def test_k1_stride2_several_images_per_chunk(H, act, proj, chunking):
+    """A 1x1 depthwise kernel with stride 2 reads H - 1 rows of each image when H is even: with
+    several images in one chunk, every image's rows must still come from that image."""
+    B, Cin, Cm, W = 5, 6, 12, 7
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(B, Cin, H, W, generator=g, dtype=torch.float64)
+    we = None if act == "none" else torch.randn(Cm, Cin, generator=g, dtype=torch.float64)
+    be = None if act == "none" else torch.randn(Cm, generator=g, dtype=torch.float64)
+    cm = Cin if act == "none" else Cm
+    wd = torch.randn(cm, 1, 1, 1, generator=g, dtype=torch.float64)
+    bd = torch.randn(cm, generator=g, dtype=torch.float64)
+    ref = expand_dwconv_act_ref(x, we, be, wd, bd, act=act, stride=2)
+    kw = {}
+    if proj:
+        wp = torch.randn(9, cm, generator=g, dtype=torch.float64)
+        ref, kw = torch.einsum("bchw,oc->bohw", ref, wp), dict(w_proj=wp)
+    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=2, **kw)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+def test_activations_match_torch_at_extremes(act, dtype):
+    """silu(act(x)) through the cpu backend (the expansion epilogue's act, the depthwise pass's
+    SiLU) equals torch's (in float64, rounded: torch's float32 GELU overflows to inf at 3e38) at
+    +-3e38, +-1e30, +-inf and NaN: tiny (never -5414) far in the negative tail, NaN where torch
+    gives NaN (silu(-inf), gelu(-inf), NaN)."""
+    vals = [-3e38, -1e30, -1e4, -120.0, -100.0, -88.0, -85.0, -81.0, -50.0, 0.0, 50.0, 100.0,
+            1e4, 1e30, 3e38, float("inf"), float("-inf"), float("nan")]
+    x = torch.tensor(vals, dtype=dtype).reshape(1, 1, 1, -1)
+    C = 3  # act(x) for Cin = 1: no other input channel (inf * 0) mixes in
+    fn = {"none": lambda t: t, "silu": torch.nn.functional.silu,
+          "gelu": torch.nn.functional.gelu}[act]
+    ref = torch.nn.functional.silu(fn(x.double())).to(dtype).expand(1, C, 1, -1)
+    if act == "none":  # identity expansion: the depthwise SiLU alone
+        we, x = None, x.expand(1, C, 1, -1).contiguous()
+    else:
+        we = torch.ones(C, 1, dtype=dtype)
+    wd = torch.ones(C, 1, 1, 1, dtype=dtype)
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, None, wd, None, act=act, stride=1)
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=TOLERANCE[dtype], atol=1e-30)
+
