@@ -6,6 +6,7 @@ output allocations NaN-poisoned. The backend is inference-only: calls that need 
 BatchNorm in training mode, are refused with a reason (training falls back to torch).
 """
 import copy
+import time
 
 import pytest
 import torch
@@ -505,3 +506,78 @@ def test_activations_match_torch_at_extremes(act, dtype):
         out = emo_kernels.expand_dwconv_act(x, we, None, wd, None, act=act, stride=1)
     torch.testing.assert_close(out, ref, equal_nan=True, rtol=TOLERANCE[dtype], atol=1e-30)
 
+
+def _chain(C=32, n=4, dtype=torch.float32):
+    """An IRMBChain of n EMO-like blocks (C -> 4C -> C, k 3, skip; the last with LN and
+    attention) with random weights."""
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    blocks = []
+    for i in range(n):
+        kw = dict(act="silu", stride=1, skip=True)
+        if i == n - 1:
+            kw.update(act="gelu", ln_weight=1 + 0.1 * r(C), ln_bias=0.1 * r(C),
+                      w_qk=r(2 * C, C) / C ** 0.5, b_qk=r(2 * C), head_dim=16, window_size=7)
+        blocks.append(((r(4 * C, C) / C ** 0.5, r(4 * C), r(4 * C, 1, 3, 3) / 3, r(4 * C),
+                        r(C, 4 * C) / (2 * C)), kw))
+    return emo_kernels.IRMBChain(blocks, C, dtype, "cpu"), blocks
+
+
+def test_python_thread_runs_during_a_fused_call():
+    """The C++ call releases the GIL: a Python thread that wakes every 1 ms keeps ticking during
+    one long IRMBChain call (one C++ call), with no gap near the call's length."""
+    import threading
+    chain, _ = _chain()
+    B = 2
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        while True:  # a call of at least 0.3 s
+            x = torch.randn(B, 32, 56, 56)
+            t0 = time.perf_counter()
+            chain(x)
+            if time.perf_counter() - t0 >= 0.3 or B >= 64:
+                break
+            B *= 2
+        ticks, stop = [], threading.Event()
+
+        def tick():
+            while not stop.is_set():
+                time.sleep(0.001)
+                ticks.append(time.perf_counter())
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        chain(x)
+        t1 = time.perf_counter()
+        stop.set()
+        t.join()
+    inside = [s for s in ticks if t0 <= s <= t1]
+    gaps = [b - a for a, b in zip([t0] + inside, inside + [t1])]
+    assert len(inside) >= 5 and max(gaps) < (t1 - t0) / 2, (t1 - t0, len(inside), max(gaps))
+
+
+def test_threads_share_one_fused_model_bitwise():
+    """4 Python threads calling one IRMBChain, irmb_inference and one fused EMO-1M model at
+    once (the C++ runs without the GIL, concurrently) get exactly the outputs of one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+    chain, blocks = _chain(n=2)
+    model = emo.emo_1m(fused=True).eval()
+    (args, kw) = blocks[-1]
+    xs = [torch.randn(2, 32, 20 + 3 * i, 17 + i) for i in range(4)]
+    ims = [torch.randn(1 + i % 2, 3, 64 + 16 * i, 64) for i in range(4)]
+
+    def work(i):
+        with emo_kernels.use_backend("cpu"), torch.no_grad():
+            outs = []
+            for _ in range(3):
+                outs += [chain(xs[i])[0], emo_kernels.irmb_inference(xs[i], *args, **kw),
+                         model(ims[i])]
+            return outs
+
+    single = [work(i)[:3] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        multi = list(pool.map(work, range(4)))
+    for i in range(4):
+        for j, out in enumerate(multi[i]):
+            assert torch.equal(out, single[i][j % 3]), (i, j)

@@ -199,9 +199,12 @@ at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B
   return t.permute({0, 2, 3, 1});
 }
 
-// Scratch buffers of the calling thread, kept between calls (grow-only, per slot): a fresh
-// multi-MB allocation per call costs page faults on every call (glibc hands large blocks
-// back to the kernel). Callers use a buffer only within one call, never two calls at once.
+// Scratch buffer `slot` of the calling OS thread, kept between calls (grow-only): a fresh
+// multi-MB allocation per call costs page faults on every call (glibc hands large blocks back
+// to the kernel). Returns its first numel elements (contents undefined), reallocating it when
+// too small. thread_local, so never shared: the calls run without the GIL, and concurrent calls
+// from several Python threads (or their OpenMP workers) are on distinct OS threads; a thread
+// uses a slot for one chunk at a time.
 at::Tensor workspace(int slot, int64_t numel, const at::TensorOptions& opts) {
   thread_local at::Tensor cache[2];
   at::Tensor& t = cache[slot];
@@ -944,11 +947,18 @@ std::string isa() { return EMO_STR(CPU_CAPABILITY); }
 
 }  // namespace
 
+// Every compute function releases the GIL while it runs (`nogil`): pybind11 converts the
+// arguments to C++ (at::Tensor, tuples, vectors) before, and the result back to Python after,
+// with the GIL held; in between no Python object is touched. Concurrent calls from several
+// Python threads share nothing mutable: scratch buffers are per OS thread (workspace()), every
+// other buffer per call.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.doc() = "emo_kernels CPU backend (inference only, NHWC)";
   m.def("expand_dwconv_act", &expand_dwconv_act, "expand 1x1 + act + depthwise + SiLU (+skip)",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
-        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"));
+        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"),
+        nogil);
   m.def("expand_dwconv_act_proj",
         [](const at::Tensor& x, const c10::optional<at::Tensor>& w_exp,
            const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
@@ -961,10 +971,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "expand_dwconv_act followed by the 1x1 projection (+ residual), chunked over images",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("w_proj"), py::arg("residual"), py::arg("act"), py::arg("stride"),
-        py::arg("skip"), py::arg("budget"), py::arg("split"));
+        py::arg("skip"), py::arg("budget"), py::arg("split"), nogil);
   m.def("window_attention", &window_attention, "EMO strided-window attention", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("k_pad"), py::arg("head_dim"),
-        py::arg("window_size"), py::arg("scale"));
+        py::arg("window_size"), py::arg("scale"), nogil);
   m.def("irmb_inference", &irmb_inference, "one whole iRMB forward (inference)", py::arg("x"),
         py::arg("ln_weight"), py::arg("ln_bias"), py::arg("eps"), py::arg("w_qk"),
         py::arg("b_qk"), py::arg("head_dim"), py::arg("window_size"), py::arg("scale"),
@@ -972,12 +982,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("se_w1"), py::arg("se_b1"),
         py::arg("se_w2"), py::arg("se_b2"), py::arg("se_act"), py::arg("budget"),
         py::arg("split"), py::arg("pw_qk") = py::none(), py::arg("pw_exp") = py::none(),
-        py::arg("pw_dw") = py::none(), py::arg("pw_proj") = py::none());
+        py::arg("pw_dw") = py::none(), py::arg("pw_proj") = py::none(), nogil);
   m.def("irmb_chain", &irmb_chain, "irmb_inference over a chain of blocks", py::arg("x"),
-        py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"));
+        py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"), nogil);
   m.def("pack_weight", &pack_weight, "a conv weight (N, K[, 1, 1]) packed for the GEMM kernel",
-        py::arg("w"));
+        py::arg("w"), nogil);
   m.def("linear", &linear, "act(x w^T + bias) by the packed-weight GEMM kernel", py::arg("x"),
-        py::arg("w"), py::arg("packed"), py::arg("bias"), py::arg("act"));
+        py::arg("w"), py::arg("packed"), py::arg("bias"), py::arg("act"), nogil);
   m.def("isa", &isa, "the CPU_CAPABILITY this file was compiled for");
 }
