@@ -6,6 +6,7 @@ output allocations NaN-poisoned. The backend is inference-only: calls that need 
 BatchNorm in training mode, are refused with a reason (training falls back to torch).
 """
 import copy
+import time
 
 import pytest
 import torch
@@ -428,3 +429,155 @@ def test_gemm_refuses_a_packed_weight_of_another_shape():
         ext.linear(x, w, ext.pack_weight(torch.randn(200, 16)), None, 0)
     with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
         ext.linear(x, w, ext.pack_weight(w.double()), None, 0)
+
+
+# ----- issue #20: never a wrong answer, never a crash -------------------------------------------
+def test_zero_channels_refused_by_the_extension():
+    """Zero channels (expansion width 0, identity expansion of 0 channels, projection to 0) are
+    refused by the C++ itself with an error (they sized chunks of 0 bytes: SIGFPE), and so is a
+    window of size 0; an empty batch gives an empty result."""
+    x = torch.randn(2, 4, 6, 6)
+    cases = [  # (x, w_exp, b_exp, w_dw, w_proj, act)
+        (x, torch.randn(0, 4), torch.randn(0), torch.randn(0, 1, 3, 3), None, "silu"),
+        (x, torch.randn(0, 4), None, torch.randn(0, 1, 3, 3), torch.randn(4, 0), "silu"),
+        (x[:, :0], None, None, torch.randn(0, 1, 3, 3), None, "none"),
+        (x, torch.randn(8, 4), None, torch.randn(8, 1, 3, 3), torch.randn(0, 8), "silu"),
+        (x[:, :0], torch.randn(8, 0), None, torch.randn(8, 1, 3, 3), None, "silu"),
+    ]
+    with torch.no_grad():
+        for x_, we, be, wd, wp, act in cases:
+            with pytest.raises(RuntimeError, match="channel counts must be positive"):
+                if wp is None:
+                    cpu_backend.expand_dwconv_act_cpu(x_, we, be, wd, None, act=act, stride=2)
+                else:
+                    cpu_backend.irmb_inference_cpu(x_, we, be, wd, None, wp, act=act, stride=2)
+        with pytest.raises(RuntimeError, match="window_size must be positive"):
+            cpu_backend.window_attention_cpu(x, x, x, head_dim=2, window_size=0)
+        out = cpu_backend.expand_dwconv_act_cpu(x[:0], torch.randn(8, 4), None,
+                                                torch.randn(8, 1, 3, 3), act="silu", stride=2)
+    assert out.shape == (0, 8, 3, 3)
+
+
+@pytest.mark.parametrize("H", [8, 9], ids=["H8", "H9"])
+@pytest.mark.parametrize("act", ["silu", "none"], ids=["expand", "identity"])
+@pytest.mark.parametrize("proj", [False, True], ids=["noproj", "proj"])
+def test_k1_stride2_several_images_per_chunk(H, act, proj, chunking):
+    """A 1x1 depthwise kernel with stride 2 reads H - 1 rows of each image when H is even: with
+    several images in one chunk, every image's rows must still come from that image."""
+    B, Cin, Cm, W = 5, 6, 12, 7
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(B, Cin, H, W, generator=g, dtype=torch.float64)
+    we = None if act == "none" else torch.randn(Cm, Cin, generator=g, dtype=torch.float64)
+    be = None if act == "none" else torch.randn(Cm, generator=g, dtype=torch.float64)
+    cm = Cin if act == "none" else Cm
+    wd = torch.randn(cm, 1, 1, 1, generator=g, dtype=torch.float64)
+    bd = torch.randn(cm, generator=g, dtype=torch.float64)
+    ref = expand_dwconv_act_ref(x, we, be, wd, bd, act=act, stride=2)
+    kw = {}
+    if proj:
+        wp = torch.randn(9, cm, generator=g, dtype=torch.float64)
+        ref, kw = torch.einsum("bchw,oc->bohw", ref, wp), dict(w_proj=wp)
+    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=2, **kw)
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("act", ["none", "silu", "gelu"])
+def test_activations_match_torch_at_extremes(act, dtype):
+    """silu(act(x)) through the cpu backend (the expansion epilogue's act, the depthwise pass's
+    SiLU) equals torch's (in float64, rounded: torch's float32 GELU overflows to inf at 3e38) at
+    +-3e38, +-1e30, +-inf and NaN: tiny (never -5414) far in the negative tail, NaN where torch
+    gives NaN (silu(-inf), gelu(-inf), NaN)."""
+    vals = [-3e38, -1e30, -1e4, -120.0, -100.0, -88.0, -85.0, -81.0, -50.0, 0.0, 50.0, 100.0,
+            1e4, 1e30, 3e38, float("inf"), float("-inf"), float("nan")]
+    x = torch.tensor(vals, dtype=dtype).reshape(1, 1, 1, -1)
+    C = 3  # act(x) for Cin = 1: no other input channel (inf * 0) mixes in
+    fn = {"none": lambda t: t, "silu": torch.nn.functional.silu,
+          "gelu": torch.nn.functional.gelu}[act]
+    ref = torch.nn.functional.silu(fn(x.double())).to(dtype).expand(1, C, 1, -1)
+    if act == "none":  # identity expansion: the depthwise SiLU alone
+        we, x = None, x.expand(1, C, 1, -1).contiguous()
+    else:
+        we = torch.ones(C, 1, dtype=dtype)
+    wd = torch.ones(C, 1, 1, 1, dtype=dtype)
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        out = emo_kernels.expand_dwconv_act(x, we, None, wd, None, act=act, stride=1)
+    torch.testing.assert_close(out, ref, equal_nan=True, rtol=TOLERANCE[dtype], atol=1e-30)
+
+
+def _chain(C=32, n=4, dtype=torch.float32):
+    """An IRMBChain of n EMO-like blocks (C -> 4C -> C, k 3, skip; the last with LN and
+    attention) with random weights."""
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    blocks = []
+    for i in range(n):
+        kw = dict(act="silu", stride=1, skip=True)
+        if i == n - 1:
+            kw.update(act="gelu", ln_weight=1 + 0.1 * r(C), ln_bias=0.1 * r(C),
+                      w_qk=r(2 * C, C) / C ** 0.5, b_qk=r(2 * C), head_dim=16, window_size=7)
+        blocks.append(((r(4 * C, C) / C ** 0.5, r(4 * C), r(4 * C, 1, 3, 3) / 3, r(4 * C),
+                        r(C, 4 * C) / (2 * C)), kw))
+    return emo_kernels.IRMBChain(blocks, C, dtype, "cpu"), blocks
+
+
+def test_python_thread_runs_during_a_fused_call():
+    """The C++ call releases the GIL: a Python thread that wakes every 1 ms keeps ticking during
+    one long IRMBChain call (one C++ call), with no gap near the call's length."""
+    import threading
+    chain, _ = _chain()
+    B = 2
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        while True:  # a call of at least 0.3 s
+            x = torch.randn(B, 32, 56, 56)
+            t0 = time.perf_counter()
+            chain(x)
+            if time.perf_counter() - t0 >= 0.3 or B >= 64:
+                break
+            B *= 2
+        ticks, stop = [], threading.Event()
+
+        def tick():
+            while not stop.is_set():
+                time.sleep(0.001)
+                ticks.append(time.perf_counter())
+
+        t = threading.Thread(target=tick)
+        t.start()
+        time.sleep(0.05)
+        t0 = time.perf_counter()
+        chain(x)
+        t1 = time.perf_counter()
+        stop.set()
+        t.join()
+    inside = [s for s in ticks if t0 <= s <= t1]
+    gaps = [b - a for a, b in zip([t0] + inside, inside + [t1])]
+    assert len(inside) >= 5 and max(gaps) < (t1 - t0) / 2, (t1 - t0, len(inside), max(gaps))
+
+
+def test_threads_share_one_fused_model_bitwise():
+    """4 Python threads calling one IRMBChain, irmb_inference and one fused EMO-1M model at
+    once (the C++ runs without the GIL, concurrently) get exactly the outputs of one thread."""
+    from concurrent.futures import ThreadPoolExecutor
+    chain, blocks = _chain(n=2)
+    model = emo.emo_1m(fused=True).eval()
+    (args, kw) = blocks[-1]
+    xs = [torch.randn(2, 32, 20 + 3 * i, 17 + i) for i in range(4)]
+    ims = [torch.randn(1 + i % 2, 3, 64 + 16 * i, 64) for i in range(4)]
+
+    def work(i):
+        with emo_kernels.use_backend("cpu"), torch.no_grad():
+            outs = []
+            for _ in range(3):
+                outs += [chain(xs[i])[0], emo_kernels.irmb_inference(xs[i], *args, **kw),
+                         model(ims[i])]
+            return outs
+
+    single = [work(i)[:3] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        multi = list(pool.map(work, range(4)))
+    for i in range(4):
+        for j, out in enumerate(multi[i]):
+            assert torch.equal(out, single[i][j % 3]), (i, j)

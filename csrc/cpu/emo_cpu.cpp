@@ -91,13 +91,16 @@ inline Vectorized<float> verf(const Vectorized<float>& x) {
   return V::blendv(y, y.neg(), x < V(0.f));
 }
 
-// silu(x) = x / (1 + exp(-x)); exp's argument is capped at 80 so that the denominator stays
-// finite for vrecip (x / (1 + e^80) is ~1e-35 x: the same float as the exact value's rounding
-// for any x < -80 that matters).
+// silu(x) = x sigmoid(x), with e = exp(-|x|) in (0, 1]: sigmoid(x) = 1 / (1 + e) for x >= 0
+// and e / (1 + e) for x < 0. The denominator stays in [1, 2] (vrecip's domain) for every x, and
+// far into the negative tail the result is x e^x, rounding to -0 like torch's silu (exp
+// underflows). NaN propagates, and silu(-inf) = -inf * 0 = NaN as in torch; silu(inf) = inf.
 template <typename T>
 inline Vectorized<T> vsilu(const Vectorized<T>& x) {
-  const Vectorized<T> one(T(1));
-  return x * vrecip(one + vexp(at::vec::minimum(x.neg(), Vectorized<T>(T(80)))));
+  using V = Vectorized<T>;
+  const V e = vexp(x.abs().neg());
+  const V r = vrecip(V(T(1)) + e);
+  return x * V::blendv(r, e * r, x < V(T(0)));
 }
 
 template <typename T>
@@ -196,9 +199,12 @@ at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B
   return t.permute({0, 2, 3, 1});
 }
 
-// Scratch buffers of the calling thread, kept between calls (grow-only, per slot): a fresh
-// multi-MB allocation per call costs page faults on every call (glibc hands large blocks
-// back to the kernel). Callers use a buffer only within one call, never two calls at once.
+// Scratch buffer `slot` of the calling OS thread, kept between calls (grow-only): a fresh
+// multi-MB allocation per call costs page faults on every call (glibc hands large blocks back
+// to the kernel). Returns its first numel elements (contents undefined), reallocating it when
+// too small. thread_local, so never shared: the calls run without the GIL, and concurrent calls
+// from several Python threads (or their OpenMP workers) are on distinct OS threads; a thread
+// uses a slot for one chunk at a time.
 at::Tensor workspace(int slot, int64_t numel, const at::TensorOptions& opts) {
   thread_local at::Tensor cache[2];
   at::Tensor& t = cache[slot];
@@ -275,6 +281,23 @@ at::Tensor packed_or_pack(const at::Tensor& w, const c10::optional<at::Tensor>& 
   return p;
 }
 
+// How expand_dwconv_act_proj cuts B images of Ho output rows into chunks of about `budget`
+// bytes: {nb, no} = nb whole images per chunk (no == Ho), or bands of `no` output rows of one
+// image (nb == 1; K - s halo rows of `in_row` bytes recomputed per band). in_row: bytes of one
+// buffer row of v (+ GEMM scratch), out_row: of one z row; pure arithmetic, reads nothing.
+// in_row > 0 (channels > 0, checked by the caller) keeps every division defined.
+std::pair<int64_t, int64_t> plan_chunks(int64_t B, int64_t Ho, int64_t K, int64_t s,
+                                        int64_t in_row, int64_t out_row, int64_t budget,
+                                        bool whole_images) {
+  TORCH_INTERNAL_ASSERT(in_row > 0 && out_row >= 0 && Ho > 0);
+  const int64_t img_bytes = ((Ho - 1) * s + K) * in_row + Ho * out_row;
+  if (img_bytes <= budget || whole_images)
+    return {std::max<int64_t>(1, std::min<int64_t>(B, budget / img_bytes)), Ho};
+  int64_t no = std::max<int64_t>(1, (budget - (K - s) * in_row) / (s * in_row + out_row));
+  no = std::min(no, Ho);
+  return {1, (Ho + (Ho + no - 1) / no - 1) / ((Ho + no - 1) / no)};  // equal bands
+}
+
 // Weights of the fused body prepared ahead (irmb_chain): packed GEMM weights and the depthwise
 // weights as (K*K, C); undefined ones are prepared per call.
 struct Prepared {
@@ -342,6 +365,10 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   const bool proj = w_proj.has_value() && w_proj->defined();
   const int64_t Cout = proj ? w_proj->size(0) : C;
   TORCH_CHECK(!proj || w_proj->numel() == Cout * C, "w_proj must be (Cout, Cmid, 1, 1)");
+  // zero channels or an empty image would size chunks of 0 bytes (a division by zero)
+  TORCH_CHECK(Cin > 0 && C > 0 && Cout > 0, "emo_kernels._C_cpu: channel counts must be "
+              "positive (got Cin=", Cin, ", Cmid=", C, ", Cout=", Cout, ")");
+  TORCH_CHECK(H > 0 && W > 0, "emo_kernels._C_cpu: x must have H, W > 0 (got ", H, "x", W, ")");
   const at::Tensor pproj = proj ? packed_or_pack(*w_proj, pre.proj) : at::Tensor();
   at::Tensor res2;
   if (proj && residual.has_value() && residual->defined()) {
@@ -361,19 +388,10 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
   // MKL version's speed this way, 0.81-0.88x when only v was counted.
   const int64_t in_row = (Wp + (expand ? W : 0)) * C * esz;
   const int64_t out_row = proj ? Wo * C * esz : 0;           // z row
-  const int64_t vrows_img = (Ho - 1) * s + K;
-  const int64_t img_bytes = vrows_img * in_row + Ho * out_row;
-  int64_t nb, no;
   TORCH_CHECK(!se || (proj && !skip), "squeeze-excite needs the projection and no skip");
-  if (img_bytes <= budget || se) {  // SE needs whole images (its mean is over the image)
-    nb = std::max<int64_t>(1, std::min<int64_t>(B, budget / img_bytes));
-    no = Ho;
-  } else {
-    nb = 1;
-    no = std::max<int64_t>(1, (budget - (K - s) * in_row) / (s * in_row + out_row));
-    no = std::min(no, Ho);
-    no = (Ho + (Ho + no - 1) / no - 1) / ((Ho + no - 1) / no);  // equal bands
-  }
+  // SE needs whole images (its mean is over the image)
+  int64_t nb, no;  // not a structured binding: the lambdas below capture them
+  std::tie(nb, no) = plan_chunks(B, Ho, K, s, in_row, out_row, budget, se != nullptr);
   const int64_t vrows = (no - 1) * s + K;  // buffer rows per image of a chunk
   const int64_t nthreads = at::get_num_threads();
 
@@ -416,8 +434,12 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
               std::fill(row, row + W * C, T(0));
             }
         // ---- phase 1: v rows (expansion GEMM + bias + act) into the padded buffer ----
-        const int64_t G1 = nbc * nr;  // global input rows; x rows of the chunk are contiguous
-        const int64_t x0 = (b0 * H + r_lo) * W;  // first x pixel (nb > 1 means nr == H)
+        const int64_t G1 = nbc * nr;  // input rows of the chunk
+        // first x pixel of chunk input row g (image b0 + g / nr, row r_lo + g % nr). One image's
+        // nr rows are contiguous in x; consecutive images only when nr == H (k = 1 with stride 2
+        // and even H reads H - 1 rows of each image): x is read in runs of `run` rows.
+        auto xpix = [&](int64_t g) { return ((b0 + g / nr) * H + r_lo + g % nr) * W; };
+        const int64_t run = nr == H ? G1 : nr;
         const bool cols1 = split == 2 || (split == 0 && nth > 1 && G1 * W < 96 * nth);
         const int64_t nt1 = cols1 ? nth : std::min(G1, nth);
         // destination of chunk pixel i (image row g = i / W of the chunk, column i % W) in the
@@ -434,18 +456,22 @@ at::Tensor expand_dwconv_act_proj(const at::Tensor& x_in, const c10::optional<at
           if (g0 >= g1 || c0 >= c1) return;
           if (expand) {
             using V = Vectorized<T>;
-            T* const* dst = vrow.data();
-            auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
-              bias_act<T>(a, bep, n, cnt, act).store(dst[i] + n, cnt);
-            };
-            emo_gemm::gemm<T>(xp + x0 * Cin, Cin, pexp.data_ptr<T>(), Cin, g0 * W, g1 * W, c0, c1,
-                              epi);
+            for (int64_t g = g0; g < g1;) {  // rows [g, e) of the run starting at row r0
+              const int64_t r0 = g - g % run, e = std::min(g1, r0 + run);
+              T* const* dst = vrow.data() + r0 * W;
+              auto epi = [&](int64_t i, int64_t n, V a, int64_t cnt) {
+                bias_act<T>(a, bep, n, cnt, act).store(dst[i] + n, cnt);
+              };
+              emo_gemm::gemm<T>(xp + xpix(r0) * Cin, Cin, pexp.data_ptr<T>(), Cin, (g - r0) * W,
+                                (e - r0) * W, c0, c1, epi);
+              g = e;
+            }
             return;
           }
           for (int64_t g = g0; g < g1; ++g) {
             const int64_t b = g / nr, r = r_lo + g % nr;
             T* dst = vb + ((b * vrows + (r - v_lo)) * Wp + pad) * C;
-            copy_row<T>(xp + (x0 + g * W) * Cin, dst, W, C, c0, c1);
+            copy_row<T>(xp + xpix(g) * Cin, dst, W, C, c0, c1);
           }
         };
         // ---- phase 2: depthwise (+ skip) and projection (+ residual) ----
@@ -717,6 +743,7 @@ at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::
               "emo_kernels._C_cpu: float32 or float64 only");
   const int64_t B = q.size(0), C = q.size(1), H = q.size(2), W = q.size(3);
   TORCH_CHECK(head_dim > 0 && C % head_dim == 0, "head_dim must divide C");
+  TORCH_CHECK(window_size > 0, "window_size must be positive");
   at::Tensor kp;
   if (k_pad.has_value() && k_pad->defined()) kp = k_pad->contiguous();
   auto out = at::empty({B, H, W, C}, q.options());
@@ -920,11 +947,18 @@ std::string isa() { return EMO_STR(CPU_CAPABILITY); }
 
 }  // namespace
 
+// Every compute function releases the GIL while it runs (`nogil`): pybind11 converts the
+// arguments to C++ (at::Tensor, tuples, vectors) before, and the result back to Python after,
+// with the GIL held; in between no Python object is touched. Concurrent calls from several
+// Python threads share nothing mutable: scratch buffers are per OS thread (workspace()), every
+// other buffer per call.
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  const auto nogil = py::call_guard<py::gil_scoped_release>();
   m.doc() = "emo_kernels CPU backend (inference only, NHWC)";
   m.def("expand_dwconv_act", &expand_dwconv_act, "expand 1x1 + act + depthwise + SiLU (+skip)",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
-        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"));
+        py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("budget"), py::arg("split"),
+        nogil);
   m.def("expand_dwconv_act_proj",
         [](const at::Tensor& x, const c10::optional<at::Tensor>& w_exp,
            const c10::optional<at::Tensor>& b_exp, const at::Tensor& w_dw,
@@ -937,10 +971,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "expand_dwconv_act followed by the 1x1 projection (+ residual), chunked over images",
         py::arg("x"), py::arg("w_exp"), py::arg("b_exp"), py::arg("w_dw"), py::arg("b_dw"),
         py::arg("w_proj"), py::arg("residual"), py::arg("act"), py::arg("stride"),
-        py::arg("skip"), py::arg("budget"), py::arg("split"));
+        py::arg("skip"), py::arg("budget"), py::arg("split"), nogil);
   m.def("window_attention", &window_attention, "EMO strided-window attention", py::arg("q"),
         py::arg("k"), py::arg("v"), py::arg("k_pad"), py::arg("head_dim"),
-        py::arg("window_size"), py::arg("scale"));
+        py::arg("window_size"), py::arg("scale"), nogil);
   m.def("irmb_inference", &irmb_inference, "one whole iRMB forward (inference)", py::arg("x"),
         py::arg("ln_weight"), py::arg("ln_bias"), py::arg("eps"), py::arg("w_qk"),
         py::arg("b_qk"), py::arg("head_dim"), py::arg("window_size"), py::arg("scale"),
@@ -948,12 +982,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("act"), py::arg("stride"), py::arg("skip"), py::arg("se_w1"), py::arg("se_b1"),
         py::arg("se_w2"), py::arg("se_b2"), py::arg("se_act"), py::arg("budget"),
         py::arg("split"), py::arg("pw_qk") = py::none(), py::arg("pw_exp") = py::none(),
-        py::arg("pw_dw") = py::none(), py::arg("pw_proj") = py::none());
+        py::arg("pw_dw") = py::none(), py::arg("pw_proj") = py::none(), nogil);
   m.def("irmb_chain", &irmb_chain, "irmb_inference over a chain of blocks", py::arg("x"),
-        py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"));
+        py::arg("blocks"), py::arg("outputs"), py::arg("budget"), py::arg("split"), nogil);
   m.def("pack_weight", &pack_weight, "a conv weight (N, K[, 1, 1]) packed for the GEMM kernel",
-        py::arg("w"));
+        py::arg("w"), nogil);
   m.def("linear", &linear, "act(x w^T + bias) by the packed-weight GEMM kernel", py::arg("x"),
-        py::arg("w"), py::arg("packed"), py::arg("bias"), py::arg("act"));
+        py::arg("w"), py::arg("packed"), py::arg("bias"), py::arg("act"), nogil);
   m.def("isa", &isa, "the CPU_CAPABILITY this file was compiled for");
 }
