@@ -100,3 +100,42 @@ def test_committed_table_is_valid_and_readme_says_what_is_measured():
     readme = open(os.path.join(os.path.dirname(measured.TABLE_PATH), "..", "README.md")).read()
     if not rows:
         assert "No kernel has been measured on a GPU yet" in readme
+
+
+def _bench(provider, ms, case="Cin48-Cmid96-56x56-k3-s1-silu-skip", cls="k3-s1-bf16-infer"):
+    info = dict(suite="op", op="expand_dwconv_act", case=case, mode="fwd", dtype="bf16",
+                layout="nhwc", batch=256, device="cuda", family="sm_90", shape_class=cls,
+                provider=provider, compiled=False, device_name="NVIDIA H200", torch="2.11.0",
+                triton="3.6.0", cuda="13.0", cuda_event_median_ms=ms)
+    return dict(name=f"x[{provider}]", extra_info=info, stats=dict(median=ms / 1e3))
+
+
+def _junit(tmp_path, failed=()):
+    cases = "".join(
+        f'<testcase classname="t" name="test_x[{b}-fp32]">'
+        + ('<failure message="x"/>' if b in failed else "") + "</testcase>"
+        for b in ("triton", "cuda"))
+    p = tmp_path / "j.xml"
+    p.write_text(f'<testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>')
+    return str(p)
+
+
+def test_bench_measured_writes_the_table_auto_reads(tmp_path, on_fake_h200):
+    """bench.measured turns GPU op benchmarks into rows: the slowest case of a class decides;
+    a backend whose GPU tests failed gets no row; the written file drives auto."""
+    from bench import measured as writer
+    rows = [_bench("torch", 1.0), _bench("triton", 0.5), _bench("cuda", 0.4),
+            _bench("torch", 2.0, case="other"), _bench("triton", 1.6, case="other"),
+            _bench("torch", 1.0, cls="k5-s1-bf16-infer"), _bench("triton", 1.5, cls="k5-s1-bf16-infer")]
+    src = tmp_path / "ops.json"
+    src.write_text(json.dumps(dict(benchmarks=rows)))
+    out = tmp_path / "table.json"
+    assert writer.main([str(src), "--junit", _junit(tmp_path, failed=("cuda",)), "--out",
+                        str(out), "--commit", "abc", "--date", "2026-12-02"]) == 0
+    table = json.loads(out.read_text())
+    got = {(r["backend"], r["shape_class"]): r["speedup_min"] for r in table["rows"]}
+    assert got == {("triton", "k3-s1-bf16-infer"): 1.25, ("triton", "k5-s1-bf16-infer"): 0.6667}
+    assert table["runs"][0]["failed_backends"] == ["cuda"]
+    assert all(r["commit"] == "abc" and r["torch"] == "2.11.0" for r in table["rows"])
+    # no junit file (the GPU tests did not run): no kernel may be picked
+    assert writer.failed_backends(None) == {"triton", "cuda"}
