@@ -17,7 +17,7 @@ import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -101,14 +101,9 @@ ext_modules, cmdclass = cuda_extensions()
 _cpu_ext, _cpu_cmd = cpu_extensions()
 ext_modules, cmdclass = ext_modules + _cpu_ext, {**_cpu_cmd, **cmdclass}
 
+# metadata (name, version, dependencies, packages) is in pyproject.toml; setup.py only adds
+# the compiled extensions
 setup(
-    name="emo-kernels",
-    version="0.1.0",
-    description="Fused Triton/CUDA kernels for the EMO vision backbone, and an exact EMO model zoo",
-    packages=find_packages(include=["emo", "emo.*", "emo_kernels", "emo_kernels.*"]),
-    package_data={"emo_kernels": ["gpu_measured.json"]},
-    python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -7,10 +7,11 @@ Public ops (each with a pure-PyTorch reference in ``emo_kernels.reference``):
     IRMBChain(blocks, in_channels, dtype, device)(x, outputs)   irmb_inference over many blocks
 Backend control: set_backend, use_backend, get_backend, explain, $EMO_KERNELS_BACKEND.
 """
+from ._version import __version__
 from .backends import (BACKENDS, BackendUnavailableError, explain, get_backend, set_backend,
                        use_backend)
 from .ops import IRMBChain, expand_dwconv_act, irmb_inference, window_attention
 
-__version__ = "0.1.0"
-__all__ = ["expand_dwconv_act", "window_attention", "irmb_inference", "IRMBChain", "set_backend", "use_backend", "get_backend",
-           "explain", "BACKENDS", "BackendUnavailableError"]
+__all__ = ["expand_dwconv_act", "window_attention", "irmb_inference", "IRMBChain", "set_backend",
+           "use_backend", "get_backend", "explain", "BACKENDS", "BackendUnavailableError",
+           "__version__"]
