@@ -1,7 +1,8 @@
 """EMO (ICCV 2023) in plain PyTorch, operation for operation equal to the official code.
 
 Read top to bottom: the iRMB block, the EMO network, the variant configs and factories.
-``fused=True`` routes every iRMB through the ``emo_kernels`` ops (the state dict is the same).
+``fused=True`` routes every iRMB through the ``emo_kernels`` ops (the state dict is the same);
+inference (BatchNorm folds, the prepared chain, the frozen plan) is prepared in emo/inference.py.
 """
 from functools import partial
 
