@@ -16,7 +16,9 @@ Variants:
     torch.compile fused=False   inductor (dynamic=False), after warm-up
     onnxruntime fused=False     legacy exporter (dynamo=False), opset 17, CPUExecutionProvider,
                                 graph optimizations on, intra-op threads = torch's
-    fused=True                  emo_kernels auto backend (cpu on CPU tensors)
+    fused=True                  emo_kernels auto backend (cpu on CPU tensors); prepared on
+                                every call (BN folds, chain, weight packing): always current
+    InferencePlan               fused.prepare_inference(): the same, prepared once (frozen)
 
 Logits of every variant are checked against eager fused=False (max rel err printed).
 Results go to bench/results/cpu_<cpu>_<date>.{md,json} unless --out is given.
@@ -49,7 +51,7 @@ def make_ort(model, x, threads):
     return lambda t: torch.from_numpy(sess.run(None, {"x": t.numpy()})[0])
 
 
-def build(name, x, compile_, onnx, threads):
+def build(name, x, compile_, onnx, threads, plan=True):
     torch.manual_seed(0)
     base = emo.create_model(name).eval()
     fused = emo.create_model(name, fused=True).eval()
@@ -60,6 +62,8 @@ def build(name, x, compile_, onnx, threads):
     if onnx:
         v["onnxruntime fused=False"] = make_ort(base, x, threads)
     v[f"fused=True ({emo_kernels.get_backend()})"] = fused
+    if plan:
+        v["InferencePlan (frozen)"] = fused.prepare_inference()
     return v
 
 
@@ -75,7 +79,7 @@ def run(args):
             torch.manual_seed(0)
             x = torch.randn(batch, 3, args.size, args.size)
             variants = build(name, x, not args.no_compile, not args.no_onnx,
-                             torch.get_num_threads())
+                             torch.get_num_threads(), not args.no_plan)
             with torch.inference_mode():
                 ref = variants["eager fused=False"](x)
                 errs = {}
@@ -134,6 +138,7 @@ def main(argv=None):
                    help="sleep before each timed call (lets thread pools go idle)")
     p.add_argument("--no-compile", action="store_true")
     p.add_argument("--no-onnx", action="store_true")
+    p.add_argument("--no-plan", action="store_true", help="leave out the InferencePlan variant")
     p.add_argument("--note", default="", help="free text stored with the results")
     p.add_argument("--out", default=None, help="path prefix of the .md/.json results")
     args = p.parse_args(argv)

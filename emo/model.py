@@ -1,7 +1,8 @@
 """EMO (ICCV 2023) in plain PyTorch, operation for operation equal to the official code.
 
 Read top to bottom: the iRMB block, the EMO network, the variant configs and factories.
-``fused=True`` routes every iRMB through the ``emo_kernels`` ops (the state dict is the same).
+``fused=True`` routes every iRMB through the ``emo_kernels`` ops (the state dict is the same);
+inference (BatchNorm folds, the prepared chain, the frozen plan) is prepared in emo/inference.py.
 """
 from functools import partial
 
@@ -13,31 +14,9 @@ from torch.utils.checkpoint import checkpoint
 import emo_kernels
 from emo_kernels.reference import window_partition, window_unpartition
 
+from . import inference
 from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold_bn,
                      fold_bn_into_next_1x1, make_norm)
-
-
-def _param_key(module):
-    """Identity of a module's parameters and buffers: changes when one is replaced, moved
-    (data pointer) or modified in place (version counter). None: cannot tell (inference tensors
-    have no version counter), so do not cache. The parameter/buffer dicts of the submodules
-    are cached (a replaced parameter lands in the same dict); ``reparameterize()``,
-    ``train()``/``eval()`` and ``.to()`` refresh them. One flat list of ints per call."""
-    dicts = module.__dict__.get("_key_dicts")
-    if dicts is None:
-        dicts = module.__dict__["_key_dicts"] = [
-            d for m in module.modules() for d in (m._parameters, m._buffers)]
-    try:
-        return [v for d in dicts for t in d.values() if t is not None
-                for v in (t.data_ptr(), t._version)]
-    except RuntimeError:
-        return None
-
-
-def _drop_key_cache(module):
-    for m in module.modules():
-        for k in ("_key_dicts", "_infer_cache", "_stem_cache", "_chain_cache", "_chain_dicts"):
-            m.__dict__.pop(k, None)
 
 
 class iRMB(nn.Module):
@@ -145,97 +124,19 @@ class iRMB(nn.Module):
         z = self.proj(self.se(z))
         return shortcut + self.drop_path(z) if self.has_skip else z
 
-    # ----- fused inference on CPU: NHWC, BN folds cached, 1x1 convs as GEMMs ------------------
-    def _inference_params(self):
-        """Eval-mode weights with every BatchNorm folded, cached until a parameter changes."""
-        key = _param_key(self)
-        cache = getattr(self, "_infer_cache", None)
-        if key is not None and cache is not None and cache[0] == key:
-            return cache[1]
-        with torch.no_grad():
-            p = {}
-            conv, bn = self.conv_local.conv, self.conv_local.norm
-            p["w_dw"], p["b_dw"] = (fold_bn(conv.weight, conv.bias, bn)
-                                    if isinstance(bn, nn.BatchNorm2d) else (conv.weight, conv.bias))
-            p["w_exp"] = p["b_exp"] = None
-            if not isinstance(self.v, nn.Identity):
-                w, b = self.v.conv.weight, self.v.conv.bias
-                if isinstance(self.norm, nn.BatchNorm2d) and not self.attn:
-                    w, b = fold_bn_into_next_1x1(self.norm, w, b)
-                p["w_exp"], p["b_exp"] = w.flatten(1).contiguous(), b
-            if self.attn:
-                p["w_qk"] = self.qk.conv.weight.flatten(1).contiguous()
-                p["b_qk"] = self.qk.conv.bias
-            p["w_proj"] = self.proj.conv.weight.flatten(1).contiguous()
-            p = {k: (v.detach() if v is not None else None) for k, v in p.items()}
-        self._infer_cache = (key, p)
-        return p
-
-    def _irmb_args(self, p):
-        """The block as ``irmb_inference`` arguments ``(args, kwargs)`` (after x), or None when
-        it has a part that op does not take (squeeze-excite, a BatchNorm before attention)."""
-        act = self.act if p["w_exp"] is not None else "none"
-        kw = dict(act=act, stride=self.stride, skip=self.has_skip)
-        ln = isinstance(self.norm, LayerNorm2d)
-        folded = p["w_exp"] is not None and isinstance(self.norm, nn.BatchNorm2d) and not self.attn
-        se = isinstance(self.se, SE)
-        if (se and self.has_skip) or not (ln or folded or isinstance(self.norm, nn.Identity)):
-            return None
-        if se:
-            kw.update(se_reduce_weight=self.se.conv_reduce.weight.detach(),
-                      se_reduce_bias=self.se.conv_reduce.bias.detach(),
-                      se_expand_weight=self.se.conv_expand.weight.detach(),
-                      se_expand_bias=self.se.conv_expand.bias.detach(),
-                      se_act=self.se.act_name)
-        if ln:
-            kw.update(ln_weight=self.norm.norm.weight.detach(),
-                      ln_bias=self.norm.norm.bias.detach(), eps=self.norm.norm.eps)
-        if self.attn:
-            kw.update(w_qk=p["w_qk"], b_qk=p["b_qk"], head_dim=self.head_dim,
-                      window_size=self.window_size, scale=self.scale)
-        return (p["w_exp"], p["b_exp"], p["w_dw"], p["b_dw"], p["w_proj"]), kw
-
-    def _forward_infer_cpu(self, x):
-        """Eval forward on CPU with cached folded weights and NHWC (channels_last) activations:
-        one ``emo_kernels.irmb_inference`` call (LayerNorm, attention, expansion, depthwise,
-        SE, projection and residual; the cpu backend runs it as one C++ call). A block that op
-        cannot take (a BatchNorm before attention: not in EMO's configs) runs the general fused
-        path."""
-        call = self._irmb_args(self._inference_params())
-        if call is None:
-            return self._forward_fused(x)
-        return emo_kernels.irmb_inference(x, *call[0], **call[1])
-
-    def _use_infer_cpu(self, x):
-        if self.training or x.device.type != "cpu":
-            return False
-        if torch.is_grad_enabled() and (x.requires_grad or
-                                        any(q.requires_grad for q in self.parameters())):
-            return False
-        return True
-
-    def train(self, mode=True):
-        _drop_key_cache(self)
-        return super().train(mode)
-
-    def _apply(self, *args, **kwargs):
-        _drop_key_cache(self)
-        return super()._apply(*args, **kwargs)
-
     def forward(self, x):
         if not self.fused or (isinstance(self.se, SE) and self.has_skip):
             # SE with the inner skip (not in EMO's configs: its only SE block, the stem's, has
             # no skip) puts SE between the depthwise pass and the skip, which the fused ops
             # cannot express: such a block always runs the reference computation
             return self._forward_reference(x)
-        if self._use_infer_cpu(x):
-            return self._forward_infer_cpu(x)
+        if inference.active(self, x):  # eval, no grad: prepared now (emo/inference.py)
+            return inference.irmb_forward(self, x)
         return self._forward_fused(x)
 
     @torch.no_grad()
     def reparameterize(self):
         """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion."""
-        _drop_key_cache(self)
         cl = self.conv_local
         if isinstance(cl.norm, nn.BatchNorm2d):
             w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
@@ -310,14 +211,6 @@ class EMO(nn.Module):
                 m.fused = fused
         return self
 
-    def train(self, mode=True):
-        _drop_key_cache(self)  # the chain caches of the model and of every block
-        return super().train(mode)
-
-    def _apply(self, *args, **kwargs):
-        _drop_key_cache(self)
-        return super()._apply(*args, **kwargs)
-
     def set_grad_checkpointing(self, enable=True):
         self.grad_checkpointing = enable
 
@@ -349,76 +242,12 @@ class EMO(nn.Module):
             return x
         return stage(x)
 
-    def _forward_intermediates_infer_cpu(self, x):
-        """Fused inference on CPU: channels_last from the stem on. The stem block and stages 1-4
-        run as one ``emo_kernels.IRMBChain`` call (no Python between blocks) unless a block has forward
-        hooks (then block by block, through __call__, so that the hooks fire)."""
-        x = self._stem_conv_infer_cpu(x)
-        blocks = [b for i in range(5) for b in getattr(self, f"stage{i}") if isinstance(b, iRMB)]
-        chain, ends = self._infer_chain(blocks, x)
-        if chain is not None:
-            return chain(x, outputs=ends)
-        x = self.stage0[1](x)
-        feats = []
-        for i in range(1, 5):
-            for blk in getattr(self, f"stage{i}"):
-                x = blk(x)
-            feats.append(x)
-        return feats
-
-    def _infer_chain(self, blocks, x):
-        """The cached IRMBChain of stages 1-4 and the indices of the stage ends, or (None, None)
-        when blocks have hooks or a block cannot be chained. Rebuilt when a block, a parameter
-        or a buffer changes (one flat key over their data pointers and versions) or the input
-        dtype/device does."""
-        from torch.nn.modules import module as _m
-        if _m._global_forward_hooks or _m._global_forward_pre_hooks or any(
-                b._forward_hooks or b._forward_pre_hooks for b in blocks):
-            return None, None
-        # one flat key over the blocks' non-empty parameter/buffer dicts (the tensors the fused
-        # path reads live there; a parameter added to an empty dict later is not read by it)
-        dicts = self.__dict__.get("_chain_dicts")
-        if dicts is None or dicts[0] != blocks:
-            dicts = self.__dict__["_chain_dicts"] = (blocks, [
-                d for b in blocks for m in b.modules() for d in (m._parameters, m._buffers) if d])
-        try:
-            keys = [v for d in dicts[1] for t in d.values() if t is not None
-                    for v in (t.data_ptr(), t._version)]
-        except RuntimeError:  # inference tensors: no version counter, do not cache
-            return None, None
-        cache = self.__dict__.get("_chain_cache")
-        tag = (x.dtype, x.device)
-        if cache is not None and cache[0] == blocks and cache[1] == keys and cache[2] == tag:
-            return cache[3], cache[4]
-        calls = [b._irmb_args(b._inference_params()) for b in blocks]
-        if any(c is None for c in calls):
-            chain = ends = None
-        else:
-            chain = emo_kernels.IRMBChain(calls, blocks[0].norm_channels, x.dtype, x.device)
-            n = [len(getattr(self, f"stage{i}")) for i in range(1, 5)]
-            ends = [sum(n[:i + 1]) for i in range(4)]  # block 0 is the stem block
-        self.__dict__["_chain_cache"] = (blocks, keys, tag, chain, ends)
-        return chain, ends
-
-    def _stem_conv_infer_cpu(self, x):
-        """Stem conv with its BN folded (cached), on a channels_last input."""
-        key = _param_key(self.stage0[0])
-        cache = getattr(self, "_stem_cache", None)
-        if key is None or cache is None or cache[0] != key:
-            conv, bn = self.stage0[0].convs[0]
-            with torch.no_grad():
-                w, b = (fold_bn(conv.weight, conv.bias, bn) if isinstance(bn, nn.BatchNorm2d)
-                        else (conv.weight, conv.bias))
-                w = w.contiguous(memory_format=torch.channels_last)
-            cache = self._stem_cache = (key, (w.detach(), b.detach()))
-        w, b = cache[1]
-        return F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride=2, padding=1)
-
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
         self._check_input(x)
-        if self.stage0[1].fused and iRMB._use_infer_cpu(self, x):
-            return self._forward_intermediates_infer_cpu(x)
+        feats = inference.intermediates(self, x)  # fused, eval, no grad: one prepared chain
+        if feats is not None:
+            return feats
         x = self._run_stage(self.stage0, x)
         feats = []
         for i in range(1, 5):
@@ -441,7 +270,6 @@ class EMO(nn.Module):
     @torch.no_grad()
     def reparameterize(self):
         """Fold every BatchNorm into the adjacent conv for inference, in place (sets eval)."""
-        _drop_key_cache(self)
         self.eval()
         stem = self.stage0[0].convs[0]
         if isinstance(stem[1], nn.BatchNorm2d):
@@ -455,6 +283,11 @@ class EMO(nn.Module):
         return self
 
     fuse = reparameterize
+
+    def prepare_inference(self):
+        """A frozen ``emo.inference.InferencePlan`` of this eval-mode model: later edits of the
+        model do not reach it (make a new one); see emo/inference.py."""
+        return inference.prepare_inference(self)
 
 
 # ----- variants ----------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def irmb_chain_can_run(x, chain, outputs):
 def _watch(tensors):
     """The tensors whose in-place changes a prepared chain must notice: all but inference
     tensors (they have no version counter; outside InferenceMode they cannot be modified in
-    place, and the model's own chains hold weights folded under InferenceMode)."""
+    place; emo.InferencePlan holds such copies on purpose: a frozen plan)."""
     return [t for t in tensors if not t.is_inference()]
 
 
@@ -160,9 +160,12 @@ def irmb_chain_cpu(x, chain, outputs):
     if cached is not None and [t._version for t in cached[0]] == cached[1]:
         tuples = cached[2]
     else:
+        # versions read BEFORE packing: a write that lands while the packs are made (another
+        # thread) leaves them stale for this call at most; the next call sees it and repacks
         watch = _watch(chain.tensors)
+        versions = [t._version for t in watch]
         tuples = [_prepared_block(ext, a, k) for a, k in chain.blocks]
-        chain._cpu_prepared = (watch, [t._version for t in watch], tuples)
+        chain._cpu_prepared = (watch, versions, tuples)
     return ext.irmb_chain(x, tuples, list(outputs), _budget(), SPLIT)
 
 

@@ -124,7 +124,7 @@ def test_bench_cpu_tiny(tmp_path):
                     "--warmup", "1", "--gap-ms", "0", "--no-compile", "--out", str(out)])
     rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
     assert [r["variant"].split(" (")[0] for r in rows] == [
-        "eager fused=False", "onnxruntime fused=False", "fused=True"]
+        "eager fused=False", "onnxruntime fused=False", "fused=True", "InferencePlan"]
     assert all(r["rel_err_vs_eager"] <= 1e-4 for r in rows)
     assert all(r["fused_speedup_per_round"] > 0 for r in rows)
     assert "median of per-round ratios" in (tmp_path / "cpu.md").read_text()

@@ -1,6 +1,8 @@
 """The irmb_inference op (one whole iRMB forward for inference): its cpu backend (one C++ call)
 and its torch backend (composition of the two public ops) against the pure reference, in
 float32 and float64, over every block form of EMO and odd map sizes; argument errors."""
+import threading
+
 import pytest
 import torch
 
@@ -218,3 +220,33 @@ def test_chain_errors():
         chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[2, 1])
     with pytest.raises(ValueError, match="increasing block indices"):
         chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[3])
+
+
+def test_chain_sees_a_write_made_while_it_packs(monkeypatch):
+    """The cpu backend reads the weights' version counters before packing: a weight written
+    by another thread while the chain packs (here: block 0's, while block 1 is packed) is seen
+    by the next call, which packs again."""
+    if _reason is not None:
+        pytest.skip(f"cpu backend unavailable: {_reason}")
+    blocks = _chain_blocks()
+    chain = emo_kernels.IRMBChain(blocks, 16, torch.float64, "cpu")
+    x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
+    orig, packed = cpu_backend._prepared_block, []
+
+    def prepared_block(ext, args, kw):
+        if len(packed) == 1:  # block 0 is packed: another thread writes its weight now
+            t = threading.Thread(target=lambda: blocks[0][0][0].mul_(1.5))
+            t.start()
+            t.join()
+        packed.append(1)
+        return orig(ext, args, kw)
+
+    monkeypatch.setattr(cpu_backend, "_prepared_block", prepared_block)
+    with emo_kernels.use_backend("cpu"), torch.no_grad():
+        chain(x)
+        assert len(packed) == 3
+        y = x
+        for args, kw in blocks:
+            y = irmb_inference_ref(y, *args, **kw)
+        assert rel_err(chain(x)[0], y) <= TOLERANCE[torch.float64]
+        assert len(packed) == 6

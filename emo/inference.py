@@ -1,0 +1,316 @@
+"""Inference preparation for EMO: every BatchNorm folded, each iRMB turned into the arguments
+of ``emo_kernels.irmb_inference``, the stem block and stages 1-4 into one
+``emo_kernels.IRMBChain``. One mechanism, two ways in:
+
+* **The plain ``fused=True`` model** (eval mode, no grad needed, CPU input): every forward
+  prepares afresh from the model as it is at that moment -- current weights, BatchNorm
+  statistics, ``eps`` values, attributes and submodules. Nothing is cached, so no edit can be
+  missed, however it was made (in place, through ``.data``, by assigning an attribute or a
+  submodule, from another thread: a forward reads the weights once, when it starts; a
+  concurrent write is seen by the next forward). Folding and packing cost a little per call
+  (README, "fused=True on CPU").
+* **``InferencePlan``** (``emo.prepare_inference(model)`` or ``model.prepare_inference()``):
+  the same preparation done once, on copies, frozen -- as ``torch.jit.freeze`` or an exported
+  engine. Contract: a plan computes what the eval-mode model computed when the plan was made.
+  Later edits of the model never reach it (it shares no tensor with the model); after an edit,
+  make a new plan. Its tensors are inference tensors, so an in-place write to one outside
+  ``torch.inference_mode`` raises instead of going unnoticed.
+
+Device-agnostic: the prepared arguments are plain tensors on the model's device. A CPU chain
+runs on the ``cpu`` backend (one C++ call, weights packed once per chain); elsewhere the chain
+calls ``irmb_inference`` block by block, whose other backends serve the device. (The plain
+model takes this path on CPU only; on other devices it runs the autograd-fused forward.)
+
+A block whose form ``irmb_inference`` cannot express (a module replaced by one of another
+kind or configuration, a BatchNorm in training mode or without running statistics, a
+BatchNorm before attention) is not prepared: the plain model runs it through its general
+fused forward, and ``InferencePlan`` refuses the model with a ``ValueError``.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.modules import module as _module
+
+import emo_kernels
+
+from .layers import SE, ConvNormAct, DropPath, LayerNorm2d, StemConv
+
+_BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
+
+
+# ----- one block -----------------------------------------------------------------------------
+def _bn_scale_shift(bn):
+    """(scale, shift) of an eval-mode BatchNorm with running statistics, read now; else None."""
+    if type(bn) not in _BN_TYPES or bn.training or bn.running_mean is None \
+            or bn.running_var is None:
+        return None
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _is_act(m, name):
+    if name == "silu":
+        return type(m) is nn.SiLU
+    if name == "gelu":
+        return type(m) is nn.GELU and m.approximate == "none"
+    return name == "none" and type(m) is nn.Identity
+
+
+def _conv_ok(conv, k, stride=1, groups=1, bias=None):
+    """conv is a plain nn.Conv2d k x k with EMO's padding; bias True/False: required/absent."""
+    pad = -(-(k - stride) // 2)
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (k, k)
+            and conv.stride == (stride, stride) and conv.padding == (pad, pad)
+            and conv.dilation == (1, 1) and conv.groups == groups
+            and conv.padding_mode == "zeros" and (bias is None or (conv.bias is not None) == bias))
+
+
+def _cna_ok(m, k, stride=1, groups=1, bias=None, act="none"):
+    """m is a ConvNormAct conv -> Identity -> act."""
+    return (type(m) is ConvNormAct and _conv_ok(m.conv, k, stride, groups, bias)
+            and type(m.norm) is nn.Identity and _is_act(m.act, act))
+
+
+def block_args(blk):
+    """The iRMB ``blk`` as ``irmb_inference`` arguments ``(args, kwargs)`` (after x), every
+    BatchNorm folded, all read from the block's current modules; or None when the block has a
+    part that op cannot express (see the module docstring). New tensors on every call."""
+    if any(m.training for m in blk.modules()) or type(blk.drop_path) not in (nn.Identity,
+                                                                            DropPath):
+        return None
+    cl = blk.conv_local
+    if type(cl) is not ConvNormAct or type(cl.conv) is not nn.Conv2d:
+        return None
+    k, cmid = cl.conv.kernel_size[0], cl.conv.out_channels
+    if not (_conv_ok(cl.conv, k, blk.stride, cmid) and _is_act(cl.act, "silu")):
+        return None
+    w_dw, b_dw = cl.conv.weight, cl.conv.bias
+    if type(cl.norm) is not nn.Identity:
+        bn = _bn_scale_shift(cl.norm)
+        if bn is None:
+            return None
+        w_dw = w_dw * bn[0].reshape(-1, 1, 1, 1)
+        b_dw = bn[1] if b_dw is None else bn[1] + b_dw * bn[0]
+    w_exp = b_exp = None
+    if type(blk.v) is not nn.Identity:
+        if not _cna_ok(blk.v, 1, bias=None, act=blk.act):
+            return None
+        w_exp, b_exp = blk.v.conv.weight.flatten(1), blk.v.conv.bias
+    kw = dict(act=blk.act if w_exp is not None else "none", stride=blk.stride,
+              skip=blk.has_skip)
+
+    norm = blk.norm
+    if type(norm) is LayerNorm2d and type(norm.norm) is nn.LayerNorm \
+            and len(norm.norm.normalized_shape) == 1:
+        ln = norm.norm
+        w = ln.weight if ln.weight is not None else torch.ones(
+            ln.normalized_shape, dtype=w_dw.dtype, device=w_dw.device)
+        kw.update(ln_weight=w, ln_bias=ln.bias, eps=ln.eps)
+    elif type(norm) in _BN_TYPES and not blk.attn and w_exp is not None:
+        bn = _bn_scale_shift(norm)  # W (s x + t) + b = (W s) x + (W t + b)
+        if bn is None:
+            return None
+        b = w_exp @ bn[1]
+        b_exp = b if b_exp is None else b + b_exp
+        w_exp = w_exp * bn[0][None, :]
+    elif type(norm) is not nn.Identity:
+        return None
+
+    if blk.attn:
+        if not _cna_ok(blk.qk, 1, bias=True):
+            return None
+        kw.update(w_qk=blk.qk.conv.weight.flatten(1), b_qk=blk.qk.conv.bias,
+                  head_dim=blk.head_dim, window_size=blk.window_size, scale=blk.scale)
+    se = blk.se
+    if type(se) is SE and not blk.has_skip:
+        if not (_conv_ok(se.conv_reduce, 1, bias=True) and _conv_ok(se.conv_expand, 1, bias=True)
+                and _is_act(se.act, se.act_name)):
+            return None
+        kw.update(se_reduce_weight=se.conv_reduce.weight, se_reduce_bias=se.conv_reduce.bias,
+                  se_expand_weight=se.conv_expand.weight, se_expand_bias=se.conv_expand.bias,
+                  se_act=se.act_name)
+    elif type(se) is not nn.Identity:
+        return None
+    if not _cna_ok(blk.proj, 1, bias=False):
+        return None
+    args = (w_exp, b_exp, w_dw, b_dw, blk.proj.conv.weight.flatten(1))
+    detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return tuple(map(detach, args)), {n: detach(v) for n, v in kw.items()}
+
+
+def stem_args(stem):
+    """The stem conv with its BatchNorm folded: ``(weight (channels_last), bias, stride,
+    padding)``, read now; None when the stem is not EMO's (or has hooks, or trains)."""
+    if type(stem) is not StemConv or len(stem.convs) != 1 or _hooked(stem.modules()) \
+            or any(m.training for m in stem.modules()):
+        return None
+    seq = stem.convs[0]
+    if type(seq) is not nn.Sequential or len(seq) != 2:
+        return None
+    conv, norm = seq
+    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.dilation != (1, 1) \
+            or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return None
+    w, b = conv.weight, conv.bias
+    if type(norm) is not nn.Identity:
+        bn = _bn_scale_shift(norm)
+        if bn is None:
+            return None
+        w = w * bn[0].reshape(-1, 1, 1, 1)
+        b = bn[1] if b is None else bn[1] + b * bn[0]
+    return (w.detach().contiguous(memory_format=torch.channels_last),
+            None if b is None else b.detach(), conv.stride, conv.padding)
+
+
+def _hooked(modules):
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks or any(
+        m._forward_hooks or m._forward_pre_hooks for m in modules))
+
+
+# ----- the plain fused model: prepared on every call -------------------------------------------
+def active(module, x):
+    """Whether a fused ``module`` (an iRMB or EMO) takes the prepared inference path for x:
+    eval mode, a CPU input, and no gradient needed."""
+    if module.training or x.device.type != "cpu":
+        return False
+    return not (torch.is_grad_enabled() and (
+        x.requires_grad or any(p.requires_grad for p in module.parameters())))
+
+
+def irmb_forward(blk, x):
+    """One fused iRMB in inference, prepared now: one ``irmb_inference`` call (the general
+    fused forward when the block has a form that op does not take)."""
+    call = block_args(blk)
+    if call is None:
+        return blk._forward_fused(x)
+    return emo_kernels.irmb_inference(x, *call[0], **call[1])
+
+
+def _blocks(model):
+    stages = [getattr(model, f"stage{i}") for i in range(5)]
+    return stages, list(stages[0])[1:] + [b for s in stages[1:] for b in s]
+
+
+def _chain(model, blocks, dtype, device):
+    """(IRMBChain, stage-end indices) of the blocks prepared now, or (None, None)."""
+    calls = [block_args(b) for b in blocks]
+    if any(c is None for c in calls):
+        return None, None
+    return _chain_from(calls, model, blocks, dtype, device)
+
+
+def _chain_from(calls, model, blocks, dtype, device):
+    (w_exp, _, w_dw, _, _), _ = calls[0]
+    c_in = w_dw.shape[0] if w_exp is None else w_exp.shape[1]
+    n = [len(getattr(model, f"stage{i}")) for i in range(1, 5)]
+    ends = [len(blocks) - sum(n) - 1 + sum(n[:i + 1]) for i in range(4)]
+    return emo_kernels.IRMBChain(calls, c_in, dtype, device), ends
+
+
+def intermediates(model, x):
+    """The four stage outputs of a fused EMO in inference (``active``), prepared now from the
+    model as it is: the stem conv with its BN folded, then the stem block and stages 1-4 as one
+    ``IRMBChain``. None when that does not apply -- not ``active``, a block not fused or not an
+    iRMB, a block or stage with forward hooks (they must fire), a block the chain cannot take:
+    the model then runs module by module (each fused block still prepared per call)."""
+    from .model import iRMB
+    if not active(model, x):
+        return None
+    stages, blocks = _blocks(model)
+    if not blocks or not all(type(b) is iRMB and b.fused for b in blocks) \
+            or _hooked(stages + blocks):
+        return None
+    with torch.no_grad():
+        stem = stem_args(model.stage0[0])
+        chain, ends = _chain(model, blocks, x.dtype, x.device)
+        if chain is None:
+            return None
+        if stem is None:
+            x = model.stage0[0](x)
+        else:
+            w, b, stride, padding = stem
+            x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride, padding)
+        return chain(x, outputs=ends)
+
+
+# ----- the explicit, frozen plan ------------------------------------------------------------
+class InferencePlan:
+    """A frozen inference plan of an EMO model (any ``fused`` setting; eval mode required, as
+    for ``torch.jit.freeze``). ``plan(x)`` returns what ``model(x)`` returned when the plan was
+    made (logits, or the four stage outputs for a ``features_only`` model);
+    ``plan.forward_intermediates(x)`` the four stage outputs. Hooks are not run.
+
+    The plan holds its own copies -- every BatchNorm folded, inference tensors -- and the chain
+    packs them once, at its first CPU call. **Edits of the model after the plan was made do not
+    reach the plan: make a new plan** (``model.prepare_inference()``). An in-place write to a
+    plan tensor outside ``torch.inference_mode`` raises; inside it, it is not seen (the packs
+    are not remade) -- do not edit a plan.
+    """
+
+    def __init__(self, model):
+        from .model import EMO, iRMB
+        if not isinstance(model, EMO):
+            raise TypeError(f"InferencePlan takes an emo.EMO model, got {type(model).__name__}")
+        if any(m.training for m in model.modules()):
+            raise ValueError("InferencePlan needs the model in eval mode (call model.eval())")
+        stages, blocks = _blocks(model)
+        bad = [i for i, b in enumerate(blocks) if type(b) is not iRMB]
+        if bad or not blocks:
+            raise ValueError(f"InferencePlan: blocks {bad} are not iRMBs")
+        head = model.head
+        if type(model.norm) is not LayerNorm2d or type(model.norm.norm) is not nn.LayerNorm \
+                or type(head) not in (nn.Linear, nn.Identity):
+            raise ValueError("InferencePlan: the model's norm or head is not EMO's")
+        stem = stem_args(model.stage0[0])
+        if stem is None:
+            raise ValueError("InferencePlan: the stem is not EMO's (a Conv2d + BatchNorm)")
+        ln = model.norm.norm
+        with torch.inference_mode():  # copies: inference tensors, no storage shared
+            copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
+            calls = []
+            for i, b in enumerate(blocks):
+                call = block_args(b)
+                if call is None:
+                    raise ValueError(f"InferencePlan: block {i} has a form irmb_inference "
+                                     "cannot take")
+                calls.append((tuple(map(copy, call[0])), {k: copy(v) for k, v in
+                                                          call[1].items()}))
+            self.stem = tuple(map(copy, stem))
+            self.norm = (ln.normalized_shape, copy(ln.weight), copy(ln.bias), ln.eps)
+            self.head = None if type(head) is nn.Identity else (copy(head.weight),
+                                                                copy(head.bias))
+        w = self.stem[0]
+        self.dtype, self.device = w.dtype, w.device
+        self.in_chans, self.features_only = model.in_chans, model.features_only
+        self.chain, self.ends = _chain_from(calls, model, blocks, w.dtype, w.device)
+
+    def forward_intermediates(self, x):
+        from .model import EMO
+        EMO._check_input(self, x)
+        if x.dtype != self.dtype or x.device != self.device:
+            raise TypeError(f"the plan's weights are {self.dtype} on {self.device}, the input "
+                            f"is {x.dtype} on {x.device} (make the plan from a model there)")
+        w, b, stride, padding = self.stem
+        with torch.no_grad():
+            x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride, padding)
+            return self.chain(x, outputs=self.ends)
+
+    def forward_head(self, x, pre_logits=False):
+        shape, w, b, eps = self.norm
+        with torch.no_grad():
+            x = F.layer_norm(x.permute(0, 2, 3, 1), shape, w, b, eps).mean((1, 2))
+            return x if pre_logits or self.head is None else F.linear(x, *self.head)
+
+    def __call__(self, x):
+        feats = self.forward_intermediates(x)
+        return feats if self.features_only else self.forward_head(feats[-1])
+
+
+def prepare_inference(model):
+    """A frozen ``InferencePlan`` of the eval-mode ``model`` (see its contract)."""
+    return InferencePlan(model)

@@ -1,0 +1,181 @@
+"""emo/inference.py: the plain fused=True model in CPU inference is always current (prepared on
+every call, no cache), and InferencePlan is a frozen copy that later edits never reach."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+
+import emo
+import emo_kernels
+from conftest import model_pair, rel_err
+
+X = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+
+
+def _pair(name="emo_1m", **kw):
+    ref, fused = model_pair(name, **kw)
+    return ref.eval(), fused.eval()
+
+
+def _data_copy(m):  # an EMA update: p.data.copy_(ema)
+    for p in m.parameters():
+        p.data.copy_(p.data * 0.9 + 0.01)
+
+
+def _running_var(m):
+    m.stage2[1].conv_local.norm.running_var.data.mul_(2.0)
+    m.stage1[1].norm.running_var.data.mul_(3.0)  # an input BN (folded into the expansion)
+    m.stage0[0].convs[0][1].running_var.data.mul_(2.0)  # the stem conv's BN
+
+
+def _bn_eps(m):
+    m.stage1[1].conv_local.norm.eps = 1.0
+    m.stage2[1].norm.eps = 1.0
+    m.stage0[0].convs[0][1].eps = 1.0
+
+
+def _ln_eps(m):
+    m.stage3[1].norm.norm.eps = 1.0
+    m.stage4[0].norm.norm.eps = 1.0
+
+
+def _replace_conv(m):
+    conv = copy.deepcopy(m.stage3[2].proj.conv)
+    conv.weight.data.mul_(-0.5)
+    m.stage3[2].proj.conv = conv
+
+
+def _assign_param(m):
+    norm = m.stage2[0].conv_local.norm
+    norm.weight = nn.Parameter(norm.weight.detach() * 2.0)
+
+
+def _replace_block(m):
+    m.stage3[1] = copy.deepcopy(m.stage3[2])
+    m.stage3[1].v.conv.weight.data.mul_(0.5)
+
+
+def _data_swap(m):  # a parameter's data swapped: no version bump
+    w = m.stage2[0].proj.conv.weight
+    w.data = w.data * 2.0
+
+
+def _in_place(m):
+    with torch.no_grad():
+        m.stage4[1].qk.conv.weight.mul_(1.5)
+        m.stage3[0].v.conv.bias.add_(0.3)
+
+
+EDITS = [_data_copy, _running_var, _bn_eps, _ln_eps, _replace_conv, _assign_param,
+         _replace_block, _data_swap, _in_place]
+
+
+@pytest.mark.parametrize("hooks", [False, True], ids=["chain", "hooked"])
+@pytest.mark.parametrize("edit", EDITS, ids=lambda f: f.__name__[1:])
+def test_fused_model_sees_every_edit(edit, hooks):
+    """After a forward, the same edit on fused=False and fused=True models: the next fused
+    forward (CPU, eval, no_grad) equals fused=False's -- with no train()/eval()/.to()."""
+    ref, fused = _pair()
+    if hooks:  # blocks with forward hooks run one by one (each block prepared per call)
+        for m in fused.modules():
+            if isinstance(m, emo.iRMB):
+                m.register_forward_hook(lambda *a: None)
+    with torch.no_grad():
+        before = ref(X)
+        assert rel_err(fused(X), before) <= 1e-5
+        for m in (ref, fused):
+            edit(m)
+        after = ref(X)
+        assert rel_err(after, before) > 1e-4  # the edit matters (10x the tolerance)
+        assert rel_err(fused(X), after) <= 1e-5
+        feats = fused.forward_intermediates(X)
+    for a, b in zip(ref.forward_intermediates(X), feats):
+        assert rel_err(b, a.detach()) <= 1e-5
+
+
+def test_fused_model_follows_train_and_load():
+    """Training (the torch path) and load_state_dict are seen by the next eval forward."""
+    ref, fused = _pair()
+    with torch.no_grad():
+        fused(X)
+    fused.train()
+    fused(torch.randn(2, 3, 64, 64))  # updates the BN running statistics
+    ref.load_state_dict(fused.state_dict())
+    fused.eval()
+    with torch.no_grad():
+        assert rel_err(fused(X), ref(X)) <= 1e-5
+        sd = {k: v * 1.5 if v.is_floating_point() else v for k, v in ref.state_dict().items()}
+        ref.load_state_dict(sd)
+        fused.load_state_dict(sd)
+        assert rel_err(fused(X), ref(X)) <= 1e-5
+
+
+def test_block_with_a_foreign_part_runs_its_own_module():
+    """A part irmb_inference cannot express (a BatchNorm in train mode inside an eval block, a
+    BatchNorm without running statistics) is not prepared: the block's general fused forward
+    runs it."""
+    ref, fused = _pair()
+    for m in (ref, fused):
+        m.stage2[1].conv_local.norm.train()
+        m.stage1[1].conv_local.norm = nn.BatchNorm2d(m.stage1[1].conv_local.conv.out_channels,
+                                                     eps=1e-6, track_running_stats=False)
+    assert emo.inference.block_args(fused.stage2[1]) is None
+    assert emo.inference.block_args(fused.stage1[1]) is None
+    with torch.no_grad():
+        assert rel_err(fused(X), ref(X)) <= 1e-5
+
+
+# ----- InferencePlan -------------------------------------------------------------------------
+@pytest.mark.parametrize("fused_model", [False, True], ids=["fused0", "fused1"])
+def test_plan_is_the_model_when_made(fused_model):
+    ref, fused = _pair()
+    model = fused if fused_model else ref
+    plan = emo.prepare_inference(model)
+    assert isinstance(plan, emo.InferencePlan)
+    x = torch.randn(2, 3, 72, 56)
+    with torch.no_grad():
+        assert rel_err(plan(X), ref(X)) <= 1e-5
+        assert rel_err(plan(x), ref(x)) <= 1e-5
+        for a, b in zip(ref.forward_intermediates(x), plan.forward_intermediates(x)):
+            assert a.shape == b.shape and rel_err(b, a) <= 1e-5
+    with emo_kernels.use_backend("torch"):  # the device-agnostic path: block by block
+        assert rel_err(plan(x), ref(x).detach()) <= 1e-5
+
+
+def test_plan_is_frozen():
+    """Edits of the model never reach a plan; a new plan sees them. The plan's tensors are its
+    own inference tensors: writing one in place outside inference_mode raises."""
+    ref, fused = _pair()
+    plan = fused.prepare_inference()
+    with torch.no_grad():
+        old = plan(X)
+        for edit in EDITS:
+            edit(fused)
+            edit(ref)
+        assert torch.equal(plan(X), old)
+        new = fused.prepare_inference()
+        assert rel_err(new(X), ref(X)) <= 1e-5 and rel_err(new(X), old) > 1e-3
+    model_ptrs = {t.data_ptr() for t in list(fused.parameters()) + list(fused.buffers())}
+    tensors = plan.chain.tensors + [t for t in plan.stem + plan.norm + plan.head
+                                    if isinstance(t, torch.Tensor)]
+    assert all(t.is_inference() and t.data_ptr() not in model_ptrs for t in tensors)
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        plan.chain.tensors[0].mul_(2.0)
+
+
+def test_plan_features_only_head_and_errors():
+    ref, fused = _pair(features_only=True)
+    plan = fused.prepare_inference()
+    with torch.no_grad():
+        for a, b in zip(ref(X), plan(X)):
+            assert rel_err(b, a) <= 1e-5
+    _, headless = _pair(num_classes=0)
+    with torch.no_grad():
+        assert rel_err(headless.prepare_inference()(X), headless(X)) <= 1e-5
+    with pytest.raises(ValueError, match="eval mode"):
+        emo.emo_1m().prepare_inference()
+    with pytest.raises(ValueError, match="3 input channels"):
+        plan(torch.randn(1, 4, 32, 32))
+    with pytest.raises(TypeError, match="float64"):
+        plan(X.double())
