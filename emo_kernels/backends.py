@@ -40,6 +40,7 @@ class _Selection(threading.local):
     """The selection in force in this thread: a tuple of ``(op, backend)`` pairs, op None for
     "every other op" (a tuple of strings: torch.compile guards on it as a constant)."""
     value = ()
+    dispatch_log = None   # a list while record_dispatch() is active
 
 
 _selected = _Selection()
@@ -164,8 +165,8 @@ def explain(op: str, *args, **kwargs) -> Dict[str, Optional[str]]:
     return out
 
 
-def resolve(op: str, *args, **kwargs) -> Callable:
-    """The implementation of ``op`` that the selected backend provides for these arguments."""
+def _resolve(op: str, args, kwargs):
+    """(backend name, Impl) that the selected backend provides for these arguments."""
     name = get_backend(op)
     if name == "auto":
         impls = _REGISTRY.get(op, {})
@@ -174,14 +175,47 @@ def resolve(op: str, *args, **kwargs) -> Callable:
             if impl is None or impl.can_run(*args, **kwargs) is not None:
                 continue
             if _auto_skip(op, b, impl, args, kwargs) is None:
-                return impl.fn
+                return b, impl
         reasons = explain(op, *args, **kwargs)
         raise BackendUnavailableError(
             f"no backend can run {op}: " + "; ".join(f"{b}: {r}" for b, r in reasons.items()))
     reason = _reason(op, name, args, kwargs)
     if reason is not None:
         raise BackendUnavailableError(f"backend {name!r} cannot run {op}: {reason}")
-    return _REGISTRY[op][name].fn
+    return name, _REGISTRY[op][name]
+
+
+def which(op: str, *args, **kwargs) -> str:
+    """The name of the backend that would run ``op`` on these arguments (raises
+    BackendUnavailableError as a call would)."""
+    return _resolve(op, args, kwargs)[0]
+
+
+def resolve(op: str, *args, **kwargs) -> Callable:
+    """The implementation of ``op`` that the selected backend provides for these arguments."""
+    name, impl = _resolve(op, args, kwargs)
+    log = _selected.dispatch_log
+    if log is None:
+        return impl.fn
+
+    def recorded(*a, **k):
+        log.append((op, name))
+        return impl.fn(*a, **k)
+    recorded.__wrapped__ = impl.fn
+    return recorded
+
+
+@contextlib.contextmanager
+def record_dispatch():
+    """``with record_dispatch() as calls:`` -- every op call dispatched in this thread inside
+    the block appends ``(op, backend name)`` to ``calls`` (a debugging and testing aid: which
+    backend really ran)."""
+    outer = _selected.dispatch_log
+    log = _selected.dispatch_log = []
+    try:
+        yield log
+    finally:
+        _selected.dispatch_log = outer
 
 
 def triton_interpreted() -> bool:

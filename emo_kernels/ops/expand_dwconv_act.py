@@ -130,7 +130,7 @@ def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
     fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
     if w_proj is None:
         return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    fused = _WITH_PROJ.get(fn)
+    fused = _WITH_PROJ.get(getattr(fn, "__wrapped__", fn))
     if fused is not None:
         return fused(x, w_exp, b_exp, w_dw, b_dw, w_proj=w_proj, residual=residual, **kwargs)
     z = fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
