@@ -237,8 +237,9 @@ def is_tracing(x=None):
         return True
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
-    from torch.fx._symbolic_trace import is_fx_tracing
+    from torch.fx import _symbolic_trace as fx_trace
     from torch.utils._python_dispatch import _get_current_dispatch_mode
-    if is_fx_tracing() or _get_current_dispatch_mode() is not None:
+    fx_tracing = getattr(fx_trace, "is_fx_symbolic_tracing", fx_trace.is_fx_tracing)
+    if fx_tracing() or _get_current_dispatch_mode() is not None:
         return True
     return x is not None and type(x) not in (torch.Tensor, nn.Parameter)
