@@ -33,24 +33,17 @@ from torch.nn.modules import module as _module
 
 import emo_kernels
 
-from .layers import SE, ConvNormAct, DropPath, LayerNorm2d, StemConv
-
-_BN_TYPES = (nn.BatchNorm2d, nn.SyncBatchNorm)
-
+from .layers import (IDENTITY, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, is_tracing,
+                     norm_is_affine, norm_kind, norm_scale_shift)
 
 # ----- one block -----------------------------------------------------------------------------
 def _bn_scale_shift(bn):
-    """(scale, shift) of an eval-mode BatchNorm with running statistics, read now; else None."""
-    if type(bn) not in _BN_TYPES or bn.training or bn.running_mean is None \
-            or bn.running_var is None:
+    """(scale, shift) of a norm that is now a fixed per-channel affine map (an eval BatchNorm
+    or SyncBatchNorm with running statistics, or a frozen BN: ``layers.norm_is_affine``), read
+    now; else None (an identity is handled by the callers)."""
+    if norm_kind(bn) == IDENTITY or not norm_is_affine(bn):
         return None
-    scale = torch.rsqrt(bn.running_var + bn.eps)
-    if bn.weight is not None:
-        scale = scale * bn.weight
-    shift = -bn.running_mean * scale
-    if bn.bias is not None:
-        shift = shift + bn.bias
-    return scale, shift
+    return norm_scale_shift(bn)
 
 
 def _is_act(m, name):
@@ -111,7 +104,8 @@ def block_args(blk):
         w = ln.weight if ln.weight is not None else torch.ones(
             ln.normalized_shape, dtype=w_dw.dtype, device=w_dw.device)
         kw.update(ln_weight=w, ln_bias=ln.bias, eps=ln.eps)
-    elif type(norm) in _BN_TYPES and not blk.attn and w_exp is not None:
+    elif type(norm) is not nn.Identity and not blk.attn and w_exp is not None \
+            and _bn_scale_shift(norm) is not None:
         bn = _bn_scale_shift(norm)  # W (s x + t) + b = (W s) x + (W t + b)
         if bn is None:
             return None
@@ -175,8 +169,11 @@ def _hooked(modules):
 # ----- the plain fused model: prepared on every call -------------------------------------------
 def active(module, x):
     """Whether a fused ``module`` (an iRMB or EMO) takes the prepared inference path for x:
-    eval mode, a CPU input, and no gradient needed."""
-    if module.training or x.device.type != "cpu":
+    eval mode, a CPU input, no gradient needed, no tracer recording (``layers.is_tracing``: the
+    C++ calls are invisible to tracers) and no autocast (the path computes in x's dtype; the
+    autograd-fused forward casts as autocast does)."""
+    if module.training or x.device.type != "cpu" or is_tracing(x) \
+            or torch.is_autocast_enabled("cpu"):
         return False
     return not (torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in module.parameters())))

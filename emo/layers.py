@@ -94,23 +94,152 @@ class StemConv(nn.Module):
         return self.convs[0](x)
 
 
+# ----- norms: what kind a norm module is, and how the fused path may fold or apply it ---------
+# The fused iRMB folds a norm only when its output is a fixed per-channel affine map of its
+# input (``norm_is_affine``): nn.Identity, an eval-mode BatchNorm that uses its running
+# statistics, or a frozen BatchNorm (torchvision / timm ``FrozenBatchNorm2d``, in train and
+# eval alike). A BatchNorm that uses batch statistics goes to the fused op as arguments
+# (``batch_norm_args``); any other norm is called as a module, or, where the fused op would need
+# to apply it (the depthwise norm), the block runs the reference computation.
+
+IDENTITY, BATCHNORM, FROZEN_BN, LAYERNORM, UNKNOWN = (
+    "identity", "batchnorm", "frozen_bn", "layernorm", "unknown")
+
+_FROZEN_BN_NAMES = ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+_BN_BUFFERS = ("weight", "bias", "running_mean", "running_var")
+
+
+def _is_frozen_bn(m):
+    """torchvision's / timm's (/ detectron2's) FrozenBatchNorm2d, and timm's
+    FrozenBatchNormAct2d without activation or dropout: ``x * scale + shift`` from four buffers
+    and ``eps``, the same in train and eval. Recognised by class name and layout (the packages
+    are not imported): a class with another name is an unknown norm (run as a module)."""
+    if type(m).__name__ not in _FROZEN_BN_NAMES or not isinstance(getattr(m, "eps", None), float):
+        return False
+    if any(m._buffers.get(n) is None for n in _BN_BUFFERS) or m._parameters:
+        return False
+    return all(type(c) is nn.Identity for c in m.children())
+
+
+def _sync_bn_syncs(m):
+    """SyncBatchNorm in training inside an initialised process group: its own forward
+    exchanges batch statistics across processes, so it must run as a module."""
+    return (isinstance(m, nn.SyncBatchNorm) and m.training and torch.distributed.is_available()
+            and torch.distributed.is_initialized())
+
+
+def norm_kind(m):
+    """Classify a norm module of an EMO block for the fused path:
+
+    * ``identity``  -- nn.Identity (e.g. after ``reparameterize()``);
+    * ``batchnorm`` -- nn.BatchNorm2d or nn.SyncBatchNorm, or a subclass that keeps their
+      forward (affine or not, with or without running statistics, any momentum), except a
+      SyncBatchNorm that synchronises (training with torch.distributed initialised);
+    * ``frozen_bn`` -- a frozen BatchNorm (see ``_is_frozen_bn``);
+    * ``layernorm`` -- EMO's LayerNorm2d;
+    * ``unknown``   -- anything else, and any norm with forward hooks (they must fire): the
+      fused path calls it as a module or runs the reference computation of its block.
+    """
+    if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
+        return UNKNOWN
+    t = type(m)
+    if t is nn.Identity:
+        return IDENTITY
+    if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        if t.forward not in (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward) or _sync_bn_syncs(m):
+            return UNKNOWN  # e.g. timm's BatchNormAct2d (an activation inside)
+        return BATCHNORM
+    if _is_frozen_bn(m):
+        return FROZEN_BN
+    if t is LayerNorm2d and type(m.norm) is nn.LayerNorm and not (
+            m.norm._forward_hooks or m.norm._forward_pre_hooks):
+        return LAYERNORM
+    return UNKNOWN
+
+
+def bn_uses_batch_stats(bn):
+    """What ``_BatchNorm.forward`` decides: batch statistics in training, and in eval when
+    there are no running statistics."""
+    return bn.training or (bn.running_mean is None and bn.running_var is None)
+
+
+def norm_is_affine(m):
+    """True when ``m(x)`` is now a fixed per-channel ``x * scale + shift`` (foldable into an
+    adjacent conv): identity, frozen BN, BatchNorm in eval with running statistics."""
+    kind = norm_kind(m)
+    return kind in (IDENTITY, FROZEN_BN) or kind == BATCHNORM and not bn_uses_batch_stats(m)
+
+
+def norm_scale_shift(m):
+    """(scale, shift) of a BatchNorm/frozen BN's eval map ``x * scale + shift`` (through
+    autograd: gradients reach the BN weight and bias where they are parameters). For
+    ``affine=False`` the weight is 1 and the bias 0."""
+    if norm_kind(m) == FROZEN_BN:  # torchvision's own formula
+        scale = m.weight * (m.running_var + m.eps).rsqrt()
+        return scale, m.bias - m.running_mean * scale
+    scale = torch.rsqrt(m.running_var + m.eps)
+    if m.weight is not None:
+        scale = m.weight * scale
+    shift = -m.running_mean * scale
+    if m.bias is not None:
+        shift = shift + m.bias
+    return scale, shift
+
+
 def fold_bn(weight, bias, bn):
-    """Fold a following eval BatchNorm into a conv's (weight, bias): returns new tensors."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    w = weight * scale.reshape(shape)
-    b = bn.bias - bn.running_mean * scale
-    if bias is not None:
-        b = b + bias * scale
-    return w, b
+    """Fold a following norm (``norm_is_affine``) into a conv's (weight, bias): returns new
+    tensors (the same ones for an identity)."""
+    if norm_kind(bn) == IDENTITY:
+        return weight, bias
+    scale, shift = norm_scale_shift(bn)
+    w = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
+    return w, (shift if bias is None else shift + bias * scale)
 
 
 def fold_bn_into_next_1x1(bn, weight, bias):
-    """Fold a preceding eval BatchNorm into a 1x1 conv: W (s x + t) + b = (W s) x + (W t + b)."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias - bn.running_mean * scale
+    """Fold a preceding norm (``norm_is_affine``) into a 1x1 conv:
+    W (s x + t) + b = (W s) x + (W t + b)."""
+    if norm_kind(bn) == IDENTITY:
+        return weight, bias
+    scale, shift = norm_scale_shift(bn)
     w2 = weight.reshape(weight.shape[0], weight.shape[1])
     b = w2 @ shift
     if bias is not None:
         b = b + bias
     return (w2 * scale[None, :]).reshape(weight.shape), b
+
+
+def batch_norm_args(bn):
+    """The ``F.batch_norm`` arguments ``bn.forward`` would use now, as keyword arguments of the
+    emo_kernels ops (bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps),
+    for a ``batchnorm``-kind norm. Like ``bn.forward`` it counts the batch
+    (``num_batches_tracked``) in training: call it once per forward."""
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    use_running = not bn.training or bn.track_running_stats
+    return dict(bn_weight=bn.weight, bn_bias=bn.bias,
+                running_mean=bn.running_mean if use_running else None,
+                running_var=bn.running_var if use_running else None,
+                bn_training=bn_uses_batch_stats(bn), momentum=momentum, eps=bn.eps)
+
+
+# ----- tracers ---------------------------------------------------------------------------------
+def is_tracing(x=None):
+    """True when the computation is being recorded rather than just run: torch.compile /
+    torch.export (Dynamo or not), torch.jit.trace, the ONNX exporters, torch.fx symbolic
+    tracing, a TorchDispatchMode (fake tensors, proxy tracing, FlopCounterMode), or an input
+    that is not a plain tensor (a Proxy, a FakeTensor, a tensor subclass). The fused C++ calls
+    are invisible to all of these, so the fused model runs its reference computation then."""
+    if torch.compiler.is_compiling():  # first: Dynamo folds it and skips the rest
+        return True
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    from torch.fx import _symbolic_trace as fx_trace
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+    fx_tracing = getattr(fx_trace, "is_fx_symbolic_tracing", fx_trace.is_fx_tracing)
+    if fx_tracing() or _get_current_dispatch_mode() is not None:
+        return True
+    return x is not None and type(x) not in (torch.Tensor, nn.Parameter)

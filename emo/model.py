@@ -15,8 +15,23 @@ import emo_kernels
 from emo_kernels.reference import window_partition, window_unpartition
 
 from . import inference
-from .layers import (EPS, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, fold_bn,
-                     fold_bn_into_next_1x1, make_norm)
+from .layers import (BATCHNORM, EPS, FROZEN_BN, IDENTITY, SE, ConvNormAct, DropPath,
+                     LayerNorm2d, StemConv, batch_norm_args, fold_bn, fold_bn_into_next_1x1,
+                     is_tracing, make_norm, norm_is_affine, norm_kind)
+
+
+def _has_fixed_stats(m):
+    """A BatchNorm with running statistics or a frozen BN: what ``reparameterize`` folds."""
+    kind = norm_kind(m)
+    return kind == FROZEN_BN or kind == BATCHNORM and m.running_mean is not None
+
+
+def _script_error():
+    return RuntimeError(
+        "EMO models cannot be compiled with torch.jit.script (their forward uses Python that "
+        "TorchScript does not support: dynamic window padding, the fused kernel dispatch). "
+        "Use torch.jit.trace, torch.export, torch.onnx.export or torch.compile instead: with "
+        "fused=True they record the reference computation (see README, 'Tracing and export').")
 
 
 class iRMB(nn.Module):
@@ -82,68 +97,80 @@ class iRMB(nn.Module):
 
     # ----- the fused computation (emo_kernels ops) ----------------------------------------
     def _dw_args(self):
-        """Depthwise weights + either a folded bias (eval) or BatchNorm arguments (train)."""
+        """Depthwise weights + either the folded norm (an identity, an eval BatchNorm with
+        running statistics, a frozen BN) or BatchNorm arguments (batch statistics). Only for
+        a depthwise norm that ``_fused_ok`` accepts."""
         conv, bn = self.conv_local.conv, self.conv_local.norm
-        if not isinstance(bn, nn.BatchNorm2d):  # reparameterized
-            return conv.weight, conv.bias, {}
-        if bn.training or not bn.track_running_stats:
-            momentum = 0.0 if bn.momentum is None else bn.momentum
-            if bn.training and bn.track_running_stats:
-                bn.num_batches_tracked.add_(1)
-                if bn.momentum is None:
-                    momentum = 1.0 / float(bn.num_batches_tracked)
-            return conv.weight, conv.bias, dict(
-                bn_weight=bn.weight, bn_bias=bn.bias, running_mean=bn.running_mean,
-                running_var=bn.running_var, bn_training=True, momentum=momentum, eps=bn.eps)
-        w, b = fold_bn(conv.weight, conv.bias, bn)
-        return w, b, {}
+        if norm_is_affine(bn):
+            w, b = fold_bn(conv.weight, conv.bias, bn)
+            return w, b, {}
+        return conv.weight, conv.bias, batch_norm_args(bn)
+
+    def _fused_ok(self):
+        """Whether the fused ops can express this block exactly: the depthwise norm must be
+        one they fold or apply (identity, BatchNorm, frozen BN); squeeze-excite with the skip
+        (not in EMO's configs: its only SE block, the stem's, has no skip) puts SE between the
+        depthwise pass and the skip, which they cannot express. The input norm is always
+        either folded or called as a module."""
+        return (norm_kind(self.conv_local.norm) in (IDENTITY, BATCHNORM, FROZEN_BN)
+                and not (isinstance(self.se, SE) and self.has_skip))
 
     def _forward_fused(self, x):
         shortcut = x
+        # under torch.autocast, cast as autocast does for the convolutions the ops replace
+        # (weights and activations to the low-precision dtype; BatchNorm statistics and
+        # parameters stay float32, as nn.BatchNorm2d keeps them)
+        dt = (torch.get_autocast_dtype(x.device.type)
+              if torch.is_autocast_enabled(x.device.type) else None)
+        cast = (lambda t: t) if dt is None else (lambda t: None if t is None else t.to(dt))
         if self.attn:
             y = self.norm(x)
             C = y.shape[1]
             qk = F.conv2d(y, self.qk.conv.weight, self.qk.conv.bias)
             x_in = emo_kernels.window_attention(
-                qk[:, :C], qk[:, C:], y, self.qk.conv.bias[C:], head_dim=self.head_dim,
-                window_size=self.window_size, scale=self.scale)
+                cast(qk[:, :C]), cast(qk[:, C:]), cast(y), cast(self.qk.conv.bias[C:]),
+                head_dim=self.head_dim, window_size=self.window_size, scale=self.scale)
             w_exp, b_exp = self.v.conv.weight, self.v.conv.bias
         elif isinstance(self.v, nn.Identity):
             x_in, w_exp, b_exp = self.norm(x), None, None
         else:
             w_exp, b_exp = self.v.conv.weight, self.v.conv.bias
-            if isinstance(self.norm, nn.BatchNorm2d) and not self.norm.training:
+            if norm_is_affine(self.norm):
                 x_in = x
                 w_exp, b_exp = fold_bn_into_next_1x1(self.norm, w_exp, b_exp)
             else:
                 x_in = self.norm(x)
         w_dw, b_dw, bn = self._dw_args()
         z = emo_kernels.expand_dwconv_act(
-            x_in, w_exp, b_exp, w_dw, b_dw, act=self.act if w_exp is not None else "none",
+            cast(x_in), cast(w_exp), cast(b_exp), cast(w_dw), cast(b_dw),
+            act=self.act if w_exp is not None else "none",
             stride=self.stride, skip=self.has_skip, **bn)
         z = self.proj(self.se(z))
         return shortcut + self.drop_path(z) if self.has_skip else z
 
     def forward(self, x):
-        if not self.fused or (isinstance(self.se, SE) and self.has_skip):
-            # SE with the inner skip (not in EMO's configs: its only SE block, the stem's, has
-            # no skip) puts SE between the depthwise pass and the skip, which the fused ops
-            # cannot express: such a block always runs the reference computation
+        # tracers, exporters and compilers see the reference computation: the fused C++ calls
+        # are invisible to them (see README, "Tracing and export")
+        if not self.fused or is_tracing(x) or not self._fused_ok():
             return self._forward_reference(x)
         if inference.active(self, x):  # eval, no grad: prepared now (emo/inference.py)
             return inference.irmb_forward(self, x)
         return self._forward_fused(x)
 
+    def __prepare_scriptable__(self):
+        raise _script_error()
+
     @torch.no_grad()
     def reparameterize(self):
-        """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion."""
+        """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion (their
+        running statistics, or a frozen BN's; other norms stay)."""
         cl = self.conv_local
-        if isinstance(cl.norm, nn.BatchNorm2d):
+        if _has_fixed_stats(cl.norm):
             w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
             cl.conv.bias = nn.Parameter(b)
             cl.conv.weight.copy_(w)
             cl.norm = nn.Identity()
-        if isinstance(self.norm, nn.BatchNorm2d) and not self.attn and not isinstance(self.v, nn.Identity):
+        if _has_fixed_stats(self.norm) and not self.attn and not isinstance(self.v, nn.Identity):
             w, b = fold_bn_into_next_1x1(self.norm, self.v.conv.weight, self.v.conv.bias)
             self.v.conv.weight.copy_(w)
             self.v.conv.bias.copy_(b)
@@ -221,6 +248,8 @@ class EMO(nn.Module):
             self._init_weights(self.head)
 
     def _check_input(self, x):
+        if isinstance(x, torch.fx.Proxy):  # torch.fx symbolic tracing: no values to check
+            return
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"EMO expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
@@ -241,6 +270,9 @@ class EMO(nn.Module):
                 x = checkpoint(blk, x, use_reentrant=False)
             return x
         return stage(x)
+
+    def __prepare_scriptable__(self):
+        raise _script_error()
 
     def forward_intermediates(self, x):
         """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
@@ -272,7 +304,7 @@ class EMO(nn.Module):
         """Fold every BatchNorm into the adjacent conv for inference, in place (sets eval)."""
         self.eval()
         stem = self.stage0[0].convs[0]
-        if isinstance(stem[1], nn.BatchNorm2d):
+        if _has_fixed_stats(stem[1]):
             w, b = fold_bn(stem[0].weight, stem[0].bias, stem[1])
             stem[0].weight.copy_(w)
             stem[0].bias.copy_(b)
