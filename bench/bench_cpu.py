@@ -4,13 +4,13 @@
     python -m bench.bench_cpu --models emo_1m emo_5m --batch 1 16 --iters 30 --no-compile
 
 All variants are built from one state dict and timed in ONE process, interleaved (round-robin,
-one timed call of each per round), so that the noise of a shared machine hits all alike;
-the table reports medians (and p20/p80), the ratio of the medians and the median of the
-per-round ratios (each variant's call against fused=True's call of the same round). Before each timed call the process sleeps
---gap-ms (default 50): ONNX Runtime's intra-op threads keep spinning for a while after a run,
-and without the gap they steal a core from whichever variant runs next (measured: fused=True
-at batch 1, 2 threads, went from ~25 ms to ~62 ms when timed right after ONNX Runtime).
-Variants:
+one timed call of each per round), so that the noise of a shared machine hits all alike; the
+table reports medians (and p20/p80), the ratio of the medians and the median of the per-round
+ratios (each variant's call against fused=True's call of the same round). Before each timed call
+the process sleeps --gap-ms (default 50): ONNX Runtime's intra-op threads keep spinning for a
+while after a run, and without the gap they steal a core from whichever variant runs next
+(measured: fused=True at batch 1, 2 threads, went from ~25 ms to ~62 ms when timed right after
+ONNX Runtime). Variants:
 
     eager fused=False           the exact PyTorch model (NCHW), torch.inference_mode
     torch.compile fused=False   inductor (dynamic=False), after warm-up

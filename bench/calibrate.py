@@ -20,7 +20,6 @@ not a measurement) until ``bench.gpu_model`` exists.
 """
 import argparse
 import json
-import os
 import statistics
 import sys
 import time

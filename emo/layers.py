@@ -1,7 +1,6 @@
 """Small layers of EMO, named so that the official checkpoint keys load with strict=True."""
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 EPS = 1e-6  # every BatchNorm and LayerNorm in EMO
 

@@ -15,7 +15,7 @@ import emo_kernels
 from emo_kernels.reference import window_partition, window_unpartition
 
 from . import inference
-from .layers import (BATCHNORM, EPS, FROZEN_BN, IDENTITY, SE, ConvNormAct, DropPath,
+from .layers import (BATCHNORM, FROZEN_BN, IDENTITY, SE, ConvNormAct, DropPath,
                      LayerNorm2d, StemConv, batch_norm_args, fold_bn, fold_bn_into_next_1x1,
                      is_tracing, make_norm, norm_is_affine, norm_kind)
 

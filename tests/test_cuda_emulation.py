@@ -1,6 +1,7 @@
-"""The CUDA kernels' math against the float64 reference. Here (no GPU) on CPU: torch.ops.emo_kernels_cuda_emu runs the very same
-element functions as the GPU kernels (csrc/*.cu, `__host__ __device__`, no shared memory) in a
-host loop, through the same binding and the same autograd orchestration (emulate=True).
+"""The CUDA kernels' math against the float64 reference. Here (no GPU) on CPU:
+torch.ops.emo_kernels_cuda_emu runs the very same element functions as the GPU kernels
+(csrc/*.cu, `__host__ __device__`, no shared memory) in a host loop, through the same binding
+and the same autograd orchestration (emulate=True).
 
 What this does NOT check: anything specific to the GPU (launch configuration, memory
 coalescing, races, device-side fp16/bf16 intrinsics, sm_80/sm_90 code generation). Those are

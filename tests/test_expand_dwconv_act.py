@@ -7,7 +7,6 @@ interpreter, and the Triton kernels upcast dot operands to fp32 there (exact for
 products), so bf16 runs here through that documented upcast and natively on GPU.
 """
 import contextlib
-import os
 
 import pytest
 import torch

@@ -6,7 +6,6 @@ import pytest
 import torch
 import torch.nn as nn
 
-import emo
 from emo.layers import (BATCHNORM, FROZEN_BN, IDENTITY, LAYERNORM, UNKNOWN, LayerNorm2d,
                         fold_bn, norm_is_affine, norm_kind)
 from conftest import model_pair, rel_err

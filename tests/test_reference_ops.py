@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import emo_kernels
-from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
+from emo_kernels.reference import window_attention_ref
 from conftest import rel_err
 
 

@@ -11,7 +11,6 @@ Computes, for an NCHW input ``x``::
 Eager PyTorch reads and writes every intermediate (v, p, the BN output, d) to memory;
 this is the composition the fused kernels must reproduce.
 """
-import torch
 import torch.nn.functional as F
 
 

@@ -10,7 +10,6 @@ the conv saw a zero input there) and whose value is zero. The result is cropped 
 Eager PyTorch pads, copies into window order, copies into head order, materialises the
 (ws^2 x ws^2) score matrix, softmaxes it and copies back twice.
 """
-import torch
 
 
 def window_partition(t, ws):
