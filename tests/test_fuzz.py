@@ -45,9 +45,12 @@ from emo_kernels.reference import (activation, expand_dwconv_act_ref, irmb_infer
                                    window_attention_ref, window_partition, window_unpartition)
 from emo_kernels.testing import TOLERANCE, poison_empty  # noqa: E402
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, note, settings  # noqa: E402
+from hypothesis import HealthCheck, given, note, settings  # noqa: E402  (requirements.txt)
 from hypothesis import strategies as st  # noqa: E402
+
+# NaN/inf inputs make numpy (inside the Triton interpreter) warn; the values are checked here
+pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")]
 
 # ----- profiles ------------------------------------------------------------------------------
 PROFILE = os.environ.get("EMO_FUZZ_PROFILE", "ci")
@@ -194,16 +197,16 @@ class EdaCase:
 
 
 @st.composite
-def eda_cases(draw, tiny=False, bn=True, proj=True):
+def eda_cases(draw, tiny=False):
     hw = st.integers(1, 9) if tiny else st.integers(1, 40)
     act = draw(ACTS)
     cin = draw(channels(1, 12 if tiny else 40))
     cmid = cin if act == "identity" else draw(channels(1, 12 if tiny else 48))
     stride = draw(st.sampled_from([1, 2]))
-    bn_mode = draw(st.sampled_from(["none", "eval", "train"])) if bn else "none"
-    p = draw(st.sampled_from(["none", "proj", "proj+residual"])) if proj else "none"
+    bn_mode = draw(st.sampled_from(["none", "eval", "train"]))
+    p = draw(st.sampled_from(["none", "proj", "proj+residual"]))
     B, H, W, k = (draw(st.integers(1, 2 if tiny else 5)), draw(hw), draw(hw),
-                  draw(st.sampled_from([1, 3, 5, 7])))
+                  draw(st.sampled_from([3, 5, 3, 5, 1, 7] if tiny else [1, 3, 5, 7])))
     if bn_mode == "train" and B * _out_hw(H, W, k, stride)[0] * _out_hw(H, W, k, stride)[1] == 1:
         bn_mode = "eval"  # batch statistics of one value per channel: F.batch_norm refuses
     return EdaCase(
