@@ -35,18 +35,16 @@ import textwrap
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
-from conftest import HAS_CUDA, backend_device, rel_err  # noqa: F401  (sets TRITON_INTERPRET)
-
-import emo_kernels  # noqa: E402
-from emo_kernels import BackendUnavailableError  # noqa: E402
-from emo_kernels import cpu as cpu_backend  # noqa: E402
-from emo_kernels.reference import (activation, expand_dwconv_act_ref, irmb_inference_ref,  # noqa: E402
+import emo_kernels
+from conftest import backend_device, rel_err
+from emo_kernels import BackendUnavailableError
+from emo_kernels import cpu as cpu_backend
+from emo_kernels.reference import (activation, expand_dwconv_act_ref, irmb_inference_ref,
                                    window_attention_ref, window_partition, window_unpartition)
-from emo_kernels.testing import TOLERANCE, poison_empty  # noqa: E402
-
-from hypothesis import HealthCheck, given, note, settings  # noqa: E402  (requirements.txt)
-from hypothesis import strategies as st  # noqa: E402
+from emo_kernels.testing import TOLERANCE, poison_empty
 
 # NaN/inf inputs make numpy (inside the Triton interpreter) warn; the values are checked here
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
@@ -61,7 +59,7 @@ settings.register_profile("ci", derandomize=True, **_COMMON)
 settings.register_profile("long", derandomize=False, **_COMMON)
 if PROFILE not in ("ci", "long"):
     raise ValueError(f"EMO_FUZZ_PROFILE={PROFILE!r}: expected 'ci' or 'long'")
-settings.load_profile(PROFILE)
+settings.load_profile(PROFILE)  # the session's default; no other test file uses hypothesis
 
 # Examples per (test, backend): ci sized for ~1-2 minutes in all on 2 idle cores.
 _BUDGET = {
