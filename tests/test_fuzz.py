@@ -20,7 +20,11 @@ inference only, no training BatchNorm; triton: k in {3, 5}), so a backend may ne
 what it documents nor silently run what it does not.
 
 Accuracy: the output against the float64 reference evaluated on the same (dtype-rounded)
-inputs, relative error (max |out - ref| / max |ref|) within ``emo_kernels.testing.TOLERANCE``.
+inputs, relative error (max |out - ref| / max |ref|) within ``emo_kernels.testing.TOLERANCE``;
+only where plain PyTorch in the same dtype misses the table too (random weights can make an
+output cancel to far below its terms: e.g. one pixel, one output channel) the kernel may have
+up to 2x PyTorch's own error (the rule of docs/conventions.md), or, for an output below 1% of
+its terms' magnitude, the table's error relative to that magnitude (see assert_matches).
 Extreme values and zero channel counts have their own oracles (see those tests).
 
 This suite is expected to fail until the fixes of issue #20's findings 1, 2 and 7 land: it
@@ -156,13 +160,36 @@ def _rand(g, *shape, scale=1.0):
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
 
-def assert_matches(out, ref, dtype, what="output"):
+def assert_matches(out, ref, dtype, what="output", same_dtype_ref=None, magnitude_ref=None):
     """Shape, dtype, every value written (outputs are NaN-poisoned), relative error within the
-    tolerance table."""
+    tolerance table. Random weights can make an output cancel to far below its terms (one
+    pixel, one output channel...), where no dtype meets the table: only if plain PyTorch in
+    the same dtype (`same_dtype_ref()`) misses it too, the kernel passes with at most 2x
+    PyTorch's error (docs/conventions.md's rule), or, when the output is below 1% of the
+    magnitude of its terms (`magnitude_ref()`: the reference on |inputs| and |weights|), with
+    an error within the table relative to that magnitude."""
     assert out.shape == ref.shape and out.dtype == dtype, (what, tuple(out.shape), out.dtype)
     assert torch.isfinite(out).all(), f"{what}: non-finite values (unwritten memory?)"
-    err = rel_err(out.cpu(), ref)
-    assert err <= TOLERANCE[dtype], f"{what}: relative error {err:.3g} > {TOLERANCE[dtype]:g}"
+    err, tol = rel_err(out.cpu(), ref), TOLERANCE[dtype]
+    if err <= tol or same_dtype_ref is None:
+        assert err <= tol, f"{what}: relative error {err:.3g} > {tol:g}"
+        return
+    torch_err = rel_err(same_dtype_ref().cpu(), ref)
+    if torch_err <= tol or err <= 2 * torch_err:
+        assert err <= max(tol, 2 * torch_err), \
+            f"{what}: relative error {err:.3g} > {tol:g} (PyTorch in this dtype: {torch_err:.3g})"
+        return
+    scale = magnitude_ref().abs().max().item()
+    mag_err = (out.cpu().double() - ref).abs().max().item() / scale
+    assert ref.abs().max().item() < 0.01 * scale and mag_err <= tol, \
+        (f"{what}: relative error {err:.3g} > {tol:g} and > 2x PyTorch's {torch_err:.3g}; "
+         f"relative to the terms' magnitude {mag_err:.3g}")
+
+
+def _abs(ts):
+    """|t| for every tensor of a list or dict (the magnitude reference's inputs)."""
+    a = lambda t: t.abs() if isinstance(t, torch.Tensor) else t  # noqa: E731
+    return {k: a(v) for k, v in ts.items()} if isinstance(ts, dict) else [a(t) for t in ts]
 
 
 def _to(t, dtype, device):
@@ -313,7 +340,9 @@ def check_eda(c, backend):
     out = run_or_refused("expand_dwconv_act", backend, c, call, args, base_kw)
     if out is None:
         return
-    assert_matches(out, ref, c.dtype)
+    assert_matches(out, ref, c.dtype,
+                   same_dtype_ref=lambda: eda_ref(*_cast(rargs, rkw, c.dtype, torch.device("cpu"))),
+                   magnitude_ref=lambda: eda_ref(_abs(rargs), _abs(rkw)))
     if c.bn == "train" and "running_mean" in kw:  # running stats updated like nn.BatchNorm2d
         for n in ("running_mean", "running_var"):
             e = rel_err(kw[n].cpu(), rkw[n])
@@ -390,7 +419,10 @@ def check_attn(c, backend):
     out = run_or_refused("window_attention", backend, c, call, args, kw)
     if out is None:
         return
-    assert_matches(out, ref, c.dtype)
+    args64 = [_to(t, torch.float64, "cpu") for t in args]
+    assert_matches(out, ref, c.dtype, same_dtype_ref=lambda: window_attention_ref(
+        *(_to(t, c.dtype, "cpu") for t in args), **kw),
+        magnitude_ref=lambda: window_attention_ref(*_abs(args64), **kw))
 
 
 fuzz_tests("window_attention", check_attn, "attn", cpu=attn_cases(), torch=attn_cases(),
@@ -504,10 +536,12 @@ def _chain_ref(c, x, blocks):
     return [refs[i] for i in c.outputs]
 
 
-def _check_outs(outs, refs, dtype):
+def _check_outs(outs, refs, dtype, same_dtype_refs, magnitude_refs):
     assert len(outs) == len(refs)
     for i, (out, ref) in enumerate(zip(outs, refs)):
-        assert_matches(out, ref, dtype, f"output {i}")
+        assert_matches(out, ref, dtype, f"output {i}",
+                       same_dtype_ref=lambda i=i: same_dtype_refs()[i],
+                       magnitude_ref=lambda i=i: magnitude_refs()[i])
 
 
 def check_chain(c, backend, single=False):
@@ -518,8 +552,8 @@ def check_chain(c, backend, single=False):
     if c.nhwc:
         x = x.contiguous(memory_format=torch.channels_last)
     blocks = [_cast(*block_inputs(b), c.dtype, dev) for b in c.blocks]
-    refs = _chain_ref(c, x.cpu().double(),
-                      [_cast(a, k, torch.float64, torch.device("cpu")) for a, k in blocks])
+    blocks64 = [_cast(a, k, torch.float64, torch.device("cpu")) for a, k in blocks]
+    refs = _chain_ref(c, x.cpu().double(), blocks64)
     knobs = c.knobs if backend == "cpu" else None
     with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad(), cpu_settings(knobs):
         if single:
@@ -529,7 +563,10 @@ def check_chain(c, backend, single=False):
             chain = emo_kernels.IRMBChain([(tuple(a), k) for a, k in blocks], c.blocks[0].C,
                                           c.dtype, dev)
             outs = chain(x, outputs=c.outputs)
-    _check_outs(outs, refs, c.dtype)
+    cpu_blocks = [_cast(a, k, c.dtype, torch.device("cpu")) for a, k in blocks]
+    _check_outs(outs, refs, c.dtype, lambda: _chain_ref(c, x.cpu(), cpu_blocks),
+                lambda: _chain_ref(c, x.cpu().double().abs(),
+                                   [(_abs(a), _abs(k)) for a, k in blocks64]))
 
 
 @st.composite
