@@ -662,7 +662,8 @@ def eda_error_bound(args, kw, u, dtype):
     ovf = (dw(ovf.double(), torch.ones_like(w_dw)) > 0) | (Mp > big)
     p = F.conv2d(v, w_dw, b_dw, stride=s, padding=pad, groups=v.shape[1])
     if "running_mean" in kw:  # eval BatchNorm: p * scale + shift
-        scale = torch.rsqrt(kw["running_var"] + kw["eps"]) * (kw.get("bn_weight") if kw.get("bn_weight") is not None else 1.0)
+        gamma = kw.get("bn_weight")
+        scale = torch.rsqrt(kw["running_var"] + kw["eps"]) * (gamma if gamma is not None else 1.0)
         shift = (kw.get("bn_bias") if kw.get("bn_bias") is not None else 0.0) - kw["running_mean"] * scale
         sc, sh = scale.reshape(1, -1, 1, 1), torch.as_tensor(shift).reshape(1, -1, 1, 1)
         p = p * sc + sh
@@ -807,7 +808,7 @@ def check_attn_extreme(case, backend):
     rargs = [_to(t, torch.float64, "cpu") for t in args]
     ref = window_attention_ref(*rargs, **kw)
     # max |v| over each output's window (padded tokens have value 0)
-    ws, (B, C, H, W) = c.window_size, ref.shape
+    ws, (H, W) = c.window_size, ref.shape[2:]
     av = torch.nn.functional.pad(rargs[2].abs().nan_to_num(nan=float("inf")),
                                  (0, (-W) % ws, 0, (-H) % ws))
     parts = window_partition(av, ws)
