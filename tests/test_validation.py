@@ -92,11 +92,6 @@ CASES = {
     "bn-fp16-stats-fp32-x": (lambda: eda(x4, w8, b8, wd8, **{**_bn(8), "running_var":
                                                            torch.ones(8).half()}),
                              TypeError, "running_var must have dtype torch.float32"),
-    "bn-mixed-among-themselves": (
-        lambda: eda(*_eda_args(dtype=torch.float16),
-                    **{**_bn(8), "bn_weight": torch.ones(8).half()}),
-        TypeError, r"bn_bias must have the dtype of bn_weight \(torch.float16\), "
-                   r"got torch.float32"),
 }
 
 

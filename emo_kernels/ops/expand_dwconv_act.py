@@ -42,14 +42,13 @@ BN_NAMES = ("bn_weight", "bn_bias", "running_mean", "running_var")
 
 
 def _validate_bn(x, cmid, bn):
-    """BatchNorm parameters/statistics: (Cmid,) on x's device, all of one dtype: x's, or float32
-    when x is fp16/bf16 (mixed precision: nn.BatchNorm2d keeps them in fp32 under autocast)."""
-    given = [(n, t) for n, t in zip(BN_NAMES, bn) if t is not None]
-    for name, t in given:
-        check_tensor(name, t, shape=(cmid,), device=x.device, dtype=bn_dtypes(x.dtype), like=x)
-        if t.dtype != given[0][1].dtype:
-            raise TypeError(f"{name} must have the dtype of {given[0][0]} "
-                            f"({given[0][1].dtype}), got {t.dtype}")
+    """BatchNorm parameters/statistics: (Cmid,) on x's device, each of x's dtype or, when x is
+    fp16/bf16, float32 (mixed precision: nn.BatchNorm2d keeps its running statistics, and under
+    autocast its parameters too, in fp32)."""
+    for name, t in zip(BN_NAMES, bn):
+        if t is not None:
+            check_tensor(name, t, shape=(cmid,), device=x.device, dtype=bn_dtypes(x.dtype),
+                         like=x)
 
 
 def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,

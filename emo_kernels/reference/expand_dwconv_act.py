@@ -40,6 +40,12 @@ def expand_dwconv_act_ref(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", strid
     k = w_dw.shape[-1]
     p = F.conv2d(v, w_dw, b_dw, stride=stride, padding=dw_padding(k, stride), groups=v.shape[1])
     if bn_weight is not None or running_mean is not None or bn_training:
+        # mixed precision: F.batch_norm wants the affine parameters in the dtype of the running
+        # statistics (fp32 beside fp16/bf16 activations); the upcast is exact
+        stats = running_mean if running_mean is not None else bn_weight
+        if stats is not None:
+            bn_weight = None if bn_weight is None else bn_weight.to(stats.dtype)
+            bn_bias = None if bn_bias is None else bn_bias.to(stats.dtype)
         p = F.batch_norm(p, running_mean, running_var, bn_weight, bn_bias,
                          training=bn_training, momentum=momentum, eps=eps)
     d = F.silu(p)
