@@ -616,10 +616,11 @@ inline void attn_scores(const T* Q, const T* Kt, T* S, int64_t d, int64_t Lp) {
   }
 }
 
-// out[pix[q]][c0 : c0 + d) = inv[q] * sum_j P[q][j] Vb[j] for NQ queries (pix < 0: a padded
-// query, cropped away), 2 channel vectors at a time: NQ x 2 accumulators over the L keys.
+// out[pix[q]][c0 : c0 + d) = sum_j P[q][j] Vb[j] for NQ queries (P: normalised softmax rows;
+// pix < 0: a padded query, cropped away), 2 channel vectors at a time: NQ x 2 accumulators over
+// the L keys. Reads P (NQ rows of Lp) and Vb (L x dp), writes NQ x d outputs.
 template <typename T, int NQ>
-inline void attn_pv(const T* P, const T* Vb, const T* inv, const int64_t* pix, T* out,
+inline void attn_pv(const T* P, const T* Vb, const int64_t* pix, T* out,
                     int64_t img, int64_t C, int64_t c0, int64_t L, int64_t Lp, int64_t d,
                     int64_t dp) {
   using V = Vectorized<T>;
@@ -641,9 +642,8 @@ inline void attn_pv(const T* P, const T* Vb, const T* inv, const int64_t* pix, T
     for (int q = 0; q < NQ; ++q) {
       if (pix[q] < 0) continue;
       T* o = out + (img + pix[q]) * C + c0;
-      const V s(inv[q]);
-      (acc[q][0] * s).store(o + c, std::min<int64_t>(VS, d - c));
-      if (two) (acc[q][1] * s).store(o + c + VS, std::min<int64_t>(VS, d - c - VS));
+      acc[q][0].store(o + c, std::min<int64_t>(VS, d - c));
+      if (two) acc[q][1].store(o + c + VS, std::min<int64_t>(VS, d - c - VS));
     }
   }
 }
@@ -662,7 +662,7 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
   const int64_t Lp = (L + 4 * VS - 1) / (4 * VS) * (4 * VS), dp = (d + VS - 1) / VS * VS;
   const bool unit = qs[1] == 1 && ks[1] == 1 && vs[1] == 1;
   at::parallel_for(0, B * n1 * n2 * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> Qb(L * d), Kt(d * Lp), Vb(L * dp), S(L * Lp), inv(L);
+    std::vector<T> Qb(L * d), Kt(d * Lp), Vb(L * dp), S(L * Lp);
     std::vector<int64_t> pix(L);  // h * W + w, or -1 for a padded token
     for (int64_t task = begin; task < end; ++task) {
       const int64_t h = task % heads;
@@ -718,15 +718,19 @@ void window_attention_kernel(const T* q, const T* k, const T* v, const T* kpad, 
           e.store(st + j);
           sv = sv + e;
         }
-        inv[t] = T(1) / at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, sv);
+        // normalise the row before P V (as torch's softmax-then-matmul does): dividing the
+        // weighted sum afterwards overflows when sum_j e_j v_j leaves the range of T although
+        // the average does not (v ~ 3e38 in float)
+        const V r(T(1) / at::vec::vec_reduce_all<T>([](V& a, V& b) { return a + b; }, sv));
+        for (int64_t j = 0; j < Lp; j += VS) (V::loadu(st + j) * r).store(st + j);
       }
-      // O = P V / rowsum for blocks of 4 queries x 2 channel vectors, written to NHWC
+      // O = P V for blocks of 4 queries x 2 channel vectors, written to NHWC
       for (t0 = 0; t0 + 4 <= L; t0 += 4)
-        attn_pv<T, 4>(S.data() + t0 * Lp, Vb.data(), inv.data() + t0, pix.data() + t0, out,
-                      b * H * W, C, c0, L, Lp, d, dp);
+        attn_pv<T, 4>(S.data() + t0 * Lp, Vb.data(), pix.data() + t0, out, b * H * W, C, c0,
+                      L, Lp, d, dp);
       for (; t0 < L; ++t0)
-        attn_pv<T, 1>(S.data() + t0 * Lp, Vb.data(), inv.data() + t0, pix.data() + t0, out,
-                      b * H * W, C, c0, L, Lp, d, dp);
+        attn_pv<T, 1>(S.data() + t0 * Lp, Vb.data(), pix.data() + t0, out, b * H * W, C, c0,
+                      L, Lp, d, dp);
     }
   });
 }
