@@ -172,8 +172,8 @@ def active(module, x):
     eval mode, a CPU input, no gradient needed, no tracer recording (``layers.is_tracing``: the
     C++ calls are invisible to tracers) and no autocast (the path computes in x's dtype; the
     autograd-fused forward casts as autocast does)."""
-    if module.training or x.device.type != "cpu" or is_tracing(x) \
-            or torch.is_autocast_enabled("cpu"):
+    if is_tracing(x) or module.training or x.device.type != "cpu" \
+            or torch.is_autocast_enabled("cpu"):  # a tracer first: x may be a Proxy
         return False
     return not (torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in module.parameters())))
