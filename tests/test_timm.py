@@ -107,6 +107,8 @@ def test_pretrained_offline(tmp_path):
         a = f(X)
         b = src.forward_intermediates(X, intermediates_only=True)
         assert all(torch.equal(p, q) for p, q in zip(a, b))
+        own = emo.create_model("emo_1m", str(path), features_only=True, out_indices=(3,))
+        assert torch.equal(own.eval()(X)[0], b[3])  # loaded whole, then norm and head dropped
     with pytest.raises(RuntimeError, match="No pretrained weights"):
         timm.create_model("emo_1m", pretrained=True)  # no location configured (unverified)
     with pytest.raises(ValueError, match="no download location"):
@@ -228,3 +230,20 @@ def test_layer_decay_through_group_matcher():
                                                  "stage2.0.v.conv.weight", "head.weight"))
     assert head == 1.0 and stem < blk < head
     assert len({round(v, 8) for v in scale.values()}) == 17
+
+
+def test_inference_plan_of_features_only_model():
+    """emo/inference.py's frozen plan follows out_indices and refuses a pruned model."""
+    ref = emo.emo_1m(features_only=True, out_indices=(1, 3)).eval()
+    fused = emo.emo_1m(fused=True, features_only=True, out_indices=(1, 3)).eval()
+    fused.load_state_dict(ref.state_dict())
+    plan = fused.prepare_inference()
+    with torch.no_grad():
+        want = ref(X)
+        for got in (fused(X), plan(X)):
+            assert [g.shape for g in got] == [(2, 48, 8, 8), (2, 168, 2, 2)]
+            assert all(torch.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want))
+    with pytest.raises(ValueError, match="forward_head|features_only"):
+        plan.forward_head(want[-1])
+    with pytest.raises(ValueError, match="pruned"):
+        emo.emo_1m(features_only=True, out_indices=(0, 1)).eval().prepare_inference()
