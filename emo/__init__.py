@@ -14,5 +14,5 @@ else:
     from . import _timm  # noqa: F401  (registers the variants; its own errors are not hidden)
 
 __all__ = ["EMO", "iRMB", "CONFIGS", "PRETRAINED_CFGS", "create_model", "list_models",
-           "load_checkpoint", "unwrap_state_dict", "InferencePlan", "prepare_inference", "emo_1m", "emo_2m",
-           "emo_5m", "emo_6m"]
+           "load_checkpoint", "unwrap_state_dict", "InferencePlan", "prepare_inference",
+           "emo_1m", "emo_2m", "emo_5m", "emo_6m"]

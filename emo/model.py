@@ -261,9 +261,8 @@ class EMO(nn.Module):
                                  f"{global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        w = self.norm.norm.weight if isinstance(self.norm, LayerNorm2d) else None
-        self.head = nn.Linear(self.num_features, num_classes, device=getattr(w, "device", None),
-                              dtype=getattr(w, "dtype", None)) \
+        w = self.stage0[0].convs[0][0].weight  # the new head on the model's device and dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
@@ -426,13 +425,14 @@ CONFIGS = {
 }
 
 
-# Evaluation preprocessing and weights of each variant, in timm's ``pretrained_cfg`` form (emo/_timm.py
-# registers them with timm). NOT VERIFIED: this project's docs (emo-architecture.md) state neither
-# the official evaluation transform nor where the official checkpoints are published. The values
-# below are the ImageNet defaults the official code is believed to use (mean/std, 224 input, resize
-# to 224 / 0.875 with bicubic interpolation, centre crop), and ``url`` is left empty rather than
-# guessed: ``pretrained=True`` then fails with a message, and a URL or file is given with timm's
-# ``pretrained_cfg_overlay=dict(url=...)`` / ``dict(file=...)`` or ``emo.create_model(name, path)``.
+# Evaluation preprocessing and weights of each variant, in timm's ``pretrained_cfg`` form
+# (emo/_timm.py registers them with timm). NOT VERIFIED: this project's docs
+# (emo-architecture.md) state neither the official evaluation transform nor where the official
+# checkpoints are published. The values below are the ImageNet defaults the official code is
+# believed to use (mean/std, 224 input, resize to 224 / 0.875 with bicubic interpolation, centre
+# crop), and ``url`` is left empty rather than guessed: ``pretrained=True`` then fails with a
+# message, and a URL or file is given with timm's ``pretrained_cfg_overlay=dict(url=...)`` /
+# ``dict(file=...)`` or ``emo.create_model(name, path)``.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PRETRAINED_CFGS = {name: dict(
