@@ -2,8 +2,17 @@
 ``emo.prepare_inference(model)`` (a frozen inference plan)."""
 from .checkpoint import load_checkpoint, unwrap_state_dict
 from .inference import InferencePlan, prepare_inference
-from .model import EMO, CONFIGS, create_model, emo_1m, emo_2m, emo_5m, emo_6m, iRMB, list_models
+from .model import (EMO, CONFIGS, PRETRAINED_CFGS, create_model, emo_1m, emo_2m, emo_5m, emo_6m,
+                    iRMB, list_models)
 
-__all__ = ["EMO", "iRMB", "CONFIGS", "create_model", "list_models", "load_checkpoint",
-           "unwrap_state_dict", "InferencePlan", "prepare_inference", "emo_1m", "emo_2m",
-           "emo_5m", "emo_6m"]
+try:  # timm is optional: with it, emo_1m/2m/5m/6m are timm models too (emo/_timm.py)
+    import timm  # noqa: F401
+except ImportError as e:
+    if e.name != "timm":  # timm is there but broken: say so
+        raise
+else:
+    from . import _timm  # noqa: F401  (registers the variants; its own errors are not hidden)
+
+__all__ = ["EMO", "iRMB", "CONFIGS", "PRETRAINED_CFGS", "create_model", "list_models",
+           "load_checkpoint", "unwrap_state_dict", "InferencePlan", "prepare_inference",
+           "emo_1m", "emo_2m", "emo_5m", "emo_6m"]

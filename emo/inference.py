@@ -260,13 +260,18 @@ class InferencePlan:
         if bad or not blocks:
             raise ValueError(f"InferencePlan: blocks {bad} are not iRMBs")
         head = model.head
-        if type(model.norm) is not LayerNorm2d or type(model.norm.norm) is not nn.LayerNorm \
-                or type(head) not in (nn.Linear, nn.Identity):
+        headless = model.features_only and type(model.norm) is nn.Identity
+        if not headless and (type(model.norm) is not LayerNorm2d
+                             or type(model.norm.norm) is not nn.LayerNorm
+                             or type(head) not in (nn.Linear, nn.Identity)):
             raise ValueError("InferencePlan: the model's norm or head is not EMO's")
+        if getattr(model, "num_stages", 4) != 4 or getattr(model, "global_pool", "avg") != "avg":
+            raise ValueError("InferencePlan takes EMO with its 4 stages and global_pool='avg' "
+                             "(the model was pruned or pools otherwise)")
         stem = stem_args(model.stage0[0])
         if stem is None:
             raise ValueError("InferencePlan: the stem is not EMO's (a Conv2d + BatchNorm)")
-        ln = model.norm.norm
+        ln = None if headless else model.norm.norm
         with torch.inference_mode():  # copies: inference tensors, no storage shared
             copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
             calls = []
@@ -278,12 +283,14 @@ class InferencePlan:
                 calls.append((tuple(map(copy, call[0])), {k: copy(v) for k, v in
                                                           call[1].items()}))
             self.stem = tuple(map(copy, stem))
-            self.norm = (ln.normalized_shape, copy(ln.weight), copy(ln.bias), ln.eps)
+            self.norm = None if headless else (ln.normalized_shape, copy(ln.weight),
+                                               copy(ln.bias), ln.eps)
             self.head = None if type(head) is nn.Identity else (copy(head.weight),
                                                                 copy(head.bias))
         w = self.stem[0]
         self.dtype, self.device = w.dtype, w.device
         self.in_chans, self.features_only = model.in_chans, model.features_only
+        self.out_indices = tuple(getattr(model, "out_indices", range(4)))
         self.chain, self.ends = _chain_from(calls, model, blocks, w.dtype, w.device)
 
     def forward_intermediates(self, x):
@@ -298,6 +305,8 @@ class InferencePlan:
             return self.chain(x, outputs=self.ends)
 
     def forward_head(self, x, pre_logits=False):
+        if self.norm is None:
+            raise ValueError("the plan of a features_only model has no norm and head")
         shape, w, b, eps = self.norm
         with torch.no_grad():
             x = F.layer_norm(x.permute(0, 2, 3, 1), shape, w, b, eps).mean((1, 2))
@@ -305,7 +314,9 @@ class InferencePlan:
 
     def __call__(self, x):
         feats = self.forward_intermediates(x)
-        return feats if self.features_only else self.forward_head(feats[-1])
+        if self.features_only:
+            return [feats[i] for i in self.out_indices]
+        return self.forward_head(feats[-1])
 
 
 def prepare_inference(model):

@@ -15,6 +15,7 @@ import emo_kernels
 from emo_kernels.reference import window_partition, window_unpartition
 
 from . import inference
+from ._features import FeatureInfo
 from .layers import (BATCHNORM, FROZEN_BN, IDENTITY, SE, ConvNormAct, DropPath,
                      LayerNorm2d, StemConv, batch_norm_args, fold_bn, fold_bn_into_next_1x1,
                      is_tracing, make_norm, norm_is_affine, norm_kind)
@@ -32,6 +33,29 @@ def _script_error():
         "TorchScript does not support: dynamic window padding, the fused kernel dispatch). "
         "Use torch.jit.trace, torch.export, torch.onnx.export or torch.compile instead: with "
         "fused=True they record the reference computation (see README, 'Tracing and export').")
+
+GLOBAL_POOLS = ("avg", "max", "avgmax", "")
+
+
+def _take_indices(n, indices):
+    """timm's ``feature_take_indices``: (absolute indices, their max) of n stages for indices
+    None (all), an int k (the last k) or a sequence (negative from the end)."""
+    if indices is None:
+        indices = n
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"last-n indices {indices} out of range (1 to {n})")
+        take = list(range(n - indices, n))
+    else:
+        take = []
+        for i in indices:
+            j = n + i if i < 0 else i
+            if not 0 <= j < n:
+                raise ValueError(f"stage index {i} out of range (0 to {n - 1}, or negative)")
+            take.append(j)
+        if not take:
+            raise ValueError("indices is empty")
+    return take, max(take)
 
 
 class iRMB(nn.Module):
@@ -184,11 +208,18 @@ class EMO(nn.Module):
                  num_classes=1000, in_chans=3, stem_dim=24, norms=("bn", "bn", "ln", "ln"),
                  acts=("silu", "silu", "gelu", "gelu"), kernel_sizes=(3, 3, 5, 5),
                  attns=(False, False, True, True), window_size=7, fused=False,
-                 features_only=False):
+                 features_only=False, out_indices=(0, 1, 2, 3), drop_rate=0.0,
+                 global_pool="avg"):
         super().__init__()
+        if global_pool not in GLOBAL_POOLS:
+            raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         self.in_chans = in_chans
         self.num_classes = num_classes
-        self.features_only = features_only
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.features_only = False
+        self.out_indices = (0, 1, 2, 3)
+        self.num_stages = len(depths)  # stages 1..num_stages run; pruning lowers it
         self.grad_checkpointing = False
         self.stage0 = nn.Sequential(
             StemConv(in_chans, stem_dim),
@@ -196,7 +227,7 @@ class EMO(nn.Module):
                  kernel_size=kernel_sizes[0], skip=False, se=True, fused=fused))
         dprs = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         dim_prev, idx = stem_dim, 0
-        self.feature_info = []
+        feature_info = []
         for i, depth in enumerate(depths):
             blocks = []
             for j in range(depth):
@@ -210,12 +241,15 @@ class EMO(nn.Module):
                 dim_prev = embed_dims[i]
                 idx += 1
             setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
-            self.feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2),
-                                          module=f"stage{i + 1}"))
-        self.num_features = dim_prev
+            feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2),
+                                     module=f"stage{i + 1}"))
+        self.feature_info = FeatureInfo(feature_info)
+        self.num_features = self.head_hidden_size = dim_prev
         self.norm = LayerNorm2d(dim_prev)
         self.head = nn.Linear(dim_prev, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        if features_only:
+            self._to_features_only(out_indices)
 
     @staticmethod
     def _init_weights(m):
@@ -241,11 +275,58 @@ class EMO(nn.Module):
     def set_grad_checkpointing(self, enable=True):
         self.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes):
+    @torch.jit.ignore
+    def get_classifier(self):
+        return self.head
+
+    def reset_classifier(self, num_classes, global_pool=None):
+        """A new classifier for ``num_classes`` (0: none, ``forward`` returns the pooled
+        features); ``global_pool`` one of GLOBAL_POOLS ('': no pooling)."""
+        if global_pool is not None:
+            if global_pool not in GLOBAL_POOLS:
+                raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got "
+                                 f"{global_pool!r}")
+            self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        w = self.stage0[0].convs[0][0].weight  # the new head on the model's device and dtype
+        self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
+            if num_classes > 0 else nn.Identity()
         if num_classes > 0:
             self._init_weights(self.head)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        """Parameter groups for timm's layer-wise lr decay (``layer_decay``) and its
+        ``group_parameters``: the stem, then each stage (coarse) or each block, then the
+        final norm; the head comes last."""
+        return dict(stem=r"^stage0\.", blocks=r"^stage(\d+)\." if coarse else [
+            (r"^stage(\d+)\.(\d+)\.", None), (r"^norm\.", (99999,))])
+
+    def prune_intermediate_layers(self, indices=1, prune_norm=False, prune_head=True):
+        """Drop the stages after the last of ``indices`` (timm's convention: an int n means
+        the last n stages, a sequence picks stages, negative from the end), and the final norm
+        and the head when asked (always when stages were dropped: they fit the last stage
+        only). Returns the absolute indices taken."""
+        take, max_index = _take_indices(self.num_stages, indices)
+        if max_index < self.num_stages - 1:
+            for i in range(max_index + 2, self.num_stages + 1):
+                setattr(self, f"stage{i}", nn.Sequential())
+            self.num_stages = max_index + 1
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]["num_chs"]
+            prune_norm = prune_head = True
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
+    def _to_features_only(self, out_indices=(0, 1, 2, 3)):
+        """The backbone alone: stages up to the last of ``out_indices``, no norm, no head;
+        ``forward`` returns the chosen stage outputs (a list)."""
+        self.out_indices = tuple(self.prune_intermediate_layers(out_indices, prune_norm=True))
+        self.feature_info = self.feature_info.from_other(self.out_indices)
+        self.features_only = True
+        return self
 
     def _check_input(self, x):
         if isinstance(x, torch.fx.Proxy):  # torch.fx symbolic tracing: no values to check
@@ -274,29 +355,66 @@ class EMO(nn.Module):
     def __prepare_scriptable__(self):
         raise _script_error()
 
-    def forward_intermediates(self, x):
-        """The four stage outputs (strides 4, 8, 16, 32) for detection/segmentation heads."""
+    def forward_intermediates(self, x, indices=None, norm=False, stop_early=False,
+                              output_fmt="NCHW", intermediates_only=False):
+        """timm's ``forward_intermediates``: the stage outputs (strides 4, 8, 16, 32) for
+        detection/segmentation heads.
+
+        indices: None for all stages, an int n for the last n, or a sequence of stage indices
+        (0-3, negative from the end). norm: apply the final norm to the last stage's output when
+        it is taken (its channels only fit that stage). stop_early: stop after the last stage
+        taken. output_fmt: 'NCHW' or 'NHWC'. Returns ``(final, intermediates)`` where final is
+        what ``forward_features`` returns (the last stage run, before the norm), or the list
+        alone when ``intermediates_only``.
+        """
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
         self._check_input(x)
-        feats = inference.intermediates(self, x)  # fused, eval, no grad: one prepared chain
-        if feats is not None:
-            return feats
-        x = self._run_stage(self.stage0, x)
-        feats = []
-        for i in range(1, 5):
-            x = self._run_stage(getattr(self, f"stage{i}"), x)
-            feats.append(x)
-        return feats
+        take, max_index = _take_indices(self.num_stages, indices)
+        last = max_index if stop_early else self.num_stages - 1
+        feats = None
+        if self.num_stages == 4:  # fused, eval, no grad: one prepared chain (emo/inference.py)
+            feats = inference.intermediates(self, x)
+        if feats is None:
+            x = self._run_stage(self.stage0, x)
+            feats = []
+            for i in range(1, last + 2):
+                x = self._run_stage(getattr(self, f"stage{i}"), x)
+                feats.append(x)
+        feats = feats[:last + 1]
+        out = []
+        for i in take:
+            f = feats[i]
+            if norm and i == 3 and isinstance(self.norm, LayerNorm2d):
+                f = self.norm(f)
+            out.append(f.permute(0, 2, 3, 1) if output_fmt == "NHWC" else f)
+        if intermediates_only:
+            return out
+        return feats[-1], out
 
     def forward_features(self, x):
-        return self.forward_intermediates(x)[-1]
+        return self.forward_intermediates(x, intermediates_only=True)[-1]
 
     def forward_head(self, x, pre_logits=False):
-        x = self.norm(x).mean((2, 3))
-        return x if pre_logits else self.head(x)
+        x = self.norm(x)
+        gp = self.global_pool
+        if gp == "avg":
+            x = x.mean((2, 3))
+        elif gp == "max":
+            x = x.amax((2, 3))
+        elif gp == "avgmax":
+            x = 0.5 * (x.mean((2, 3)) + x.amax((2, 3)))
+        if self.drop_rate:
+            x = F.dropout(x, self.drop_rate, self.training)
+        if pre_logits:
+            return x
+        if not gp:  # no pooling: the classifier at every pixel
+            return self.head(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(x)
 
     def forward(self, x):
         if self.features_only:
-            return self.forward_intermediates(x)
+            return self.forward_intermediates(x, self.out_indices, intermediates_only=True)
         return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
@@ -339,24 +457,63 @@ CONFIGS = {
 }
 
 
+# Evaluation preprocessing and weights of each variant, in timm's ``pretrained_cfg`` form
+# (emo/_timm.py registers them with timm). NOT VERIFIED: this project's docs
+# (emo-architecture.md) state neither the official evaluation transform nor where the official
+# checkpoints are published. The values below are the ImageNet defaults the official code is
+# believed to use (mean/std, 224 input, resize to 224 / 0.875 with bicubic interpolation, centre
+# crop), and ``url`` is left empty rather than guessed: ``pretrained=True`` then fails with a
+# message, and a URL or file is given with timm's ``pretrained_cfg_overlay=dict(url=...)`` /
+# ``dict(file=...)`` or ``emo.create_model(name, path)``.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRETRAINED_CFGS = {name: dict(
+    url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+    crop_mode="center", interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    first_conv="stage0.0.convs.0.0", classifier="head", license="apache-2.0",
+    origin_url="https://github.com/zhangzjn/EMO",
+    notes=(f"ImageNet-1k top-1 {top1} (paper). Preprocessing and download location not "
+           "verified from this project's docs; see emo/model.py.",))
+    for name, top1 in (("emo_1m", 71.5), ("emo_2m", 75.1), ("emo_5m", 78.4), ("emo_6m", 79.0))}
+
+
 def list_models():
     return sorted(CONFIGS)
 
 
 def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_chans=3,
-                 drop_path_rate=None, features_only=False, **kwargs):
-    """Build an EMO variant; ``pretrained`` is a checkpoint path (or state dict) or None."""
+                 drop_path_rate=None, features_only=False, out_indices=(0, 1, 2, 3),
+                 **kwargs):
+    """Build an EMO variant.
+
+    ``pretrained``: a checkpoint path, file object or state dict (loaded with
+    ``emo.load_checkpoint``; a head of another ``num_classes`` is left out with a warning);
+    None or False for random weights; True downloads ``PRETRAINED_CFGS[name]["url"]`` through
+    torch.hub's cache (no URL is configured yet: see PRETRAINED_CFGS). ``features_only``: the
+    backbone without norm and head, ``forward`` returns the stage outputs ``out_indices``.
+    Other keywords go to ``EMO`` (``drop_rate``, ``global_pool``, ...).
+    """
     if name not in CONFIGS:
         raise ValueError(f"unknown EMO model {name!r}; available: {list_models()}")
     cfg = dict(CONFIGS[name])
     if drop_path_rate is not None:
         cfg["drop_path_rate"] = drop_path_rate
     cfg.update(kwargs)
-    model = EMO(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused,
-                features_only=features_only)
-    if pretrained is not None:
+    model = EMO(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused)
+    model.pretrained_cfg = model.default_cfg = dict(PRETRAINED_CFGS[name], architecture=name)
+    if pretrained is True:
+        url = PRETRAINED_CFGS[name]["url"]
+        if not url:
+            raise ValueError(f"no download location is configured for {name} (the official "
+                             "one is not verified, see emo.model.PRETRAINED_CFGS): pass the "
+                             "checkpoint path as pretrained=")
+        pretrained = torch.hub.load_state_dict_from_url(url, map_location="cpu",
+                                                        weights_only=True)
+    if pretrained is not None and pretrained is not False:
         from .checkpoint import load_checkpoint
         load_checkpoint(model, pretrained)
+    if features_only:
+        model._to_features_only(out_indices)
     return model
 
 
