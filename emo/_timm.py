@@ -6,8 +6,8 @@ global_pool=...)``, built by timm's ``build_model_with_cfg`` with each variant's
 
 ``pretrained=True`` loads through timm's loader (``url`` through torch.hub's cache, ``file``,
 ``hf_hub_id``, or ``state_dict`` of the cfg; override with ``pretrained_cfg_overlay``); the
-checkpoint may be wrapped or 'module.'-prefixed (emo.checkpoint.unwrap_state_dict). No
-download location is configured yet (see PRETRAINED_CFGS): timm then raises.
+checkpoint may be wrapped or 'module.'-prefixed (emo.checkpoint.unwrap_state_dict). The
+official weights' URL is in PRETRAINED_CFGS (see emo/model.py).
 ``features_only=True`` gives timm's feature wrapper (``feature_cls="getter"`` by default:
 ``forward_intermediates`` on the model pruned of its norm and head; "list"/"dict"/"hook"
 also work).

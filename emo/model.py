@@ -458,23 +458,26 @@ CONFIGS = {
 
 
 # Evaluation preprocessing and weights of each variant, in timm's ``pretrained_cfg`` form
-# (emo/_timm.py registers them with timm). NOT VERIFIED: this project's docs
-# (emo-architecture.md) state neither the official evaluation transform nor where the official
-# checkpoints are published. The values below are the ImageNet defaults the official code is
-# believed to use (mean/std, 224 input, resize to 224 / 0.875 with bicubic interpolation, centre
-# crop), and ``url`` is left empty rather than guessed: ``pretrained=True`` then fails with a
-# message, and a URL or file is given with timm's ``pretrained_cfg_overlay=dict(url=...)`` /
-# ``dict(file=...)`` or ``emo.create_model(name, path)``.
+# (emo/_timm.py registers them with timm). Preprocessing: the official evaluation transform
+# (zhangzjn/EMO, configs/mobile/cls_emo.py: resize to int(224 / 0.875) = 256 with bicubic
+# interpolation, centre crop 224, timm's ImageNet default mean/std). Weights: the official
+# README publishes them as ``resources/EMO_<n>M/net.pth`` in the official repository; ``url``
+# is that file on its main branch. The URL is derived from the README's relative link and has
+# not been downloaded by this project (its machines have no network): if it moves, give the
+# file with ``pretrained=path`` or timm's ``pretrained_cfg_overlay=dict(file=...)``.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFICIAL_REPO = "https://github.com/zhangzjn/EMO"
 PRETRAINED_CFGS = {name: dict(
-    url="", num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
-    crop_mode="center", interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    url=f"{OFFICIAL_REPO}/raw/main/resources/EMO_{size}/net.pth", num_classes=1000,
+    input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, crop_mode="center",
+    interpolation="bicubic", mean=IMAGENET_MEAN, std=IMAGENET_STD,
     first_conv="stage0.0.convs.0.0", classifier="head", license="apache-2.0",
-    origin_url="https://github.com/zhangzjn/EMO",
-    notes=(f"ImageNet-1k top-1 {top1} (paper). Preprocessing and download location not "
-           "verified from this project's docs; see emo/model.py.",))
-    for name, top1 in (("emo_1m", 71.5), ("emo_2m", 75.1), ("emo_5m", 78.4), ("emo_6m", 79.0))}
+    origin_url=OFFICIAL_REPO,
+    notes=(f"ImageNet-1k top-1 {top1} (official README); weights: resources/EMO_{size}/net.pth "
+           "of the official repository (URL derived from its README, not downloaded here)",))
+    for name, size, top1 in (("emo_1m", "1M", 71.5), ("emo_2m", "2M", 75.1),
+                             ("emo_5m", "5M", 78.4), ("emo_6m", "6M", 79.0))}
 
 
 def list_models():
@@ -488,8 +491,8 @@ def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_cha
 
     ``pretrained``: a checkpoint path, file object or state dict (loaded with
     ``emo.load_checkpoint``; a head of another ``num_classes`` is left out with a warning);
-    None or False for random weights; True downloads ``PRETRAINED_CFGS[name]["url"]`` through
-    torch.hub's cache (no URL is configured yet: see PRETRAINED_CFGS). ``features_only``: the
+    None or False for random weights; True downloads ``PRETRAINED_CFGS[name]["url"]`` (the
+    official weights) through torch.hub's cache. ``features_only``: the
     backbone without norm and head, ``forward`` returns the stage outputs ``out_indices``.
     Other keywords go to ``EMO`` (``drop_rate``, ``global_pool``, ...).
     """
@@ -502,13 +505,8 @@ def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_cha
     model = EMO(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused)
     model.pretrained_cfg = model.default_cfg = dict(PRETRAINED_CFGS[name], architecture=name)
     if pretrained is True:
-        url = PRETRAINED_CFGS[name]["url"]
-        if not url:
-            raise ValueError(f"no download location is configured for {name} (the official "
-                             "one is not verified, see emo.model.PRETRAINED_CFGS): pass the "
-                             "checkpoint path as pretrained=")
-        pretrained = torch.hub.load_state_dict_from_url(url, map_location="cpu",
-                                                        weights_only=True)
+        pretrained = torch.hub.load_state_dict_from_url(PRETRAINED_CFGS[name]["url"],
+                                                        map_location="cpu", weights_only=True)
     if pretrained is not None and pretrained is not False:
         from .checkpoint import load_checkpoint
         load_checkpoint(model, pretrained)

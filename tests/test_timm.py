@@ -26,14 +26,16 @@ def _grads_everywhere(model, out):
 
 def test_registered_with_pretrained_cfg():
     assert timm.list_models("emo_*") == NAMES
-    assert timm.list_pretrained("emo_*") == []  # no verified download location yet
+    assert timm.list_pretrained("emo_*") == [f"{n}.in1k" for n in NAMES]
     for name in NAMES:
         assert timm.is_model(name)
         cfg = timm.models.get_pretrained_cfg(f"{name}.in1k").to_dict()
         assert cfg["mean"] == (0.485, 0.456, 0.406) and cfg["std"] == (0.229, 0.224, 0.225)
         assert cfg["input_size"] == (3, 224, 224) and cfg["crop_pct"] == 0.875
         assert cfg["interpolation"] == "bicubic" and cfg["num_classes"] == 1000
-        assert cfg["url"] == "" and not cfg.get("hf_hub_id")  # not configured: see the README
+        # the official weights: resources/EMO_<n>M/net.pth of the official repository
+        assert cfg["url"] == ("https://github.com/zhangzjn/EMO/raw/main/resources/"
+                              f"EMO_{name[4:].upper()}/net.pth")
     model = timm.create_model("emo_1m", pretrained=False)
     sd, cfg = model.state_dict(), model.default_cfg
     assert model.pretrained_cfg is cfg and cfg["architecture"] == "emo_1m"
@@ -109,11 +111,23 @@ def test_pretrained_offline(tmp_path):
         assert all(torch.equal(p, q) for p, q in zip(a, b))
         own = emo.create_model("emo_1m", str(path), features_only=True, out_indices=(3,))
         assert torch.equal(own.eval()(X)[0], b[3])  # loaded whole, then norm and head dropped
-    with pytest.raises(RuntimeError, match="No pretrained weights"):
-        timm.create_model("emo_1m", pretrained=True)  # no location configured (unverified)
-    with pytest.raises(ValueError, match="no download location"):
-        emo.create_model("emo_1m", pretrained=True)
     assert emo.create_model("emo_1m", pretrained=False).num_classes == 1000
+
+
+def test_emo_pretrained_true_downloads_the_official_file(monkeypatch):
+    """emo.create_model(name, pretrained=True) fetches the official URL through torch.hub (served
+    here by a stand-in: no network) and loads it."""
+    src = emo.emo_2m().eval()
+    asked = []
+
+    def fake_download(url, **kw):
+        asked.append((url, kw.get("weights_only")))
+        return src.state_dict()
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
+    m = emo.create_model("emo_2m", pretrained=True).eval()
+    assert asked == [("https://github.com/zhangzjn/EMO/raw/main/resources/EMO_2M/net.pth", True)]
+    with torch.no_grad():
+        assert torch.equal(m(X), src(X))
 
 
 def test_classifier_api():
