@@ -486,11 +486,13 @@ def list_models():
 
 def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_chans=3,
                  drop_path_rate=None, features_only=False, out_indices=(0, 1, 2, 3),
-                 **kwargs):
+                 pretrained_head="warn", **kwargs):
     """Build an EMO variant.
 
     ``pretrained``: a checkpoint path, file object or state dict (loaded with
-    ``emo.load_checkpoint``; a head of another ``num_classes`` is left out with a warning);
+    ``emo.load_checkpoint``); a checkpoint head of another ``num_classes`` is, by
+    ``pretrained_head``: ``"warn"`` left out with a warning naming it, ``"drop"`` left out
+    quietly (fine-tuning), ``"strict"`` an error;
     None or False for random weights; True downloads ``PRETRAINED_CFGS[name]["url"]`` (the
     official weights) through torch.hub's cache. ``features_only``: the
     backbone without norm and head, ``forward`` returns the stage outputs ``out_indices``.
@@ -509,7 +511,7 @@ def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_cha
                                                         map_location="cpu", weights_only=True)
     if pretrained is not None and pretrained is not False:
         from .checkpoint import load_checkpoint
-        load_checkpoint(model, pretrained)
+        load_checkpoint(model, pretrained, head=pretrained_head)
     if features_only:
         model._to_features_only(out_indices)
     return model

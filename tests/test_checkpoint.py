@@ -95,5 +95,10 @@ def test_head_of_another_class_count(sd):
         emo.load_checkpoint(emo.emo_1m(num_classes=10), sd, head="strict")
     with pytest.warns(UserWarning, match="classifier head"):  # create_model's path warns too
         emo.create_model("emo_1m", pretrained=sd, num_classes=10)
+    with warnings.catch_warnings():  # ... unless the caller asks for the backbone only
+        warnings.simplefilter("error")
+        emo.create_model("emo_1m", pretrained=sd, num_classes=10, pretrained_head="drop")
+    with pytest.raises(ValueError, match="head.weight"):
+        emo.create_model("emo_1m", pretrained=sd, num_classes=10, pretrained_head="strict")
     with pytest.raises(ValueError, match="head must be one of"):
         emo.load_checkpoint(emo.emo_1m(), sd, head=False)
