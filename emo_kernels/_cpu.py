@@ -6,7 +6,8 @@ CUDA needed). In a source checkout without that build it is compiled once with
 ``$EMO_KERNELS_BUILD_DIR/jit_cpu/<torch version>-<ISA>-<python>/`` (default build root: the
 checkout's ``build/``), one folder per torch version, target ISA and Python, so environments
 never share or overwrite one another's library. Set ``EMO_KERNELS_CPU_JIT=0`` to forbid the
-build. :func:`unavailable_reason` says why the backend cannot be used (not built, JIT disabled
+build, ``EMO_KERNELS_CPU_PREBUILT=0`` to ignore setup.py's build and use the JIT one (e.g.
+while editing csrc/cpu/, where an in-place build would be stale). :func:`unavailable_reason` says why the backend cannot be used (not built, JIT disabled
 or failed, built for an ISA this CPU lacks).
 
 Concurrent builds: a process builds or loads a folder only while it holds an exclusive
@@ -31,6 +32,7 @@ _STATE_LOCK = threading.Lock()
 JIT_ENV = "EMO_KERNELS_CPU_JIT"
 BUILD_DIR_ENV = "EMO_KERNELS_BUILD_DIR"
 WAIT_ENV = "EMO_KERNELS_BUILD_WAIT"
+PREBUILT_ENV = "EMO_KERNELS_CPU_PREBUILT"
 LOCK_NAME = "emo_build.lock"
 INCOMPLETE = "emo_build.incomplete"
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -147,6 +149,8 @@ def _prebuilt():
     that another checkout's editable install would supply is not taken: it was built from
     other sources."""
     import importlib.util
+    if os.environ.get(PREBUILT_ENV, "1") in ("", "0"):
+        return None, f"${PREBUILT_ENV}=0"
     here = os.path.dirname(os.path.abspath(__file__))
     spec = importlib.util.find_spec(__package__ + "._C_cpu")
     if spec is None or not spec.origin:

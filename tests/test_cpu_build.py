@@ -19,7 +19,8 @@ _LOAD = "import emo_kernels._cpu as c; print('ISA', c.load().isa())"
 
 def _env(build_root, **extra):
     env = dict(os.environ, EMO_KERNELS_BUILD_DIR=str(build_root), PYTHONPATH=_cpu._ROOT,
-               EMO_KERNELS_CPU_JIT="1", **extra)
+               EMO_KERNELS_CPU_JIT="1", EMO_KERNELS_CPU_PREBUILT="0", **extra)  # JIT even
+    # where setup.py built the extension in place
     return env
 
 
