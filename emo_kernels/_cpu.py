@@ -7,8 +7,9 @@ CUDA needed). In a source checkout without that build it is compiled once with
 checkout's ``build/``), one folder per torch version, target ISA and Python, so environments
 never share or overwrite one another's library. Set ``EMO_KERNELS_CPU_JIT=0`` to forbid the
 build, ``EMO_KERNELS_CPU_PREBUILT=0`` to ignore setup.py's build and use the JIT one (e.g.
-while editing csrc/cpu/, where an in-place build would be stale). :func:`unavailable_reason` says why the backend cannot be used (not built, JIT disabled
-or failed, built for an ISA this CPU lacks).
+while editing csrc/cpu/, where an in-place build would be stale). :func:`unavailable_reason`
+says why the backend cannot be used (not built, JIT disabled or failed, built for an ISA this
+CPU lacks).
 
 Concurrent builds: a process builds or loads a folder only while it holds an exclusive
 ``flock`` on ``<folder>/emo_build.lock`` (the file names its owner). The kernel drops that lock
