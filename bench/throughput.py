@@ -1,4 +1,5 @@
-"""Whole-model throughput of EMO on the present device: fused=False vs fused=True.
+"""Whole-model throughput of EMO on the present device: fused=False vs fused=True (and, for
+CPU inference, the frozen ``InferencePlan``; see README, "fused=True on CPU").
 
     python -m bench.throughput                        # EMO-5M, inference, batch 1 and 16
     python -m bench.throughput --models emo_1m emo_5m --batch 1 16 --train --compile
@@ -25,6 +26,8 @@ def build_variants(name, device, dtype, channels_last, train, compile_):
     variants = {"eager fused=False": base}
     fused = build_model(name, device, dtype, layout, train, fused=True, like=base)
     variants[f"fused=True ({emo_kernels.get_backend()})"] = fused
+    if not train and device.type == "cpu":  # the frozen plan: the fast CPU inference path
+        variants["InferencePlan (frozen)"] = fused.prepare_inference()
     if compile_:
         variants["torch.compile fused=False"] = torch.compile(base)
     return variants

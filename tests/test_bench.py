@@ -128,3 +128,14 @@ def test_bench_cpu_tiny(tmp_path):
     assert all(r["rel_err_vs_eager"] <= 1e-4 for r in rows)
     assert all(r["fused_speedup_per_round"] > 0 for r in rows)
     assert "median of per-round ratios" in (tmp_path / "cpu.md").read_text()
+
+
+def test_throughput_main_job_tiny(capsys):
+    """The README's main job (bench.throughput) end to end on a tiny setting: every variant
+    runs, and the table names them."""
+    from bench import throughput
+    throughput.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "1",
+                     "--warmup", "1"])
+    out = capsys.readouterr().out
+    for variant in ("eager fused=False", "fused=True (auto)", "InferencePlan (frozen)"):
+        assert f"| emo_1m | infer | 1 | {variant} |" in out, out
