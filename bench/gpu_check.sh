@@ -129,15 +129,20 @@ if [ $DRY = 1 ]; then
   export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu EMO_BENCH_THREADS=1  # 1: no OpenMP stalls on a busy CI box
   BUILD_ARGS=(--dry-run)
   GPU_TEST_ARGS=(--collect-only -q)
-  REST_ARGS=(--collect-only -q tests/test_backends.py tests/test_measured.py)
+  REST_ARGS=(--collect-only -q --continue-on-collection-errors tests)
+  REST_JIT=0   # collecting must not JIT-build the CPU extension (a minute, for nothing)
   CAL_ARGS=(--dry-run)
   OPS_K=(-k "fwd- and (Cin24-Cmid24 or C80-hd20) and torch")
   OPS_DTYPES=fp32
 else
   BUILD_ARGS=()
   GPU_TEST_ARGS=(-q -rs)
-  REST_ARGS=(-q -rs tests --deselect tests/test_bench.py::test_gpu_check_dry_run)
+  # test files needing a package the GPU machine lacks (hypothesis, onnx...) fail to collect:
+  # run the others rather than abort the part
+  REST_ARGS=(-q -rs --continue-on-collection-errors tests
+             --deselect tests/test_bench.py::test_gpu_check_dry_run)
   for f in "${GPU_TEST_FILES[@]}"; do REST_ARGS+=(--deselect "$f"); done
+  REST_JIT=${EMO_KERNELS_CPU_JIT:-1}
   CAL_ARGS=()
   OPS_K=()
   OPS_DTYPES=bf16
@@ -183,8 +188,8 @@ if [ -n "$CPU_BUILD_PID" ]; then
   l=$(left); (( l > 0 )) && timeout "$l" tail --pid="$CPU_BUILD_PID" -f /dev/null
   wait "$CPU_BUILD_PID" 2>/dev/null; echo "[cpu-build] exit $? (log: cpu_build.log)" | tee -a "$SUMMARY"
 fi
-part tests-rest "${CAP_TESTS_REST:-120}" "$LOGS/tests_rest.log" "$PY" -m pytest -p no:cacheprovider \
-  "${REST_ARGS[@]}"
+EMO_KERNELS_CPU_JIT=$REST_JIT part tests-rest "${CAP_TESTS_REST:-120}" "$LOGS/tests_rest.log" \
+  "$PY" -m pytest -p no:cacheprovider "${REST_ARGS[@]}"
 
 # 8 report
 if [ -s "$LOGS/ops.json" ]; then
