@@ -23,8 +23,7 @@ from emo_kernels import backends, measured
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-SHORT_DTYPE = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16",
-               torch.float64: "fp64"}
+SHORT_DTYPE = measured.SHORT_DTYPE  # one table: measured.py keys its shape classes by it
 
 
 # ----- device, versions ---------------------------------------------------------------------

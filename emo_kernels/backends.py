@@ -143,7 +143,7 @@ def _auto_skip(op: str, backend: str, impl: Impl, args, kwargs) -> Optional[str]
     if impl.gpu_kernel:
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if x is not None and x.device.type == "cpu" and triton_interpreted():
-            return "runs only in the Triton interpreter here (TRITON_INTERPRET=1), which auto skips"
+            return "it runs only in the Triton interpreter here (TRITON_INTERPRET=1)"
         from . import measured
         return measured.auto_reason(op, backend, args, kwargs)
     return None
@@ -159,8 +159,7 @@ def explain(op: str, *args, **kwargs) -> Dict[str, Optional[str]]:
         if r is None:
             skip = _auto_skip(op, b, _REGISTRY[op][b], args, kwargs)
             if skip is not None:
-                r = skip if skip.startswith("runs only in the Triton interpreter") else (
-                    f"usable when asked for explicitly, but {skip}, so auto skips it")
+                r = f"usable when asked for explicitly, but {skip}, so auto skips it"
         out[b] = r
     return out
 

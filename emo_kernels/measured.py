@@ -100,8 +100,8 @@ def shape_class(op: str, args, kwargs) -> str:
     return tail
 
 
-def find(op: str, backend: str, family: str, cls: str, rows=None) -> Optional[dict]:
-    for r in load_table() if rows is None else rows:
+def find(op: str, backend: str, family: str, cls: str) -> Optional[dict]:
+    for r in load_table():
         if (r.get("op"), r.get("backend"), r.get("family"), r.get("shape_class")) == \
                 (op, backend, family, cls):
             return r
