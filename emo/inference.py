@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 import emo_kernels
+from emo_kernels.formulas import dw_padding
 
 from .layers import (IDENTITY, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, is_tracing,
                      norm_is_affine, norm_kind, norm_scale_shift)
@@ -56,7 +57,7 @@ def _is_act(m, name):
 
 def _conv_ok(conv, k, stride=1, groups=1, bias=None):
     """conv is a plain nn.Conv2d k x k with EMO's padding; bias True/False: required/absent."""
-    pad = -(-(k - stride) // 2)
+    pad = dw_padding(k, stride)
     return (type(conv) is nn.Conv2d and conv.kernel_size == (k, k)
             and conv.stride == (stride, stride) and conv.padding == (pad, pad)
             and conv.dilation == (1, 1) and conv.groups == groups

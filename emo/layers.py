@@ -2,6 +2,8 @@
 import torch
 import torch.nn as nn
 
+from emo_kernels.formulas import bn_scale_shift, dw_padding, fold_affine
+
 EPS = 1e-6  # every BatchNorm and LayerNorm in EMO
 
 
@@ -36,7 +38,7 @@ class ConvNormAct(nn.Module):
     def __init__(self, dim_in, dim_out, kernel_size, stride=1, groups=1, bias=False,
                  norm="none", act="none"):
         super().__init__()
-        padding = -(-(kernel_size - stride) // 2)
+        padding = dw_padding(kernel_size, stride)
         self.conv = nn.Conv2d(dim_in, dim_out, kernel_size, stride, padding, groups=groups,
                               bias=bias)
         self.norm = make_norm(norm, dim_out)
@@ -173,16 +175,7 @@ def norm_scale_shift(m):
     """(scale, shift) of a BatchNorm/frozen BN's eval map ``x * scale + shift`` (through
     autograd: gradients reach the BN weight and bias where they are parameters). For
     ``affine=False`` the weight is 1 and the bias 0."""
-    if norm_kind(m) == FROZEN_BN:  # torchvision's own formula
-        scale = m.weight * (m.running_var + m.eps).rsqrt()
-        return scale, m.bias - m.running_mean * scale
-    scale = torch.rsqrt(m.running_var + m.eps)
-    if m.weight is not None:
-        scale = m.weight * scale
-    shift = -m.running_mean * scale
-    if m.bias is not None:
-        shift = shift + m.bias
-    return scale, shift
+    return bn_scale_shift(m.weight, m.bias, m.running_mean, m.running_var, m.eps)
 
 
 def fold_bn(weight, bias, bn):
@@ -190,9 +183,7 @@ def fold_bn(weight, bias, bn):
     tensors (the same ones for an identity)."""
     if norm_kind(bn) == IDENTITY:
         return weight, bias
-    scale, shift = norm_scale_shift(bn)
-    w = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
-    return w, (shift if bias is None else shift + bias * scale)
+    return fold_affine(weight, bias, *norm_scale_shift(bn))
 
 
 def fold_bn_into_next_1x1(bn, weight, bias):

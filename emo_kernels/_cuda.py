@@ -61,7 +61,7 @@ def _jit_build():
 
 
 def _loaded(name):
-    from .cuda import _fake
+    from .backends.cuda import _fake
     _fake.register()  # FakeTensor/torch.compile support for the ops just registered
     _state["loaded"] = name
     return name

@@ -22,8 +22,8 @@ import triton.language as tl  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-import emo_kernels.triton.expand_dwconv_act as EDA  # noqa: E402
-import emo_kernels.triton.window_attention as WA  # noqa: E402
+import emo_kernels.backends.triton.expand_dwconv_act as EDA  # noqa: E402
+import emo_kernels.backends.triton.window_attention as WA  # noqa: E402
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 # pointer arguments that carry the op's dtype; every other pointer is the accumulator dtype

@@ -1,9 +1,9 @@
-"""Backend selection: env var, set_backend/use_backend, clear errors for unavailable backends."""
+"""Backend selection: env var, set_backend/use_backend, clear errors for unavailable dispatch."""
 import pytest
 import torch
 
 import emo_kernels
-from emo_kernels import BackendUnavailableError, backends
+from emo_kernels import BackendUnavailableError, dispatch
 
 
 def _args():
@@ -12,31 +12,31 @@ def _args():
 
 
 def test_default_is_auto_and_cpu_tensors_pick_cpu_else_torch(monkeypatch):
-    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     assert emo_kernels.get_backend() == "auto"
     x, w, b, wd = _args()
     # the C++ cpu backend when its extension loads here (it is built by setup.sh), else the
     # torch reference -- decided from the loader, not from explain (the function under test)
     from emo_kernels import _cpu
     expected = "cpu" if _cpu.unavailable_reason() is None else "torch"
-    assert backends.which("expand_dwconv_act", x, w, b, wd) == expected
-    with backends.record_dispatch() as calls:
+    assert dispatch.which("expand_dwconv_act", x, w, b, wd) == expected
+    with dispatch.record_dispatch() as calls:
         emo_kernels.expand_dwconv_act(x, w, b, wd)
     assert calls == [("expand_dwconv_act", expected)]
     w.requires_grad_(True)  # training: the inference-only cpu backend steps aside
-    assert backends.which("expand_dwconv_act", x, w, b, wd) == "torch"
+    assert dispatch.which("expand_dwconv_act", x, w, b, wd) == "torch"
 
 
 def test_env_var(monkeypatch):
-    monkeypatch.setenv(backends.ENV_VAR, "torch")
+    monkeypatch.setenv(dispatch.ENV_VAR, "torch")
     assert emo_kernels.get_backend() == "torch"
-    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    monkeypatch.setenv(dispatch.ENV_VAR, "bogus")
     with pytest.raises(ValueError, match="EMO_KERNELS_BACKEND"):
         emo_kernels.get_backend()
 
 
 def test_set_and_use_backend(monkeypatch):
-    monkeypatch.setenv(backends.ENV_VAR, "cuda")
+    monkeypatch.setenv(dispatch.ENV_VAR, "cuda")
     emo_kernels.set_backend("torch")
     assert emo_kernels.get_backend() == "torch"  # code beats the variable
     with emo_kernels.use_backend("auto"):

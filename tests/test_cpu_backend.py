@@ -13,7 +13,7 @@ import torch
 import emo
 import emo_kernels
 from conftest import model_pair, rel_err
-from emo_kernels import BackendUnavailableError, backends
+from emo_kernels import BackendUnavailableError, dispatch
 from emo_kernels import cpu as cpu_backend
 from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
 from emo_kernels.testing import TOLERANCE, poison_empty
@@ -203,9 +203,9 @@ def test_window_attention_no_kpad_and_scale():
 def test_auto_picks_cpu_for_cpu_inference():
     x, we, be, wd, bd = _cast(_edc_args(EDC[0], torch.float32), torch.float32)
     with torch.no_grad():
-        assert backends.resolve("expand_dwconv_act", x, we, be, wd, bd) is \
+        assert dispatch.resolve("expand_dwconv_act", x, we, be, wd, bd) is \
             cpu_backend.expand_dwconv_act_cpu
-    assert backends.BACKENDS.index("cpu") < backends.BACKENDS.index("torch")
+    assert dispatch.backends().index("cpu") < dispatch.backends().index("torch")
 
 
 def test_refuses_grad_and_training_bn_and_other_dtypes():

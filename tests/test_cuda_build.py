@@ -17,7 +17,7 @@ import torch
 
 import emo_kernels
 from emo_kernels.testing import TOLERANCE
-from emo_kernels import BackendUnavailableError, backends, use_backend
+from emo_kernels import BackendUnavailableError, dispatch, use_backend
 
 OPT_OUT = "EMO_KERNELS_SKIP_CUDA_BUILD"
 NS = "emo_kernels_cuda"
@@ -106,7 +106,7 @@ def test_auto_never_picks_the_unmeasured_cuda_backend():
     assert "cuda backend needs CUDA tensors" in reasons["cuda"]
     with use_backend("auto"):  # falls back to another backend, which gives the reference's answer
         x, w, b, wd, bd = _edc_args()
-        assert backends.which("expand_dwconv_act", x, w, b, wd, bd, skip=True) != "cuda"
+        assert dispatch.which("expand_dwconv_act", x, w, b, wd, bd, skip=True) != "cuda"
         out = emo_kernels.expand_dwconv_act(x, w, b, wd, bd, skip=True)
         ref = emo_kernels.reference.expand_dwconv_act_ref(x, w, b, wd, bd, skip=True)
         err = ((out - ref).abs().max() / ref.abs().max()).item()

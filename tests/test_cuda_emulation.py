@@ -107,7 +107,7 @@ def run_edc(fn, tensors, kw, dtype=None, device="cpu", **extra):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=str)
 def test_expand_dwconv_act_matches_reference(case, dtype, mode):
-    from emo_kernels.cuda import expand_dwconv_act_cuda
+    from emo_kernels.backends.cuda import expand_dwconv_act_cuda
     device, emulate = mode
     tensors, kw = edc_inputs(case, dtype)  # the reference sees the same (rounded) inputs
     z, grads, stats = run_edc(expand_dwconv_act_cuda, tensors, kw, dtype, device,
@@ -131,7 +131,7 @@ def test_expand_dwconv_act_matches_reference(case, dtype, mode):
 
 @pytest.mark.parametrize("case", [EDC_CASES[1], EDC_CASES[2], EDC_CASES[5]], ids=edc_id)
 def test_expand_dwconv_act_gradcheck(case, mode):
-    from emo_kernels.cuda import expand_dwconv_act_cuda
+    from emo_kernels.backends.cuda import expand_dwconv_act_cuda
     device, emulate = mode
     B, cin, cmid, H, W, k, stride, skip, act, bn = case
     small = (1 if bn == "none" else 2, cin and 2, 3, 5, 4, k, stride, skip, act, bn)
@@ -175,7 +175,7 @@ def run_wa(fn, qk, v, kp, head_dim, dtype, device="cpu", **extra):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16],
                          ids=str)
 def test_window_attention_matches_reference(case, dtype, mode):
-    from emo_kernels.cuda import window_attention_cuda
+    from emo_kernels.backends.cuda import window_attention_cuda
     device, emulate = mode
     B, C, H, W, d = case
     g = torch.Generator().manual_seed(4)
@@ -194,7 +194,7 @@ def test_window_attention_matches_reference(case, dtype, mode):
 
 
 def test_window_attention_gradcheck(mode):
-    from emo_kernels.cuda import window_attention_cuda
+    from emo_kernels.backends.cuda import window_attention_cuda
     device, emulate = mode
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(1, 4, 8, 9, generator=g, dtype=torch.float64).to(device)

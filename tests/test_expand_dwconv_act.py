@@ -15,7 +15,8 @@ import torch.nn as nn
 import emo
 import emo_kernels
 from emo.model import iRMB
-from emo_kernels import backends
+from emo_kernels import dispatch
+from emo_kernels.backends.triton import interpreted as triton_interpreted
 from emo_kernels.reference import expand_dwconv_act_ref
 from emo_kernels.testing import TOLERANCE, poison_empty
 from conftest import rel_err
@@ -182,7 +183,7 @@ def test_multi_tile_paths(kernel_backend, monkeypatch, cfg, bn, H, W):
     blocks and input-channel chunks -- the paths EMO's real sizes take on GPU."""
     name, device = kernel_backend
     if name == "triton":
-        mod = pytest.importorskip("emo_kernels.triton.expand_dwconv_act")
+        mod = pytest.importorskip("emo_kernels.backends.triton.expand_dwconv_act")
         monkeypatch.setattr(mod, "MAX_BLOCKS_INTERPRETER", (16, 16, 16))
         monkeypatch.setattr(mod, "MAX_BLOCKS_GPU", (16, 16, 16))
     if not bn:
@@ -240,7 +241,7 @@ def test_channels_last(kernel_backend, name):
 def test_inference_allocates_only_the_output(monkeypatch):
     """No-grad forward: the only activation-sized buffer is z (v and p never hit memory)."""
     pytest.importorskip("triton")
-    if not (torch.cuda.is_available() or backends.triton_interpreted()):
+    if not (torch.cuda.is_available() or triton_interpreted()):
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg = SMALL["k3s1skip"]
@@ -352,14 +353,14 @@ def test_gradcheck(kernel_backend, name):
 # ------------------------------------------------------------------- registration, dispatch
 def _triton_module():
     pytest.importorskip("triton")
-    from emo_kernels.triton import expand_dwconv_act as mod
+    from emo_kernels.backends.triton import expand_dwconv_act as mod
     return mod
 
 
 def _opcheck_device():
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if not backends.triton_interpreted():
+    if not triton_interpreted():
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
     return torch.device("cpu")
 
@@ -428,7 +429,7 @@ def test_can_run_reasons(monkeypatch):
     explain = emo_kernels.explain("expand_dwconv_act", *args)
     # auto never picks the Triton interpreter for CPU tensors
     assert "interpreter" in explain["triton"] and explain["torch"] is None
-    assert backends.which("expand_dwconv_act", *args) != "triton"
+    assert dispatch.which("expand_dwconv_act", *args) != "triton"
     w7 = torch.randn(5, 1, 7, 7)
     with emo_kernels.use_backend("triton"):
         with pytest.raises(emo_kernels.BackendUnavailableError, match="kernel size 7"):
@@ -468,7 +469,7 @@ def test_whole_model_emo_1m(kernel_backend, monkeypatch):
         stack = contextlib.ExitStack()
         stack.enter_context(emo_kernels.use_backend("torch"))
         stack.enter_context(emo_kernels.use_backend(name, ops=["expand_dwconv_act"]))
-        logs.append(stack.enter_context(backends.record_dispatch()))
+        logs.append(stack.enter_context(dispatch.record_dispatch()))
         return stack
 
     def n_calls():  # expand_dwconv_act calls this backend served

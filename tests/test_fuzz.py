@@ -9,7 +9,7 @@ and ``long`` (opt-in, thousands of examples, random seed):
 What is drawn: batch 1..5, H and W 1..40, channel counts that are mostly not multiples of 8 or
 16, depthwise k in {1, 3, 5, 7}, stride 1/2, every activation (silu, gelu, none, and the
 identity expansion), skip on/off, BatchNorm none/eval/train, fp32/fp64, NCHW/NHWC inputs,
-the optional biases and the fused projection (+ residual); for the cpu backend also its
+the optional biases; for the cpu backend also its
 chunking knobs (``emo_kernels.cpu.CHUNK_BYTES_PER_THREAD``, ``emo_kernels.cpu.SPLIT``) and 1 or
 2 threads. Tensor values come from a drawn seed, so a failing example (printed as a ``Case``)
 is reproducible from its repr. The Triton interpreter gets few, tiny examples.
@@ -213,8 +213,6 @@ class EdaCase:
     bn_running: bool   # train mode: pass running stats too
     b_exp: bool
     b_dw: bool
-    proj: str          # none | proj | proj+residual
-    Cout: int
     dtype: torch.dtype
     nhwc: bool
     seed: int
@@ -229,7 +227,6 @@ def eda_cases(draw, tiny=False):
     cmid = cin if act == "identity" else draw(channels(1, 12 if tiny else 48))
     stride = draw(st.sampled_from([1, 2]))
     bn_mode = draw(st.sampled_from(["none", "eval", "train"]))
-    p = draw(st.sampled_from(["none", "proj", "proj+residual"]))
     B, H, W, k = (draw(st.integers(1, 2 if tiny else 5)), draw(hw), draw(hw),
                   draw(st.sampled_from([3, 5, 3, 5, 1, 7] if tiny else [1, 3, 5, 7])))
     if bn_mode == "train" and B * _out_hw(H, W, k, stride)[0] * _out_hw(H, W, k, stride)[1] == 1:
@@ -238,7 +235,7 @@ def eda_cases(draw, tiny=False):
         B=B, Cin=cin, Cmid=cmid, H=H, W=W, k=k, stride=stride, act=act,
         skip=stride == 1 and draw(st.booleans()), bn=bn_mode, bn_affine=draw(st.booleans()),
         bn_running=draw(st.booleans()), b_exp=act != "identity" and draw(st.booleans()),
-        b_dw=draw(st.booleans()), proj=p, Cout=draw(channels(1, 24)), dtype=draw(DTYPES),
+        b_dw=draw(st.booleans()), dtype=draw(DTYPES),
         nhwc=draw(st.booleans()), seed=draw(st.integers(0, 2 ** 31 - 1)))
 
 
@@ -268,23 +265,12 @@ def eda_inputs(c, x=None, w_scale=None):
             kw["running_mean"] = _rand(g, c.Cmid, scale=0.3)
             kw["running_var"] = 0.5 + torch.rand(c.Cmid, generator=g, dtype=torch.float64)
         kw["momentum"], kw["eps"] = 0.3, 1e-5
-    if c.proj != "none":
-        Ho, Wo = _out_hw(c.H, c.W, c.k, c.stride)
-        kw["w_proj"] = _rand(g, c.Cout, c.Cmid, scale=c.Cmid ** -0.5)
-        if c.proj == "proj+residual":
-            kw["residual"] = _rand(g, c.B, c.Cout, Ho, Wo)
     return [x, w_exp, b_exp, w_dw, b_dw], kw
 
 
 def eda_ref(args, kw):
-    """The float64 reference (composing the projection as the op documents)."""
-    kw = dict(kw)
-    w_proj, residual = kw.pop("w_proj", None), kw.pop("residual", None)
-    z = expand_dwconv_act_ref(*args, **kw)
-    if w_proj is None:
-        return z
-    out = torch.nn.functional.conv2d(z, w_proj.reshape(*w_proj.shape, 1, 1))
-    return out if residual is None else out + residual
+    """The float64 reference."""
+    return expand_dwconv_act_ref(*args, **kw)
 
 
 def _cast(args, kw, dtype, device):
@@ -331,13 +317,12 @@ def check_eda(c, backend):
     # the reference sees the same rounded values, in float64 (running stats: own copies)
     rargs, rkw = _cast(args, kw, torch.float64, torch.device("cpu"))
     ref = eda_ref(rargs, rkw)
-    base_kw = {k: v for k, v in kw.items() if k not in ("w_proj", "residual")}
 
     def call():
         with torch.no_grad(), cpu_settings(c.knobs if backend == "cpu" else None):
             return emo_kernels.expand_dwconv_act(*args, **kw)
 
-    out = run_or_refused("expand_dwconv_act", backend, c, call, args, base_kw)
+    out = run_or_refused("expand_dwconv_act", backend, c, call, args, kw)
     if out is None:
         return
     assert_matches(out, ref, c.dtype,
@@ -677,13 +662,7 @@ def eda_error_bound(args, kw, u, dtype):
         Mz = Mz + Mv
         Ez = Ez + Ev + u * Mz
         ovf = ovf | (Mz > big)
-    if kw.get("w_proj") is None:
-        return Ez, ovf
-    wp = kw["w_proj"].reshape(*kw["w_proj"].shape[:2], 1, 1).abs()
-    Mo = nn0(F.conv2d(Mz, wp)) + (0.0 if kw.get("residual") is None else nn0(kw["residual"].abs()))
-    Eo = nn0(F.conv2d(Ez, wp)) + u * Mo
-    ovf = (F.conv2d(ovf.double(), (wp > 0).double()) > 0) | (Mo > big)
-    return Eo, ovf
+    return Ez, ovf
 
 
 def check_extreme(out, ref, bound, ovf, dtype):
@@ -758,8 +737,6 @@ def check_eda_extreme(case, backend):
     note(f"planted values {vals}, fraction {frac}")
     dev = _device(backend)
     args, kw = eda_inputs(c, w_scale=_l1_rows)
-    if "w_proj" in kw:
-        kw["w_proj"] = _l1_rows(kw["w_proj"])
     args[0] = plant(args[0], vals, frac, c.seed)
     args, kw = _cast(args, kw, c.dtype, dev)
     if c.nhwc:
@@ -771,13 +748,12 @@ def check_eda_extreme(case, backend):
         # overflow of finite sums only: an inf input must still give the reference's inf/NaN
         finite_x = rargs[0].nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
         _, ovf = eda_error_bound([finite_x] + rargs[1:], rkw, TOLERANCE[c.dtype], c.dtype)
-    base_kw = {k: v for k, v in kw.items() if k not in ("w_proj", "residual")}
 
     def call():
         with torch.no_grad(), cpu_settings(c.knobs if backend == "cpu" else None):
             return emo_kernels.expand_dwconv_act(*args, **kw)
 
-    out = run_or_refused("expand_dwconv_act", backend, c, call, args, base_kw)
+    out = run_or_refused("expand_dwconv_act", backend, c, call, args, kw)
     if out is not None:
         assert out.shape == ref.shape
         check_extreme(out, ref, bound, ovf, c.dtype)

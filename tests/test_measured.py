@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import emo_kernels
-from emo_kernels import backends, measured
+from emo_kernels import dispatch, measured
 
 OP = "_test_measured_op"
 
@@ -25,8 +25,8 @@ def _gpu_impl(x):
 def on_fake_h200(monkeypatch, tmp_path):
     """A fake op registered for torch and triton; CPU tensors treated as CUDA tensors of an
     H200; returns a function that writes a fabricated table and points the rule at it."""
-    backends.register(OP, "torch", _torch_impl)
-    backends.register(OP, "triton", _gpu_impl, gpu_kernel=True)
+    dispatch.register(OP, "torch", _torch_impl)
+    dispatch.register(OP, "triton", _gpu_impl, gpu_kernel=True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(measured, "_on_gpu", lambda t: True)
     monkeypatch.setattr(measured, "_device", lambda d: ("NVIDIA H200", "sm_90"))
@@ -47,7 +47,7 @@ def _row(speedup, family="sm_90", cls="fp32-infer", backend="triton"):
 
 
 def _picked(x):
-    return backends.resolve(OP, x)(x)[0]
+    return dispatch.resolve(OP, x)(x)[0]
 
 
 def test_unmeasured_gpu_kernel_is_not_picked(on_fake_h200):

@@ -12,7 +12,8 @@ import torch
 
 import emo
 import emo_kernels
-from emo_kernels import backends
+from emo_kernels import dispatch
+from emo_kernels.backends.triton import interpreted as triton_interpreted
 from emo_kernels.reference import window_attention_ref
 from emo_kernels.testing import TOLERANCE, poison_empty
 
@@ -123,7 +124,7 @@ def test_gradcheck_float64_full_tiny(kernel_backend):
     interpreter (~20 ms a launch): window 2, a 1x3 map padded to 2x4, two windows, d=4."""
     name, dev = kernel_backend
     qk, v, kp = _inputs(1, 4, 1, 3, torch.float64, dev)
-    reason = backends._reason(OP, name, (*_split(qk), v, kp), dict(head_dim=4, window_size=2))
+    reason = dispatch.cannot_run(OP, name, *_split(qk), v, kp, head_dim=4, window_size=2)
     if reason is not None and name != "triton":  # triton must run it
         pytest.skip(f"{name} backend does not support window_size=2: {reason}")
     assert torch.autograd.gradcheck(_gc_fn(4, 2), (qk, v, kp))
@@ -166,7 +167,7 @@ def test_triton_custom_op_opcheck():
     """Schema, autograd registration, fake (meta) functions and AOT dispatch of the custom op.
     custom_op (not triton_op) is used precisely so this runs on CPU: its fake functions are
     plain Python and the op is opaque to tracing, so no Triton kernel is traced."""
-    if not HAS_CUDA and not backends.triton_interpreted():
+    if not HAS_CUDA and not triton_interpreted():
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
     dev = torch.device("cuda" if HAS_CUDA else "cpu")
     qk, v, kp = _inputs(1, 16, 3, 5, torch.float32, dev)
@@ -183,16 +184,16 @@ def test_triton_custom_op_opcheck():
 
 @triton_only
 def test_triton_can_run_reasons(monkeypatch):
-    from emo_kernels.ops.window_attention import _can_run_triton
+    from emo_kernels.backends.triton import window_attention_can_run as _can_run_triton
     x = torch.randn(1, 16, 7, 7)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert "CUDA tensors" in _can_run_triton(x, x, x, head_dim=16)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _can_run_triton(x, x, x, head_dim=16) is None
     # the interpreter is never chosen by auto, only when asked for
-    assert "interpreter" in backends.explain(OP, x, x, x, head_dim=16)["triton"]
+    assert "interpreter" in dispatch.explain(OP, x, x, x, head_dim=16)["triton"]
     with emo_kernels.use_backend("auto"):
-        assert backends.which(OP, x, x, x, head_dim=16) != "triton"
+        assert dispatch.which(OP, x, x, x, head_dim=16) != "triton"
     y = torch.randn(1, 80, 7, 7)
     assert "head_dim=80" in _can_run_triton(y, y, y, head_dim=80)
     assert "window_size=9" in _can_run_triton(x, x, x, head_dim=16, window_size=9)
@@ -205,7 +206,7 @@ _AOT_SCRIPT = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from emo_kernels.triton import window_attention as wa
+from emo_kernels.backends.triton import window_attention as wa
 dtype = sys.argv[1]
 acc = "fp64" if dtype == "fp64" else "fp32"
 consts = dict(D=21, WS=7, BLOCK_L=64, BLOCK_D=32, HAS_KPAD=True, UPCAST=False,
@@ -247,7 +248,7 @@ def test_triton_kernels_compile_for_sm90(dtype):
 
 
 def test_per_op_backend_selection(monkeypatch):
-    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    monkeypatch.delenv(dispatch.ENV_VAR, raising=False)
     assert emo_kernels.get_backend(OP) == "auto"
     with emo_kernels.use_backend("torch"):
         with emo_kernels.use_backend("triton", ops=[OP]):
@@ -301,7 +302,7 @@ def test_model_fused_matches_reference(kernel_backend, monkeypatch, model_name, 
 
     outs = []
     with emo_kernels.use_backend("torch"), emo_kernels.use_backend(name, ops=[OP]), \
-            backends.record_dispatch() as log:
+            dispatch.record_dispatch() as log:
         for m in models:
             m.train(mode == "train")
             torch.manual_seed(1)  # same drop-path masks

@@ -17,23 +17,20 @@ Arguments
              bn_weight, bn_bias, bn_training, momentum, eps)``: in training it uses batch
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
              Their dtype: x's, or float32 with fp16/bf16 x (mixed precision, as under autocast).
-    w_proj   optional (Cout, Cmid[, 1, 1]): return conv1x1(z, w_proj) (+ residual, optional
-             (B, Cout, Ho, Wo)) instead of z -- the iRMB projection (fused by the cpu backend).
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 
-Backends: ``torch`` (the reference) and ``triton`` (emo_kernels/triton/expand_dwconv_act.py:
-fused kernels that never store v, k in {3, 5}, CUDA tensors or CPU tensors under
-TRITON_INTERPRET=1; ``auto`` does not pick it on CPU).
+Backends (emo_kernels/backends/): ``torch`` (the reference), ``cpu`` (C++, inference, k in
+{1, 3, 5, 7}), ``triton`` (fused kernels that never store v, k in {3, 5}, CUDA tensors or CPU
+tensors under TRITON_INTERPRET=1; ``auto`` does not pick it on CPU), ``cuda``
+(csrc/expand_dwconv_act.cu).
 
 Memory traffic (per image, element size e): the reference reads x and writes v, reads v and
 writes p, reads p / writes the BN output, reads it / writes d, reads d and v / writes z --
 about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and writes z:
 e*(Cin*H*W + Cmid*Ho*Wo).
 """
-import torch.nn.functional as F
-
-from .. import backends, cpu
-from ..reference import expand_dwconv_act_ref
+from .. import dispatch
+from ..formulas import dw_out_size
 from ._checks import (ACTS, bn_dtypes, check_bool, check_channels, check_choice, check_int_in,
                       check_number, check_tensor, check_weight_1x1)
 
@@ -87,99 +84,21 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias
         raise ValueError(f"x must have a non-empty spatial map, got {tuple(x.shape)}")
 
 
-def _z_shape(x, w_dw, stride):
+def z_shape(x, w_dw, stride):
     """The shape of z (the depthwise output) for validated arguments."""
     k = w_dw.shape[-1]
-    pad = -(-(k - stride) // 2)
-    return (x.shape[0], w_dw.shape[0], (x.shape[2] + 2 * pad - k) // stride + 1,
-            (x.shape[3] + 2 * pad - k) // stride + 1)
-
-
-def _validate_proj(z_shape, x, w_proj, residual):
-    B, cmid, ho, wo = z_shape
-    cout, _ = check_weight_1x1("w_proj", w_proj, x, cols=cmid, source="z")
-    check_tensor("residual", residual, shape=(B, cout, ho, wo), like=x, optional=True)
-
-
-# base implementation -> the same backend's implementation with the projection fused in
-_WITH_PROJ = {}
-
-
-def register_with_proj(base_fn, fused_fn):
-    """Declare that ``fused_fn(x, ..., w_proj=, residual=, **kwargs)`` computes
-    ``base_fn(...)`` followed by the projection in one pass."""
-    _WITH_PROJ[base_fn] = fused_fn
+    return (x.shape[0], w_dw.shape[0], dw_out_size(x.shape[2], k, stride),
+            dw_out_size(x.shape[3], k, stride))
 
 
 def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
                       bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
-                      bn_training=False, momentum=0.1, eps=1e-6, w_proj=None, residual=None):
-    """See the module docstring. With ``w_proj`` (Cout, Cmid[, 1, 1]) it returns
-    ``conv1x1(z, w_proj) (+ residual)`` instead of z: the iRMB projection, fused into the same
-    pass by backends that can (cpu), else computed after the backend's z with F.conv2d."""
+                      bn_training=False, momentum=0.1, eps=1e-6):
+    """See the module docstring."""
     _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
               running_mean, running_var, bn_training, momentum, eps)
-    if w_proj is not None:
-        _validate_proj(_z_shape(x, w_dw, stride), x, w_proj, residual)
-    elif residual is not None:
-        raise ValueError("residual needs w_proj")
     kwargs = dict(act=act, stride=stride, skip=skip, bn_weight=bn_weight, bn_bias=bn_bias,
                   running_mean=running_mean, running_var=running_var, bn_training=bn_training,
                   momentum=momentum, eps=eps)
-    fn = backends.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    if w_proj is None:
-        return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    fused = _WITH_PROJ.get(getattr(fn, "__wrapped__", fn))
-    if fused is not None:
-        return fused(x, w_exp, b_exp, w_dw, b_dw, w_proj=w_proj, residual=residual, **kwargs)
-    z = fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)
-    out = F.conv2d(z, w_proj.reshape(w_proj.shape[0], -1, 1, 1))
-    return out if residual is None else out + residual
-
-
-backends.register(OP, "torch", expand_dwconv_act_ref)
-
-
-# ---- cuda backend (csrc/expand_dwconv_act.cu via emo_kernels.cuda) -------------------------
-# A GPU kernel: auto picks it only where a committed GPU measurement shows it faster
-# (emo_kernels.measured); today there is none, so auto never picks it. can_run refuses
-# CPU tensors and an unbuilt extension (with the build hint).
-from .. import cuda as _cuda_backend  # noqa: E402
-
-backends.register(OP, "cuda", _cuda_backend.expand_dwconv_act_cuda,
-                  _cuda_backend.can_run_expand_dwconv_act, gpu_kernel=True)
-
-
-# ----- triton backend (emo_kernels/triton/expand_dwconv_act.py), imported on first use so that
-# a missing triton package only makes can_run give a reason, and so that TRITON_INTERPRET is
-# read when the kernels are defined (after tests have set it).
-TRITON_KERNEL_SIZES = (3, 5)
-
-
-def _triton_can_run(x, w_exp, b_exp, w_dw, b_dw=None, **kwargs):
-    try:
-        import triton  # noqa: F401
-    except ImportError as e:
-        return f"triton is not installed ({e})"
-    if x.device.type == "cpu":
-        if not backends.triton_interpreted():
-            return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    elif x.device.type != "cuda":
-        return f"Triton kernels need CUDA tensors, got a tensor on {x.device}"
-    k = w_dw.shape[-1]
-    if k not in TRITON_KERNEL_SIZES:
-        return f"depthwise kernel size {k} is not supported (only {TRITON_KERNEL_SIZES})"
-    return None
-
-
-def _triton_fn(*args, **kwargs):
-    from ..triton.expand_dwconv_act import expand_dwconv_act_triton
-    return expand_dwconv_act_triton(*args, **kwargs)
-
-
-backends.register(OP, "triton", _triton_fn, _triton_can_run, gpu_kernel=True)
-
-
-# ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)
-backends.register(OP, "cpu", cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_can_run)
-register_with_proj(cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_proj_cpu)
+    fn = dispatch.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
+    return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)

@@ -13,6 +13,8 @@ this is the composition the fused kernels must reproduce.
 """
 import torch.nn.functional as F
 
+from ..formulas import dw_padding
+
 
 def activation(x, act):
     if act == "silu":
@@ -22,11 +24,6 @@ def activation(x, act):
     if act == "none":
         return x
     raise ValueError(f"act must be 'silu', 'gelu' or 'none', got {act!r}")
-
-
-def dw_padding(kernel_size, stride):
-    """EMO's ConvNormAct padding: ceil((k - stride) / 2)."""
-    return -(-(kernel_size - stride) // 2)
 
 
 def expand_dwconv_act_ref(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,

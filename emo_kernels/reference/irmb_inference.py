@@ -43,9 +43,6 @@ def irmb_inference_ref(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", strid
         z = squeeze_excite(z, se_reduce_weight, se_reduce_bias, se_expand_weight,
                            se_expand_bias, se_act)
         return pointwise(z, w_proj)
-    if ops is None:
-        z = eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip)
-        out = pointwise(z, w_proj)
-        return out + x if skip else out
-    return eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip, w_proj=w_proj,
-               residual=x if skip else None)
+    z = eda(y, w_exp, b_exp, w_dw, b_dw, act=act, stride=stride, skip=skip)
+    out = pointwise(z, w_proj)
+    return out + x if skip else out

@@ -32,6 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreted
+
+from ...formulas import acc_dtype
+
 MAX_HEAD_DIM = 64
 MAX_WINDOW_TOKENS = 64
 
@@ -170,8 +174,7 @@ def _window_attention_bwd(
 
 # ----- launch helpers ------------------------------------------------------------------------
 def _interpreted():
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreted()
 
 
 def window_geometry(H, W, window_size):
@@ -185,10 +188,6 @@ def lse_shape(q, head_dim, window_size):
     B, C, H, W = q.shape
     n1, n2, block_l = window_geometry(H, W, window_size)
     return (B * n1 * n2, C // head_dim, block_l)
-
-
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _meta(q, head_dim, window_size, scale, has_kpad):
@@ -236,3 +235,62 @@ def window_attention_bwd(grad_out, q, k, v, k_pad, out, lse, head_dim, window_si
     else:
         dk_pad = torch.zeros((C,), dtype=q.dtype, device=q.device)
     return dq, dk, dv, dk_pad
+
+
+# ----- the torch.library custom op and its autograd ---------------------------------------
+# custom_op (not triton_op): the op is opaque to tracing and its fake functions are plain
+# Python, so opcheck and torch.compile(fullgraph=True) work on CPU (interpreter) and GPU alike.
+from typing import Optional, Tuple  # noqa: E402
+
+
+@torch.library.custom_op("emo_kernels::window_attention_triton", mutates_args=())
+def _wa_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               k_pad: Optional[torch.Tensor], head_dim: int, window_size: int,
+               scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    return window_attention_fwd(q, k, v, k_pad, head_dim, window_size, scale)
+
+
+@_wa_triton.register_fake
+def _(q, k, v, k_pad, head_dim, window_size, scale):
+    lse = q.new_empty(lse_shape(q, head_dim, window_size), dtype=acc_dtype(q.dtype))
+    return torch.empty_like(v), lse
+
+
+@torch.library.custom_op("emo_kernels::window_attention_triton_backward", mutates_args=())
+def _wa_triton_bwd(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                   v: torch.Tensor, k_pad: Optional[torch.Tensor], out: torch.Tensor,
+                   lse: torch.Tensor, head_dim: int, window_size: int, scale: float
+                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return window_attention_bwd(grad_out, q, k, v, k_pad, out, lse, head_dim, window_size,
+                                scale)
+
+
+@_wa_triton_bwd.register_fake
+def _(grad_out, q, k, v, k_pad, out, lse, head_dim, window_size, scale):
+    return (torch.empty_like(q), torch.empty_like(k), torch.empty_like(v),
+            q.new_empty((q.shape[1],)))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, k_pad, head_dim, window_size, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, k_pad, out, lse)
+    ctx.has_kpad = k_pad is not None
+    ctx.args = (head_dim, window_size, scale)
+
+
+def _backward(ctx, grad_out, _grad_lse):
+    q, k, v, k_pad, out, lse = ctx.saved_tensors
+    dq, dk, dv, dk_pad = _wa_triton_bwd(grad_out, q, k, v, k_pad, out, lse, *ctx.args)
+    return dq, dk, dv, (dk_pad if ctx.has_kpad else None), None, None, None
+
+
+_wa_triton.register_autograd(_backward, setup_context=_setup_context)
+
+
+def window_attention_triton(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
+    """The triton backend of ``window_attention`` (forward and backward kernels)."""
+    scale = head_dim ** -0.5 if scale is None else float(scale)
+    return torch.ops.emo_kernels.window_attention_triton(
+        q, k, v, k_pad, head_dim, window_size, scale)[0]

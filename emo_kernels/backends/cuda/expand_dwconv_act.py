@@ -18,9 +18,10 @@ Backward
 """
 import torch
 
+from ...formulas import ACT_CODES, bn_scale_shift, update_running_stats
 from ._common import acc_dtype, contig, device_reason, ops
 
-ACT = {"none": 0, "silu": 1, "gelu": 2}
+ACT = ACT_CODES
 _DIMS = (0, 2, 3)
 
 
@@ -60,20 +61,14 @@ class _ExpandDwconvAct(torch.autograd.Function):
                     raise ValueError("Expected more than 1 value per channel when training, "
                                      f"got input size {tuple(p.shape)}")
                 var, mean = torch.var_mean(p, dim=_DIMS, unbiased=False)
-                rstd = (var + eps).rsqrt()
             else:
-                mean = running_mean.to(acc)
-                rstd = (running_var.to(acc) + eps).rsqrt()
-            scale = rstd if w is None else rstd * w
-            shift = -mean * scale if b is None else b - mean * scale
+                mean, var = running_mean.to(acc), running_var.to(acc)
+            rstd = (var + eps).rsqrt()
+            scale, shift = bn_scale_shift(w, b, mean, var, eps)
             if bn_training:
                 z = K.edc_epilogue_fwd(p, scale, shift, v, skip)
                 if running_mean is not None:
-                    with torch.no_grad():
-                        running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype),
-                                                             alpha=momentum)
-                        running_var.mul_(1 - momentum).add_(
-                            (var * (n / (n - 1))).to(running_var.dtype), alpha=momentum)
+                    update_running_stats(running_mean, running_var, mean, var, n, momentum)
             else:
                 z = K.edc_dw_fwd(v, w3, b_dw, scale, shift, stride, skip, True)
 

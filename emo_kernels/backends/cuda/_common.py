@@ -1,6 +1,8 @@
 import torch
 
-from .. import _cuda
+from ...formulas import acc_dtype  # noqa: F401  (re-exported for the op modules)
+
+from ... import _cuda
 
 NEEDS_CUDA = "cuda backend needs CUDA tensors"
 
@@ -10,10 +12,6 @@ def ops(emulate: bool):
     if _cuda._state["loaded"] is None:  # load once, outside any torch.compile trace
         _cuda.load()
     return torch.ops.emo_kernels_cuda_emu if emulate else torch.ops.emo_kernels_cuda
-
-
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def device_reason(*tensors):

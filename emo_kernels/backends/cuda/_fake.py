@@ -5,16 +5,16 @@ shapes and dtypes mirror csrc/bindings.cpp.
 """
 import torch
 
+from ...formulas import acc_dtype, dw_out_size
+
 _done = set()
 
 
 def _acc(t):
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+    return acc_dtype(t.dtype)
 
 
-def _out(n, k, s):
-    pad = (k - s + 1) // 2
-    return (n + 2 * pad - k) // s + 1
+_out = dw_out_size
 
 
 def _register(ns):

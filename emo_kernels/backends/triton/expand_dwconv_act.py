@@ -82,7 +82,11 @@ import torch
 import triton
 import triton.language as tl
 
-ACTS = {"none": 0, "silu": 1, "gelu": 2}
+from . import interpreted
+
+from ...formulas import ACT_CODES as ACTS  # noqa: E402
+from ...formulas import (acc_dtype, bn_scale_shift, dw_out_size, dw_padding,  # noqa: E402
+                         fold_affine, update_running_stats)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -394,8 +398,7 @@ def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sx
 
 # ------------------------------------------------------------------------------ launch helpers
 def _interpreted():
-    import os
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return interpreted()
 
 
 def _p2(n, lo, hi):
@@ -414,10 +417,6 @@ def _blocks(npix, cmid, cin):
     return _p2(npix, 16, mp), _p2(cmid, 16, mc), _p2(cin, 16, mk)
 
 
-def acc_dtype(dtype):
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _tl_acc(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -432,12 +431,8 @@ def out_memory_format(x):
     return torch.contiguous_format
 
 
-def dw_padding(k, stride):
-    return -(-(k - stride) // 2)
-
-
 def out_size(h, k, stride):
-    return (h + 2 * dw_padding(k, stride) - k) // stride + 1
+    return dw_out_size(h, k, stride)
 
 
 _CONSTS = {}
@@ -696,15 +691,12 @@ def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", st
     use_bn = bn_weight is not None or running_mean is not None or bn_training
     if use_bn and not bn_training:
         acc = acc_dtype(x.dtype)
-        scale = torch.rsqrt(running_var.to(acc) + eps)
-        if bn_weight is not None:
-            scale = scale * bn_weight.to(acc)
-        shift = -running_mean.to(acc) * scale
-        if b_dw is not None:
-            shift = shift + b_dw.to(acc) * scale
-        if bn_bias is not None:
-            shift = shift + bn_bias.to(acc)
-        w_dw, b_dw = w_dw.to(acc) * scale[:, None, None, None], shift
+        scale, shift = bn_scale_shift(
+            None if bn_weight is None else bn_weight.to(acc),
+            None if bn_bias is None else bn_bias.to(acc), running_mean.to(acc),
+            running_var.to(acc), eps)
+        w_dw, b_dw = fold_affine(w_dw.to(acc), None if b_dw is None else b_dw.to(acc), scale,
+                                 shift)
         bn_weight = bn_bias = running_mean = running_var = None
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias))
@@ -712,9 +704,6 @@ def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", st
         x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, int(stride), bool(skip),
         bool(bn_training), float(eps), save)
     if bn_training and running_mean is not None:  # as F.batch_norm: unbiased var for the update
-        n = p.numel() // p.shape[1]
-        with torch.no_grad():
-            running_mean.mul_(1 - momentum).add_(momentum * mean.to(running_mean.dtype))
-            running_var.mul_(1 - momentum).add_(
-                momentum * (var * (n / (n - 1))).to(running_var.dtype))
+        update_running_stats(running_mean, running_var, mean, var, p.numel() // p.shape[1],
+                             momentum)
     return z
