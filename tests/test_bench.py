@@ -8,32 +8,33 @@ import sys
 
 import pytest
 
-from bench import common, report
+import emo
+from bench import report, results, shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_block_specs_read_off_emo_1m():
-    specs = common.block_specs("emo_1m", 224)
-    dw = [s for _, s in specs if isinstance(s, common.DwSpec)]
-    at = [(n, s) for n, s in specs if isinstance(s, common.AttnSpec)]
-    assert len(dw) == 1 + sum(common.emo.CONFIGS["emo_1m"]["depths"])  # stem + every iRMB
-    assert dw[0] == common.DwSpec(24, 24, 3, 1, "none", False, True, 112, 112)
+    specs = shapes.block_specs("emo_1m", 224)
+    dw = [s for _, s in specs if isinstance(s, shapes.DwSpec)]
+    at = [(n, s) for n, s in specs if isinstance(s, shapes.AttnSpec)]
+    assert len(dw) == 1 + sum(emo.CONFIGS["emo_1m"]["depths"])  # stem + every iRMB
+    assert dw[0] == shapes.DwSpec(24, 24, 3, 1, "none", False, True, 112, 112)
     assert dw[0].id == "Cin24-Cmid24-112x112-k3-s1-id"
     assert {s.id for _, s in at} == {"C80-hd20-14x14-ws7", "C168-hd21-7x7-ws7"}
     assert all(n.startswith(("stage3.", "stage4.")) for n, _ in at)
-    uses = common.distinct_specs(("emo_1m",), 224, common.AttnSpec)
+    uses = shapes.distinct_specs(("emo_1m",), 224, shapes.AttnSpec)
     assert sum(len(b) for u in uses.values() for b in u.values()) == len(at)
 
 
 def test_bytes_formulas():
-    s = common.DwSpec(8, 16, 3, 2, "silu", False, False, 10, 10)
+    s = shapes.DwSpec(8, 16, 3, 2, "silu", False, False, 10, 10)
     assert s.out_hw == (5, 5)
     w = 16 * 8 + 16 + 16 * 9 + 16
-    assert common.bytes_expand_dwconv_act(s, 2, 4, "fwd") == 4 * (2 * (800 + 400) + w)
-    a = common.AttnSpec(32, 16, 9, 9, 7)
-    assert common.bytes_window_attention(a, 2, 2, "fwd") == 2 * 2 * 32 * 81 * 4
-    assert common.bytes_window_attention(a, 2, 2, "fwd+bwd") == 2 * 2 * 32 * 81 * 11
+    assert shapes.bytes_expand_dwconv_act(s, 2, 4, "fwd") == 4 * (2 * (800 + 400) + w)
+    a = shapes.AttnSpec(32, 16, 9, 9, 7)
+    assert shapes.bytes_window_attention(a, 2, 2, "fwd") == 2 * 2 * 32 * 81 * 4
+    assert shapes.bytes_window_attention(a, 2, 2, "fwd+bwd") == 2 * 2 * 32 * 81 * 11
 
 
 def _row(suite, provider, median_s, **extra):
@@ -47,7 +48,8 @@ def _row(suite, provider, median_s, **extra):
 
 def test_report_tiny_json(tmp_path):
     data = dict(datetime="2026-11-28T12:00:00", machine_info=dict(emo_bench=dict(
-        device_name="dev", device_slug="cpu-x86_64", copy_gbps=1000.0, torch="t",
+        device_name="dev", device_kind="cpu", device_model="Dev(R) Chip", threads=3,
+        copy_gbps=1000.0, torch="t",
         triton="x", cuda="c", python="p", size=224, rounds=3, warmup=1, compile="1")),
         benchmarks=[
             _row("model", "eager", 0.2, model="emo_1m", peak_mem_mb=10.0, mem_metric="m"),
@@ -93,7 +95,9 @@ def test_gpu_check_dry_run(tmp_path):
     files = sorted(f.name for f in out.iterdir())
     assert len(files) <= 8, files
     stem = next(f[:-3] for f in files if f.endswith(".md"))
-    assert stem.startswith("dryrun-cpu-")
+    name = results.parse_stem(stem)  # the one naming scheme; EMO_BENCH_THREADS=1 in a dry run
+    assert name is not None and (name["kind"], name["threads"], name["tag"]) == (
+        "cpu", "1", "dryrun"), stem
     for f in ("env.txt", "summary.txt", "tests.log", "calibrate.jsonl", "gpu_measured.json",
               "logs.tar.gz", stem + ".json"):
         assert (out / f).stat().st_size > 0, f
