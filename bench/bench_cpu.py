@@ -21,34 +21,20 @@ ONNX Runtime). Variants:
     InferencePlan               fused.prepare_inference(): the same, prepared once (frozen)
 
 Logits of every variant are checked against eager fused=False (max rel err printed).
-Results go to bench/results/cpu_<cpu>_<date>.{md,json} unless --out is given.
+Results go to bench/results/cpu_<cpu>_<YYYYMMDD>_t<threads>[_<tag>].{md,json} (bench/results.py)
+unless --out is given.
 """
 import argparse
 import datetime
-import json
 import os
 import statistics
-import tempfile
 import time
 
 import torch
 
 import emo
 import emo_kernels
-from bench.common import cpu_model
-
-
-def make_ort(model, x, threads):
-    import onnxruntime as ort
-    path = os.path.join(tempfile.mkdtemp(), "emo.onnx")
-    torch.onnx.export(model, (x,), path, opset_version=17, dynamo=False, input_names=["x"],
-                      output_names=["logits"], dynamic_axes={"x": {0: "batch"}})
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    return lambda t: torch.from_numpy(sess.run(None, {"x": t.numpy()})[0])
+from bench import engines, env, results, timing
 
 
 def build(name, x, compile_, onnx, threads, plan=True):
@@ -58,9 +44,9 @@ def build(name, x, compile_, onnx, threads, plan=True):
     fused.load_state_dict(base.state_dict())
     v = {"eager fused=False": base}
     if compile_:
-        v["torch.compile fused=False"] = torch.compile(base, dynamic=False)
+        v["torch.compile fused=False"] = engines.torch_compile(base, dynamic=False)
     if onnx:
-        v["onnxruntime fused=False"] = make_ort(base, x, threads)
+        v["onnxruntime fused=False"] = engines.onnxruntime_session(base, x, threads)
     v[f"fused=True ({emo_kernels.get_backend()})"] = fused
     if plan:
         v["InferencePlan (frozen)"] = fused.prepare_inference()
@@ -91,14 +77,8 @@ def run(args):
                     errs[k] = ((out - ref).abs().max() / ref.abs().max()).item()
                     print(f"  warm-up {name} b{batch} {k}: {time.perf_counter() - t0:.1f} s, "
                           f"rel err vs eager {errs[k]:.1e}", flush=True)
-                times = {k: [] for k in variants}
-                for _ in range(args.iters):
-                    for k, fn in variants.items():
-                        if args.gap_ms:
-                            time.sleep(args.gap_ms / 1e3)
-                        t0 = time.perf_counter()
-                        fn(x)
-                        times[k].append(time.perf_counter() - t0)
+                calls = {k: (lambda fn=fn: fn(x)) for k, fn in variants.items()}
+                times = timing.interleaved(calls, "cpu", args.iters, gap_s=args.gap_ms / 1e3)
             med = {k: statistics.median(ts) for k, ts in times.items()}
             fused_key = [k for k in med if k.startswith("fused=True")][0]
             for k, ts in times.items():
@@ -111,7 +91,7 @@ def run(args):
                     img_s=batch / med[k], fused_speedup=med[k] / med[fused_key],
                     fused_speedup_per_round=per_round,
                     rel_err_vs_eager=errs[k], iters=args.iters, threads=torch.get_num_threads(),
-                    device=cpu_model(), torch=torch.__version__))
+                    device=env.cpu_model(), torch=torch.__version__))
     return rows
 
 
@@ -140,7 +120,10 @@ def main(argv=None):
     p.add_argument("--no-onnx", action="store_true")
     p.add_argument("--no-plan", action="store_true", help="leave out the InferencePlan variant")
     p.add_argument("--note", default="", help="free text stored with the results")
-    p.add_argument("--out", default=None, help="path prefix of the .md/.json results")
+    p.add_argument("--tag", default=None,
+                   help="what was run, appended to the default file name (bench/results.py)")
+    p.add_argument("--out", default=None, help="path prefix of the .md/.json results "
+                   "(default: bench/results/cpu_<cpu>_<YYYYMMDD>_t<threads>[_<tag>])")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -149,22 +132,14 @@ def main(argv=None):
         load = os.getloadavg()
     except OSError:
         load = None
-    head = (f"device: {cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
+    head = (f"device: {env.cpu_model()}, {torch.get_num_threads()} threads; torch {torch.__version__}; "
             f"fp32 {args.size}x{args.size}; {args.iters} interleaved rounds; load average at "
             f"end {load}; {args.gap_ms:g} ms idle before each timed call; "
             f"{datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC. {args.note}")
     text = head + "\n\n" + table(rows) + "\n"
     print(text)
-    out = args.out
-    if out is None:
-        tag = cpu_model().replace("(R)", "").replace("(TM)", "").replace(" ", "_").replace("@", "")
-        out = os.path.join(os.path.dirname(__file__), "results",
-                           f"cpu_{tag}_{datetime.date.today():%Y%m%d}_t{torch.get_num_threads()}")
-    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-    with open(out + ".md", "w") as f:
-        f.write(text)
-    with open(out + ".json", "w") as f:
-        json.dump(dict(header=head, rows=rows), f, indent=1)
+    out = args.out or os.path.join(results.RESULTS_DIR, results.stem_for("cpu", args.tag))
+    results.write(out, text, dict(header=head, rows=rows))
     print(f"wrote {out}.md and .json")
 
 

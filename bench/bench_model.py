@@ -11,16 +11,17 @@ with peak memory, for
                      with backend 'auto'                   } compile on 2 CPU cores)
 
     python -m pytest bench/bench_model.py --benchmark-json=model.json
-Settings: EMO_BENCH_* environment variables (bench/common.py, ``config``). Each row builds its
+Settings: EMO_BENCH_* environment variables (bench/config.py, ``config``). Each row builds its
 model afresh (same seed, same weights), warms up, measures peak memory over one step, then
 times ``rounds`` steps (pytest-benchmark; on CUDA also CUDA-event medians in extra_info).
 """
+import statistics
 import time
 
 import pytest
 import torch
 
-from bench import common
+from bench import config, engines, memory, models, suites, support, timing
 from emo_kernels import BackendUnavailableError, backends
 
 
@@ -33,7 +34,7 @@ def variants(cfg):
 
 
 def cases():
-    cfg = common.config()
+    cfg = config.config()
     params = []
     # most important first (a time-capped run keeps what it finished): batch, dtype, model
     for batch in cfg.batches:
@@ -44,16 +45,16 @@ def cases():
                         for var in variants(cfg):
                             params.append(pytest.param(
                                 name, mode, dtype, layout, batch, var,
-                                id=f"{name}-{mode}-{common.SHORT_DTYPE[dtype]}-{layout}-"
+                                id=f"{name}-{mode}-{config.SHORT_DTYPE[dtype]}-{layout}-"
                                    f"B{batch}-{var}"))
     return params
 
 
 @pytest.mark.parametrize("name,mode,dtype,layout,batch,variant", cases())
 def test_model(benchmark, name, mode, dtype, layout, batch, variant):
-    cfg = common.config()
+    cfg = config.config()
     dev, train = cfg.device, mode == "train"
-    benchmark.group = f"{name} {mode} {common.SHORT_DTYPE[dtype]} {layout} B{batch}"
+    benchmark.group = f"{name} {mode} {config.SHORT_DTYPE[dtype]} {layout} B{batch}"
     compiled = variant.startswith("compile")
     fused = "fused" in variant
     backend, provider = None, variant
@@ -62,28 +63,27 @@ def test_model(benchmark, name, mode, dtype, layout, batch, variant):
         if backend == "auto":
             # what emo_kernels picks by itself, op call by op call: a mix where some kernels
             # exist only for some ops; a single backend's rows already cover the rest
-            picks = common.model_auto_backends(name, dev, dtype, layout, cfg.size, train)
+            picks = support.model_auto_backends(name, dev, dtype, layout, cfg.size, train)
             provider = variant.replace("[auto]", f"[auto:{'+'.join(picks)}]")
             if len(picks) == 1 and not compiled:
                 pytest.skip(f"auto picks only {picks[0]} here: that is the fused[{picks[0]}] row")
         else:
-            reasons = common.model_backend_reasons(name, dev, dtype, layout, cfg.size, train)
+            reasons = support.model_backend_reasons(name, dev, dtype, layout, cfg.size, train)
             if reasons[backend] is not None:
                 pytest.skip(f"{backend}: {reasons[backend]}")
     torch.manual_seed(0)
-    base = common.build_model(name, dev, dtype, layout, train)
-    model = common.build_model(name, dev, dtype, layout, train, fused=True, like=base) \
+    base = models.build_model(name, dev, dtype, layout, train)
+    model = models.build_model(name, dev, dtype, layout, train, fused=True, like=base) \
         if fused else base
     del base  # (fused rows) only the timed model stays on the device
     if compiled:
-        torch._dynamo.reset()
-        model = torch.compile(model)
-    x = common.model_input(batch, cfg.size, dev, dtype, layout)
-    step = common.BackendStep(common.make_step(model, x, train), backend)
+        model = engines.torch_compile(model, fresh=True)
+    x = models.model_input(batch, cfg.size, dev, dtype, layout)
+    step = models.BackendStep(models.make_step(model, x, train), backend)
     t0 = time.perf_counter()
     try:  # the first step (the compile, for compiled rows)
         step()
-        common.sync(dev)
+        timing.sync(dev)
     except BackendUnavailableError as e:  # explain said yes on synthesized inputs, but the
         pytest.skip(f"{backend}: {e}")   # model's own tensors (strides) were refused
     except Exception as e:  # noqa: BLE001
@@ -93,15 +93,15 @@ def test_model(benchmark, name, mode, dtype, layout, batch, variant):
     compile_s = time.perf_counter() - t0 if compiled else None
     for _ in range(cfg.warmup):
         step()
-    mem_mb, mem_metric = common.peak_memory(step, dev)
-    ev_ms = common.run_benchmark(benchmark, step, dev, cfg.rounds, warmup=0)
-    info = common.base_info(cfg, dtype, layout, batch)
+    mem_mb, mem_metric = memory.peak_memory(step, dev)
+    times = timing.benchmark_rounds(benchmark, step, dev, cfg.rounds, warmup=0)
+    info = suites.base_info(cfg, dtype, layout, batch)
     info.update(suite="model", model=name, case=name, mode=mode,
                 provider=provider,
                 backend=backend, fused=fused, compiled=compiled, peak_mem_mb=mem_mb,
                 mem_metric=mem_metric)
     if compile_s is not None:
         info["compile_s"] = compile_s
-    if ev_ms is not None:
-        info["cuda_event_median_ms"] = ev_ms
+    if dev.type == "cuda":
+        info["cuda_event_median_ms"] = statistics.median(times) * 1e3
     benchmark.extra_info.update(info)

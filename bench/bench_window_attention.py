@@ -4,16 +4,17 @@ map as in the model), fwd and fwd+bwd, each backend that ``explain`` says can ru
 torch reference.
 
     python -m pytest bench/bench_window_attention.py --benchmark-json=attn.json
-Settings: EMO_BENCH_* environment variables (bench/common.py, ``config``).
+Settings: EMO_BENCH_* environment variables (bench/config.py, ``config``).
 """
 import pytest
 
-from bench import common
+from bench.config import SHORT_DTYPE
+from bench.suites import op_cases, run_op_row
 
 OP = "window_attention"
 
 
-@pytest.mark.parametrize("spec,uses,mode,dtype,layout,batch,provider", common.op_cases(OP))
+@pytest.mark.parametrize("spec,uses,mode,dtype,layout,batch,provider", op_cases(OP))
 def test_window_attention(benchmark, spec, uses, mode, dtype, layout, batch, provider):
-    benchmark.group = f"{OP} {mode} {common.SHORT_DTYPE[dtype]} {layout} B{batch}"
-    common.run_op_row(benchmark, OP, spec, uses, mode, dtype, layout, batch, provider)
+    benchmark.group = f"{OP} {mode} {SHORT_DTYPE[dtype]} {layout} B{batch}"
+    run_op_row(benchmark, OP, spec, uses, mode, dtype, layout, batch, provider)

@@ -20,14 +20,13 @@ not a measurement) until ``bench.gpu_model`` exists.
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 
 import torch
 
 import emo_kernels
-from bench import common
+from bench import engines, env, memory, models, shapes, support, timing
 
 # gpu-design.md's estimates for an H200 (ms per batch of 256, bf16): a model, not a measurement
 PAPER = {
@@ -53,20 +52,11 @@ class Recorder:
         print(f"calibrate: {json.dumps(row)}{extra}", flush=True)
 
 
-def median_time(fn, device, reps, warmup=2):
-    """Median seconds of ``reps`` calls of ``fn`` (CUDA events on CUDA), after warm-up."""
-    timed = common.timer(device)
-    for _ in range(warmup):
-        fn()
-    common.sync(device)
-    return statistics.median(timed(fn) for _ in range(reps))
-
-
 def measure_copy(rec, device, tiny):
     nbytes = (1 << 20) if tiny else (1 << 30)
     src = torch.empty(nbytes // 4, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = median_time(lambda: dst.copy_(src), device, 3 if tiny else 20)
+    t = timing.median_time(lambda: dst.copy_(src), device, 3 if tiny else 20)
     rec.emit(dict(kind="measure", name="copy", bytes=2 * nbytes, ms=t * 1e3,
                   gbps=2 * nbytes / t / 1e9))
     nbytes = (1 << 16) if tiny else (12 << 20)
@@ -76,7 +66,7 @@ def measure_copy(rec, device, tiny):
     def many():
         for _ in range(20):
             dst.copy_(src)
-    t = median_time(many, device, 3 if tiny else 20) / 20
+    t = timing.median_time(many, device, 3 if tiny else 20) / 20
     rec.emit(dict(kind="measure", name="l2", bytes=2 * nbytes, ms=t * 1e3,
                   gbps=2 * nbytes / t / 1e9))
 
@@ -86,13 +76,13 @@ def measure_gemm(rec, device, tiny):
     dt = torch.float32 if device.type == "cpu" else torch.bfloat16
     a = torch.randn(n, n, device=device, dtype=dt)
     b = torch.randn(n, n, device=device, dtype=dt)
-    t = median_time(lambda: a @ b, device, 3 if tiny else 10)
+    t = timing.median_time(lambda: a @ b, device, 3 if tiny else 10)
     rec.emit(dict(kind="measure", name="gemm", n=n, dtype=str(dt), ms=t * 1e3,
                   tflops=2 * n ** 3 / t / 1e12))
 
 
 def _specs(model, size):
-    specs = dict(common.block_specs(model, size))
+    specs = dict(shapes.block_specs(model, size))
     return {name: specs[name] for name in ("stage1.1", "stage3.1") if name in specs}
 
 
@@ -103,7 +93,7 @@ def measure_dwconv(rec, device, dtype, batch, model, size, copy_gbps):
         w = torch.randn(s.cmid, 1, s.k, s.k, device=device, dtype=dtype)
         pad = -(-(s.k - s.stride) // 2)
         conv = lambda: torch.nn.functional.conv2d(x, w, None, s.stride, pad, 1, s.cmid)  # noqa: E731
-        t = median_time(conv, device, 10)
+        t = timing.median_time(conv, device, 10)
         ho, wo = s.out_hw
         nbytes = x.element_size() * batch * s.cmid * (s.H * s.W + ho * wo)
         gbps = nbytes / t / 1e9
@@ -113,8 +103,8 @@ def measure_dwconv(rec, device, dtype, batch, model, size, copy_gbps):
 
 def measure_blocks(rec, device, dtype, batch, model, size):
     for name, s in _specs(model, size).items():
-        args, kw, _ = common.dw_inputs(s, batch, device, dtype, "nhwc", train=False)
-        reasons = common.backend_reasons("expand_dwconv_act", args, kw)
+        args, kw, _ = shapes.dw_inputs(s, batch, device, dtype, "nhwc", train=False)
+        reasons = support.backend_reasons("expand_dwconv_act", args, kw)
         for b in emo_kernels.BACKENDS:
             if reasons[b] is not None:
                 rec.emit(dict(kind="skip", name=f"block {name} {b}", why=reasons[b]))
@@ -124,7 +114,7 @@ def measure_blocks(rec, device, dtype, batch, model, size):
                 with torch.no_grad(), emo_kernels.use_backend(b):
                     emo_kernels.expand_dwconv_act(*args, **kw)
             try:
-                t = median_time(call, device, 10)
+                t = timing.median_time(call, device, 10)
             except Exception as e:  # noqa: BLE001  (record and go on)
                 rec.emit(dict(kind="error", name=f"block {name} {b}", error=repr(e)[:300]))
                 continue
@@ -132,27 +122,27 @@ def measure_blocks(rec, device, dtype, batch, model, size):
 
 
 def measure_model(rec, device, dtype, batch, model, size, compile_mode):
-    x = common.model_input(batch, size, device, dtype, "nhwc")
-    eager = common.build_model(model, device, dtype, "nhwc").eval()
-    fused = common.build_model(model, device, dtype, "nhwc", fused=True, like=eager).eval()
+    x = models.model_input(batch, size, device, dtype, "nhwc")
+    eager = models.build_model(model, device, dtype, "nhwc").eval()
+    fused = models.build_model(model, device, dtype, "nhwc", fused=True, like=eager).eval()
     rows = [("model eager", eager, None)]
-    reasons = common.model_backend_reasons(model, device, dtype, "nhwc", size, False)
+    reasons = support.model_backend_reasons(model, device, dtype, "nhwc", size, False)
     rows += [(f"model fused[{b}]", fused, b) for b in emo_kernels.BACKENDS if reasons[b] is None]
     for name, m, backend in rows:
-        step = common.BackendStep(common.make_step(m, x, False), backend)
+        step = models.BackendStep(models.make_step(m, x, False), backend)
         try:
-            t = median_time(step, device, 5)
+            t = timing.median_time(step, device, 5)
         except Exception as e:  # noqa: BLE001
             rec.emit(dict(kind="error", name=name, error=repr(e)[:300]))
             continue
         rec.emit(dict(kind="measure", name=name, model=model, batch=batch, ms=t * 1e3,
                       img_s=batch / t))
     t0 = time.perf_counter()
-    compiled = torch.compile(eager, **compile_mode)
+    compiled = engines.torch_compile(eager, **compile_mode)
     with torch.inference_mode():
         compiled(x)
     compile_s = time.perf_counter() - t0
-    t = median_time(common.make_step(compiled, x, False), device, 5)
+    t = timing.median_time(models.make_step(compiled, x, False), device, 5)
     rec.emit(dict(kind="measure", name="model compile", model=model, batch=batch, ms=t * 1e3,
                   img_s=batch / t, compile_s=compile_s, mode=str(compile_mode)))
 
@@ -163,18 +153,18 @@ def main(argv=None):
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (smoke test)")
     a = ap.parse_args(argv)
     tiny = a.dry_run
-    device = torch.device("cpu") if tiny else common.default_device()
+    device = torch.device("cpu") if tiny else env.default_device()
     if device.type != "cuda" and not tiny:
         print("calibrate: no GPU here; use --dry-run for the CPU smoke run", file=sys.stderr)
         return 2
     dtype = torch.float32 if tiny else torch.bfloat16
     batch, size, model = (1, 64, "emo_1m") if tiny else (256, 224, "emo_5m")
-    rec = Recorder(a.out, dict(device=common.device_name(device), dry_run=tiny,
+    rec = Recorder(a.out, dict(device=env.device_name(device), dry_run=tiny,
                                date=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                               **common.versions()), paper=not tiny)
+                               **env.versions()), paper=not tiny)
     measure_copy(rec, device, tiny)
     measure_gemm(rec, device, tiny)
-    copy = common.copy_bandwidth_cached(device)
+    copy = memory.copy_bandwidth_cached(device)
     measure_dwconv(rec, device, dtype, batch, model, size, copy)
     measure_blocks(rec, device, dtype, batch, model, size)
     measure_model(rec, device, dtype, batch, model, size,

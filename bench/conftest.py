@@ -1,14 +1,15 @@
 """pytest setup for the benchmark suites ``bench/bench_*.py`` (not part of the default test run:
 pyproject's testpaths is tests/). Run them as, e.g.::
 
-    python -m pytest bench/ --benchmark-json=out.json      # settings: EMO_BENCH_* (common.config)
+    python -m pytest bench/ --benchmark-json=out.json      # settings: EMO_BENCH_* (bench/config.py)
 
 Collects ``bench_*.py`` files, and adds the device, versions, suite settings and (CUDA) the
 measured device-to-device copy bandwidth to the JSON's machine_info.
 """
 import pytest
 
-from bench import common
+from bench import config as bench_config
+from bench import env, memory
 
 
 def pytest_collect_file(file_path, parent):
@@ -21,14 +22,15 @@ def pytest_collect_file(file_path, parent):
 
 @pytest.fixture(scope="session")
 def cfg():
-    return common.config()
+    return bench_config.config()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    cfg = common.config()
+    """The machine, as ``bench.report`` names its files (``bench.results``) and heads its report."""
+    cfg = bench_config.config()
     machine_info["emo_bench"] = dict(
-        device=str(cfg.device), device_name=common.device_name(cfg.device),
-        device_slug=common.device_slug(cfg.device), copy_gbps=(
-            common.copy_bandwidth_cached(cfg.device) if cfg.device.type == "cuda" else None),
+        device=str(cfg.device), device_name=env.device_name(cfg.device),
+        device_kind=env.device_kind(cfg.device), device_model=env.device_model(cfg.device),
+        threads=env.threads(), copy_gbps=memory.copy_bandwidth_cached(cfg.device),
         tiny=cfg.tiny, size=cfg.size, rounds=cfg.rounds, warmup=cfg.warmup,
-        compile=cfg.compile, **common.versions())
+        compile=cfg.compile, **env.versions())

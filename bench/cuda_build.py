@@ -94,15 +94,15 @@ def explain_table(device):
     device = torch.device(device)
 
     import emo_kernels
-    from bench import common
-    dw = common.DwSpec(cin=8, cmid=16, k=3, stride=1, act="silu", skip=True, identity=False,
-                       H=9, W=9)
-    at = common.AttnSpec(C=32, head_dim=16, H=9, W=9, window_size=7)
+    from bench.config import SHORT_DTYPE
+    from bench.shapes import OPS, AttnSpec, DwSpec
+    dw = DwSpec(cin=8, cmid=16, k=3, stride=1, act="silu", skip=True, identity=False, H=9, W=9)
+    at = AttnSpec(C=32, head_dim=16, H=9, W=9, window_size=7)
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for op, spec in (("expand_dwconv_act", dw), ("window_attention", at)):
-            args, kw, _ = common.OPS[op]["inputs"](spec, 1, device, dtype)
+            args, kw, _ = OPS[op]["inputs"](spec, 1, device, dtype)
             for b, r in emo_kernels.explain(op, *args, **kw).items():
-                print(f"explain {device} {common.SHORT_DTYPE[dtype]} {op} {b}: "
+                print(f"explain {device} {SHORT_DTYPE[dtype]} {op} {b}: "
                       f"{'can run' if r is None else r}")
 
 

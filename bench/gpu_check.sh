@@ -22,8 +22,11 @@
 # they have); one global deadline keeps the whole run under GPU_CHECK_TOTAL seconds (default
 # 450 s: within 8 minutes with the kill grace); time a part does not use goes to the later
 # ones; a part cut short still leaves its partial output. Output: ONE folder, at most 8 files:
-#   $OUT if set, else bench/results/gpu-<device>-<date>/:
+#   $OUT if set, else bench/results/<stem>/:
 #   env.txt summary.txt tests.log calibrate.jsonl gpu_measured.json <stem>.md <stem>.json
+#   <stem>: the one naming scheme of result files (bench/results.py),
+#   <kind>_<device>_<YYYYMMDD>_t<threads>_gpucheck (dry run: ..._dryrun), e.g.
+#   gpu_NVIDIA_H200_20261205_t16_gpucheck
 #   logs.tar.gz (build, CPU build, junit XML, benchmark JSON and logs, report PNG)
 #
 # Usage (repo root, as root on the GPU machine; system python3, PYTHONPATH=repo, no pip):
@@ -31,7 +34,7 @@
 #   bash bench/gpu_check.sh --dry-run   # CPU smoke run of every part with tiny settings
 #                                       # (CI, on both software stacks), then checks the outputs
 # Caps (seconds, env): GPU_CHECK_TOTAL=450 CAP_BUILD=150 CAP_GPU_TESTS=120 CAP_CALIBRATE=130
-#   CAP_OPS=60 CAP_TESTS_REST=120. PYTHON=python3. EMO_BENCH_* (bench/common.py) override the
+#   CAP_OPS=60 CAP_TESTS_REST=120. PYTHON=python3. EMO_BENCH_* (bench/config.py) override the
 #   benchmark settings. The script never installs or downloads anything.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +43,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -56,14 +59,19 @@ DATE=$(date -u +%F)
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ $DRY = 1 ]; then TOTAL=${GPU_CHECK_TOTAL:-400}; fi
 
-SLUG=$("$PY" -c 'import torch
-from bench.common import device_slug
-print(device_slug("cuda" if torch.cuda.is_available() else "cpu"))' 2>/dev/null || echo unknown)
-[ $DRY = 1 ] && SLUG="dryrun-$SLUG"
-STEM="$SLUG-$DATE"
+if [ $DRY = 1 ]; then
+  # tiny settings: every part runs, quickly, on CPU
+  export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu EMO_BENCH_THREADS=1  # 1: no OpenMP stalls on a busy CI box
+fi
+TAG=gpucheck; [ $DRY = 1 ] && TAG=dryrun
+# the benchmarks' device and threads (EMO_BENCH_DEVICE, EMO_BENCH_THREADS) name the files
+STEM=$("$PY" -c "from bench import env, results
+env.set_threads()
+print(results.stem_for(env.default_device(), tag='$TAG'))" 2>/dev/null \
+  || echo "gpu_unknown_$(date -u +%Y%m%d)_t0_$TAG")
 if [ -n "${OUT:-}" ]; then DEST=$OUT
 elif [ $DRY = 1 ]; then DEST=$(mktemp -d /tmp/gpu_check_dry.XXXXXX)
-else DEST=bench/results/$SLUG-$DATE
+else DEST=bench/results/$STEM
 fi
 mkdir -p "$DEST"
 LOGS=$(mktemp -d /tmp/gpu_check_logs.XXXXXX)
@@ -104,10 +112,10 @@ part() {
   echo "cpus: $(nproc)"
   "$PY" - <<'PYEOF'
 import torch
-from bench import common
+from bench import env
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-print("device:", common.device_name(dev))
-for k, v in common.versions().items():
+print("device:", env.device_name(dev))
+for k, v in env.versions().items():
     print(f"{k}: {v}")
 if dev.type == "cuda":
     p = torch.cuda.get_device_properties(dev)
@@ -125,8 +133,6 @@ echo "[env] written: env.txt" | tee -a "$SUMMARY"
 
 GPU_TEST_FILES=(tests/test_expand_dwconv_act.py tests/test_window_attention.py tests/test_validation.py)
 if [ $DRY = 1 ]; then
-  # tiny settings: every part runs, quickly, on CPU
-  export EMO_BENCH_TINY=1 EMO_BENCH_DEVICE=cpu EMO_BENCH_THREADS=1  # 1: no OpenMP stalls on a busy CI box
   BUILD_ARGS=(--dry-run)
   GPU_TEST_ARGS=(--collect-only -q)
   REST_ARGS=(--collect-only -q --continue-on-collection-errors tests)

@@ -1,20 +1,26 @@
 """Turn pytest-benchmark JSON from the bench/ suites into a markdown report and a PNG plot.
 
-    python -m bench.report model.json ops.json --out-dir bench/results [--stem NAME] [--note TEXT]
+    python -m bench.report model.json ops.json --out-dir bench/results [--stem NAME | --tag TAG]
+        [--note TEXT]
 
 Writes ``<stem>.md`` (tables: time, img/s, peak memory, speedup vs eager and vs torch.compile
 where those rows exist; on CUDA rows also bytes moved per op, achieved GB/s and its share of
 the device-to-device copy bandwidth measured in the same run), ``<stem>.json`` (the inputs'
 rows merged) and ``<stem>.png`` (skipped, with a message, when matplotlib is missing).
-The default stem is ``<device slug>-<date>``, e.g. ``cpu-x86_64-2026-11-28``.
+The default stem follows the one naming scheme of result files (``bench/results.py``):
+``<kind>_<device>_<YYYYMMDD>_t<threads>_<tag>``, tag ``suites`` unless --tag says otherwise,
+e.g. ``cpu_Intel_Xeon_Processor_20261128_t1_suites``.
 Times are CUDA-event medians where the row has them (CUDA), else pytest-benchmark medians.
 """
 import argparse
 import datetime
 import json
 import os
+import re
 import sys
 from collections import OrderedDict
+
+from bench import results
 
 EAGER = {"model": "eager", "op": "torch"}
 COMPILE = {"model": "compile", "op": "torch.compile"}
@@ -130,7 +136,7 @@ def markdown(machine, rows, dates, note=None):
         cuda = any(r.get("device") == "cuda" for r in ops)
         out += ["", f"## `{op}`", ""]
         if cuda:
-            out += ["bytes: compulsory traffic (formula in bench/common.py, "
+            out += ["bytes: compulsory traffic (formula in bench/shapes.py, "
                     f"`bytes_{op}`); GB/s = bytes / time; % of the measured copy bandwidth", ""]
         head = ("| shape | mode | dtype | layout | batch | provider | ms | IQR ms | vs eager "
                 "| vs compile |")
@@ -203,19 +209,29 @@ def plot(rows, path, title):
     return None
 
 
-def default_stem(machine, rows, dates):
-    slug = machine.get("emo_bench", {}).get("device_slug")
-    if not slug:
-        slug = "gpu" if any(r.get("device") == "cuda" for r in rows) else "cpu"
+def default_stem(machine, rows, dates, tag="suites"):
+    """The result files' name (``bench.results.stem``) from the run's machine_info (written by
+    bench/conftest.py), falling back to the rows' device and device_name ("<model> (N threads)"
+    on CPU) for JSON written before machine_info had the kind, model and threads."""
+    eb = machine.get("emo_bench", {})
+    r0 = rows[0] if rows else {}
+    kind = eb.get("device_kind") or (
+        "gpu" if any(r.get("device") == "cuda" for r in rows) else "cpu")
+    name = eb.get("device_name") or r0.get("device_name") or "unknown"
+    m = re.match(r"^(.*) \((\d+) threads\)$", name)
+    model = eb.get("device_model") or (m.group(1) if m else name)
+    threads = eb.get("threads") or (int(m.group(2)) if m else 0)
     date = (dates[0] if dates else datetime.datetime.utcnow().isoformat())[:10]
-    return f"{slug}-{date}"
+    return results.stem(kind, model, threads, date, tag)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("json", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     p.add_argument("--out-dir", default=os.path.join("bench", "results"))
-    p.add_argument("--stem", default=None, help="file name stem (default <device>-<date>)")
+    p.add_argument("--stem", default=None, help="file name stem (default: bench/results.py's "
+                   "<kind>_<device>_<YYYYMMDD>_t<threads>_<tag>)")
+    p.add_argument("--tag", default="suites", help="tag of the default stem (default: suites)")
     p.add_argument("--note", default=None, help="a line for the report's header")
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args(argv)
@@ -229,7 +245,7 @@ def main(argv=None):
         return 1
     machine, rows, dates = load(paths)
     add_derived(rows)
-    stem = args.stem or default_stem(machine, rows, dates)
+    stem = args.stem or default_stem(machine, rows, dates, args.tag)
     os.makedirs(args.out_dir, exist_ok=True)
     base = os.path.join(args.out_dir, stem)
     md = markdown(machine, rows, dates, args.note)
@@ -238,11 +254,8 @@ def main(argv=None):
     if why:
         md += f"\n(plot skipped: {why})\n"
         print(f"report: plot skipped: {why}")
-    with open(base + ".md", "w") as f:
-        f.write(md)
-    with open(base + ".json", "w") as f:
-        json.dump(dict(machine_info=machine, datetime=dates[0] if dates else None,
-                       sources=[os.path.basename(p) for p in paths], rows=rows), f, indent=1)
+    results.write(base, md, dict(machine_info=machine, datetime=dates[0] if dates else None,
+                                 sources=[os.path.basename(p) for p in paths], rows=rows))
     print(f"report: wrote {base}.md, {base}.json" + ("" if why else f", {base}.png"))
     return 0
 

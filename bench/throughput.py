@@ -9,15 +9,14 @@ noise of a shared machine hits all of them alike; the table reports medians. On 
 come from CUDA events after a warm-up. Prints a markdown table; --json writes the rows.
 """
 import argparse
-import json
 import statistics
 
 import torch
 
 import emo
 import emo_kernels
-
-from .common import build_model, device_name, make_step, timer  # shared with bench_*.py
+from bench import engines, env, results, timing
+from bench.models import build_model, make_step
 
 
 def build_variants(name, device, dtype, channels_last, train, compile_):
@@ -29,14 +28,13 @@ def build_variants(name, device, dtype, channels_last, train, compile_):
     if not train and device.type == "cpu":  # the frozen plan: the fast CPU inference path
         variants["InferencePlan (frozen)"] = fused.prepare_inference()
     if compile_:
-        variants["torch.compile fused=False"] = torch.compile(base)
+        variants["torch.compile fused=False"] = engines.torch_compile(base)
     return variants
 
 
 def run(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype)
-    timed = timer(device)
     rows = []
     for name in args.models:
         for batch in args.batch:
@@ -51,17 +49,14 @@ def run(args):
                 for fn in steps.values():  # warm-up (and compile)
                     for _ in range(args.warmup):
                         fn()
-                times = {k: [] for k in steps}
-                for _ in range(args.iters):
-                    for k, fn in steps.items():
-                        times[k].append(timed(fn))
+                times = timing.interleaved(steps, device, args.iters)
                 base = statistics.median(times["eager fused=False"])
                 for k, ts in times.items():
                     med = statistics.median(ts)
                     rows.append(dict(
                         model=name, mode="train" if train else "infer", variant=k, batch=batch,
                         size=args.size, dtype=args.dtype, channels_last=args.channels_last,
-                        device=device_name(device), ms=med * 1e3, img_s=batch / med,
+                        device=env.device_name(device), ms=med * 1e3, img_s=batch / med,
                         speedup_vs_eager=base / med, iters=args.iters, torch=torch.__version__))
     return rows
 
@@ -99,8 +94,7 @@ def main(argv=None):
           f"{torch.__version__}  backend: {emo_kernels.get_backend()}  iters: {args.iters}")
     print(table(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+        results.write_json(args.json, rows)
 
 
 if __name__ == "__main__":

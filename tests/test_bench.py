@@ -1,40 +1,129 @@
 """The benchmark harness cannot rot: block shapes read off the models, the bytes formulas, the
-report on a small hand-made JSON, and bench/gpu_check.sh in its CPU dry-run mode (every part
-with tiny settings). No test here times anything or fails on speed."""
+one timer, the one naming scheme of result files, the report on a small hand-made JSON, the
+entry points on tiny settings, and bench/gpu_check.sh in its CPU dry-run mode (every part with
+tiny settings). No test here fails on speed: times are only checked to be positive and finite."""
+import datetime
+import importlib.util
 import json
+import math
 import os
+import re
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
-from bench import common, report
+import emo
+from bench import env, report, results, shapes, timing
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_block_specs_read_off_emo_1m():
-    specs = common.block_specs("emo_1m", 224)
-    dw = [s for _, s in specs if isinstance(s, common.DwSpec)]
-    at = [(n, s) for n, s in specs if isinstance(s, common.AttnSpec)]
-    assert len(dw) == 1 + sum(common.emo.CONFIGS["emo_1m"]["depths"])  # stem + every iRMB
-    assert dw[0] == common.DwSpec(24, 24, 3, 1, "none", False, True, 112, 112)
+    specs = shapes.block_specs("emo_1m", 224)
+    dw = [s for _, s in specs if isinstance(s, shapes.DwSpec)]
+    at = [(n, s) for n, s in specs if isinstance(s, shapes.AttnSpec)]
+    assert len(dw) == 1 + sum(emo.CONFIGS["emo_1m"]["depths"])  # stem + every iRMB
+    assert dw[0] == shapes.DwSpec(24, 24, 3, 1, "none", False, True, 112, 112)
     assert dw[0].id == "Cin24-Cmid24-112x112-k3-s1-id"
     assert {s.id for _, s in at} == {"C80-hd20-14x14-ws7", "C168-hd21-7x7-ws7"}
     assert all(n.startswith(("stage3.", "stage4.")) for n, _ in at)
-    uses = common.distinct_specs(("emo_1m",), 224, common.AttnSpec)
+    uses = shapes.distinct_specs(("emo_1m",), 224, shapes.AttnSpec)
     assert sum(len(b) for u in uses.values() for b in u.values()) == len(at)
 
 
 def test_bytes_formulas():
-    s = common.DwSpec(8, 16, 3, 2, "silu", False, False, 10, 10)
+    s = shapes.DwSpec(8, 16, 3, 2, "silu", False, False, 10, 10)
     assert s.out_hw == (5, 5)
     w = 16 * 8 + 16 + 16 * 9 + 16
-    assert common.bytes_expand_dwconv_act(s, 2, 4, "fwd") == 4 * (2 * (800 + 400) + w)
-    a = common.AttnSpec(32, 16, 9, 9, 7)
-    assert common.bytes_window_attention(a, 2, 2, "fwd") == 2 * 2 * 32 * 81 * 4
-    assert common.bytes_window_attention(a, 2, 2, "fwd+bwd") == 2 * 2 * 32 * 81 * 11
+    assert shapes.bytes_expand_dwconv_act(s, 2, 4, "fwd") == 4 * (2 * (800 + 400) + w)
+    a = shapes.AttnSpec(32, 16, 9, 9, 7)
+    assert shapes.bytes_window_attention(a, 2, 2, "fwd") == 2 * 2 * 32 * 81 * 4
+    assert shapes.bytes_window_attention(a, 2, 2, "fwd+bwd") == 2 * 2 * 32 * 81 * 11
 
+
+
+def _positive_finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_the_one_timer(device):
+    """time_call / time_calls / median_time / interleaved: as many positive, finite times as
+    asked for, warm-up calls untimed, and a call that takes 20 ms measured as about 20 ms."""
+    calls = []
+
+    def fn():
+        calls.append(1)
+        if device == "cuda":
+            torch.cuda._sleep(1_000_000)  # device work, which a host timer alone would miss
+        else:
+            time.sleep(0.02)
+    times = timing.time_calls(fn, device, repeats=3, warmup=2)
+    assert len(times) == 3 and len(calls) == 5
+    assert all(_positive_finite(t) for t in times), times
+    if device == "cpu":
+        assert all(0.019 <= t < 1.0 for t in times), times
+    assert _positive_finite(timing.time_call(fn, device))
+    assert _positive_finite(timing.median_time(fn, device, repeats=2, warmup=0))
+    with pytest.raises(ValueError):
+        timing.time_calls(fn, device, repeats=0)
+    order = []
+    per = timing.interleaved({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                             device, rounds=4)
+    assert order == ["a", "b"] * 4  # round-robin, no warm-up
+    assert list(per) == ["a", "b"] and all(len(ts) == 4 for ts in per.values())
+    assert all(t >= 0 and math.isfinite(t) for ts in per.values() for t in ts)
+
+
+def test_the_one_timer_under_pytest_benchmark():
+    """benchmark_rounds: warm-up outside pytest-benchmark, then ``rounds`` rounds of one call,
+    each timed by the one timer (what the suites report on CUDA)."""
+    class FakeBenchmark:
+        def pedantic(self, fn, rounds, iterations, warmup_rounds):
+            assert iterations == 1 and warmup_rounds == 0
+            for _ in range(rounds):
+                fn()
+    calls = []
+    times = timing.benchmark_rounds(FakeBenchmark(), lambda: calls.append(time.sleep(0.001)),
+                                    "cpu", rounds=4, warmup=3)
+    assert len(calls) == 7 and len(times) == 4
+    assert all(0.0009 <= t < 1.0 for t in times), times
+
+
+def test_result_file_names():
+    """One naming scheme: what the writers produce parses back, and every committed result
+    file follows it."""
+    st = results.stem("cpu", "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", 2,
+                      datetime.date(2026, 11, 28), "EMO-1M")
+    assert st == "cpu_Intel_Xeon_Platinum_8375C_20261128_t2_emo_1m"
+    assert results.parse_stem(st + ".md") == dict(
+        kind="cpu", device="Intel_Xeon_Platinum_8375C", date="20261128", threads="2",
+        tag="emo_1m")
+    assert results.stem("cuda", "NVIDIA H200", 16, "2026-12-05T10:00:00") == \
+        "gpu_NVIDIA_H200_20261205_t16"
+    with pytest.raises(ValueError):
+        results.stem("tpu", "x", 1)
+    here = results.parse_stem(results.stem_for("cpu", tag="t"))
+    assert here["kind"] == "cpu" and here["threads"] == str(torch.get_num_threads())
+    assert here["date"] == f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%d}"
+    for old in ("cpu-x86_64-2026-11-28.md", "cpu_Intel_Xeon_Processor_2026-11-28_t1.md",
+                "cpu_Intel_Xeon_20261128.md", "gpu_H200_20261128_t1_Plan.md"):
+        assert results.parse_stem(old) is None, old
+    names = [f for f in os.listdir(results.RESULTS_DIR) if f != "README.md"]
+    assert names
+    assert [f for f in names if results.parse_stem(f) is None] == []
+    # the docs name result files by the scheme, and only files that exist
+    stems = {f.split(".", 1)[0] for f in names}
+    for doc in (os.path.join(ROOT, "README.md"), os.path.join(results.RESULTS_DIR, "README.md")):
+        text = open(doc).read()
+        named = set(re.findall(r"`(?:bench/results/)?((?:cpu|gpu)_\w+_\d{8}_t\d+\w*)\.", text))
+        assert named and named <= stems, (doc, named - stems)
+        assert "cpu-x86_64" not in text.replace("cpu-x86_64-2026-11-28.*", ""), doc
 
 def _row(suite, provider, median_s, **extra):
     info = dict(suite=suite, case=extra.pop("case", "emo_1m"), mode=extra.pop("mode", "infer"),
@@ -47,7 +136,8 @@ def _row(suite, provider, median_s, **extra):
 
 def test_report_tiny_json(tmp_path):
     data = dict(datetime="2026-11-28T12:00:00", machine_info=dict(emo_bench=dict(
-        device_name="dev", device_slug="cpu-x86_64", copy_gbps=1000.0, torch="t",
+        device_name="dev", device_kind="cpu", device_model="Dev(R) Chip", threads=3,
+        copy_gbps=1000.0, torch="t",
         triton="x", cuda="c", python="p", size=224, rounds=3, warmup=1, compile="1")),
         benchmarks=[
             _row("model", "eager", 0.2, model="emo_1m", peak_mem_mb=10.0, mem_metric="m"),
@@ -73,6 +163,20 @@ def test_report_tiny_json(tmp_path):
     assert "| triton | 8.000 | 0.000 | 0.25x | – | 4000.0 | 500 | 50 |" in md
     merged = json.loads((tmp_path / "r.json").read_text())
     assert len(merged["rows"]) == 5
+    assert merged["sources"] == ["in.json"] and merged["datetime"] == data["datetime"]
+    # without --stem: the one naming scheme, from machine_info (tag: suites)
+    assert report.main([str(src), "--out-dir", str(tmp_path / "d"), "--no-plot"]) == 0
+    assert sorted(os.listdir(tmp_path / "d")) == [
+        "cpu_Dev_Chip_20261128_t3_suites.json", "cpu_Dev_Chip_20261128_t3_suites.md"]
+    # older JSON without the kind, model and threads: read off the rows' device_name
+    del data["machine_info"]["emo_bench"]
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"].get("suite") == "model"]
+    for b in data["benchmarks"]:
+        b["extra_info"]["device_name"] = "Intel(R) Xeon(R) Processor (1 threads)"
+    src.write_text(json.dumps(data))
+    assert report.main([str(src), "--out-dir", str(tmp_path / "e"), "--no-plot",
+                        "--tag", "old"]) == 0
+    assert sorted(os.listdir(tmp_path / "e"))[0] == "cpu_Intel_Xeon_Processor_20261128_t1_old.json"
     try:
         import matplotlib  # noqa: F401
         assert (tmp_path / "r.png").stat().st_size > 1000
@@ -93,12 +197,27 @@ def test_gpu_check_dry_run(tmp_path):
     files = sorted(f.name for f in out.iterdir())
     assert len(files) <= 8, files
     stem = next(f[:-3] for f in files if f.endswith(".md"))
-    assert stem.startswith("dryrun-cpu-")
+    name = results.parse_stem(stem)  # the one naming scheme; EMO_BENCH_THREADS=1 in a dry run
+    assert name is not None and (name["kind"], name["threads"], name["tag"]) == (
+        "cpu", "1", "dryrun"), stem
     for f in ("env.txt", "summary.txt", "tests.log", "calibrate.jsonl", "gpu_measured.json",
               "logs.tar.gz", stem + ".json"):
         assert (out / f).stat().st_size > 0, f
     md = (out / (stem + ".md")).read_text()
     assert "## `expand_dwconv_act`" in md and "## `window_attention`" in md  # the op part ran
+    # the report's rows: the dry run's -k selection (forward, the torch reference, one shape
+    # per op), each with a positive, finite time, and each in the markdown table
+    rows = json.loads((out / (stem + ".json")).read_text())["rows"]
+    assert {(r["op"], r["case"]) for r in rows} == {
+        ("expand_dwconv_act", "Cin24-Cmid24-32x32-k3-s1-id"),
+        ("window_attention", "C80-hd20-4x4-ws7")}, rows
+    for r in rows:
+        assert (r["suite"], r["mode"], r["provider"], r["dtype"], r["batch"]) == (
+            "op", "fwd", "torch", "fp32", 1), r
+        assert _positive_finite(r["ms"]) and r["rounds"] == 1, r
+        assert f"| {r['case']} | fwd | fp32 | nchw | 1 | torch | {r['ms']:.3f} |" in md
+    env_txt = (out / "env.txt").read_text()
+    assert "device: " in env_txt and f"torch: {torch.__version__}" in env_txt
     summary = (out / "summary.txt").read_text()
     for name in ("build", "gpu-tests", "calibrate", "ops", "measured", "tests-rest", "report"):
         assert f"[{name}] ok" in summary, summary
@@ -107,35 +226,67 @@ def test_gpu_check_dry_run(tmp_path):
         summary.index("[tests-rest] ok")
     assert "collected" in (out / "tests.log").read_text()
     cal = [json.loads(line) for line in (out / "calibrate.jsonl").read_text().splitlines()]
-    names = {r.get("name") for r in cal if r["kind"] == "measure"}
+    measures = [r for r in cal if r["kind"] == "measure"]
+    names = {r["name"] for r in measures}
     assert {"copy", "l2", "gemm", "model eager", "model compile"} <= names, names
+    assert all(_positive_finite(r["ms"]) for r in measures), measures
+    assert all(_positive_finite(r[k]) for r in measures for k in ("gbps", "tflops", "img_s")
+               if k in r), measures
+    assert cal[0]["kind"] == "meta" and cal[0]["dry_run"] is True
     assert cal[-1]["kind"] == "done"
     table = json.loads((out / "gpu_measured.json").read_text())
     assert table["rows"] == []  # CPU rows never count as GPU measurements
 
 
-def test_bench_cpu_tiny(tmp_path):
+def test_bench_cpu_tiny(tmp_path, monkeypatch):
     """bench.bench_cpu end to end on a tiny setting (EMO-1M, 64x64, 2 rounds, no compile): every
-    variant gives the eager logits, and the tables are written."""
-    pytest.importorskip("onnxruntime")
+    variant gives the eager logits, its times are sane, and the tables are written under the
+    one naming scheme (default file name, with --tag)."""
     from bench import bench_cpu
-    out = tmp_path / "cpu"
+    onnx = importlib.util.find_spec("onnxruntime") is not None
+    monkeypatch.setattr(results, "RESULTS_DIR", str(tmp_path))
     bench_cpu.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "2",
-                    "--warmup", "1", "--gap-ms", "0", "--no-compile", "--out", str(out)])
-    rows = json.loads((tmp_path / "cpu.json").read_text())["rows"]
-    assert [r["variant"].split(" (")[0] for r in rows] == [
-        "eager fused=False", "onnxruntime fused=False", "fused=True", "InferencePlan"]
-    assert all(r["rel_err_vs_eager"] <= 1e-4 for r in rows)
-    assert all(r["fused_speedup_per_round"] > 0 for r in rows)
-    assert "median of per-round ratios" in (tmp_path / "cpu.md").read_text()
+                    "--warmup", "1", "--gap-ms", "0", "--no-compile", "--tag", "Tiny run"]
+                   + ([] if onnx else ["--no-onnx"]))
+    files = sorted(os.listdir(tmp_path))
+    stem = results.stem_for("cpu", "tiny_run")
+    assert files == [stem + ".json", stem + ".md"]
+    doc = json.loads((tmp_path / (stem + ".json")).read_text())
+    rows = doc["rows"]
+    variants = ["eager fused=False"] + (["onnxruntime fused=False"] if onnx else []) + [
+        "fused=True", "InferencePlan"]
+    assert [r["variant"].split(" (")[0] for r in rows] == variants
+    for r in rows:
+        assert (r["model"], r["batch"], r["size"], r["iters"]) == ("emo_1m", 1, 64, 2)
+        assert r["threads"] == torch.get_num_threads() and r["device"] == env.cpu_model()
+        assert all(_positive_finite(r[k]) for k in (
+            "ms_p20", "ms_p50", "ms_p80", "img_s", "fused_speedup",
+            "fused_speedup_per_round")), r
+        assert r["ms_p20"] <= r["ms_p50"] <= r["ms_p80"]
+        assert r["img_s"] == pytest.approx(1e3 / r["ms_p50"])
+        assert 0 <= r["rel_err_vs_eager"] <= 1e-4
+    fused = next(r for r in rows if r["variant"].startswith("fused=True"))
+    assert fused["fused_speedup"] == fused["fused_speedup_per_round"] == 1.0
+    md = (tmp_path / (stem + ".md")).read_text()
+    assert md.startswith(doc["header"]) and "median of per-round ratios" in md
+    for r in rows:
+        assert f"| emo_1m | 1 | {r['variant']} | {r['ms_p50']:.1f} |" in md
 
 
-def test_throughput_main_job_tiny(capsys):
+def test_throughput_main_job_tiny(tmp_path, capsys):
     """The README's main job (bench.throughput) end to end on a tiny setting: every variant
-    runs, and the table names them."""
+    runs, with sane times, and the table and the JSON name them."""
     from bench import throughput
-    throughput.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "1",
-                     "--warmup", "1"])
-    out = capsys.readouterr().out
-    for variant in ("eager fused=False", "fused=True (auto)", "InferencePlan (frozen)"):
-        assert f"| emo_1m | infer | 1 | {variant} |" in out, out
+    out = tmp_path / "rows.json"
+    throughput.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "2",
+                     "--warmup", "1", "--json", str(out)])
+    text = capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [r["variant"] for r in rows] == [
+        "eager fused=False", "fused=True (auto)", "InferencePlan (frozen)"]
+    for r in rows:
+        assert (r["model"], r["mode"], r["batch"], r["iters"]) == ("emo_1m", "infer", 1, 2)
+        assert all(_positive_finite(r[k]) for k in ("ms", "img_s", "speedup_vs_eager")), r
+        assert r["img_s"] == pytest.approx(1e3 / r["ms"])
+        assert f"| emo_1m | infer | 1 | {r['variant']} | {r['ms']:.1f} |" in text, text
+    assert rows[0]["speedup_vs_eager"] == 1.0
