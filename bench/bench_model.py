@@ -22,12 +22,12 @@ import pytest
 import torch
 
 from bench import config, engines, memory, models, suites, support, timing
-from emo_kernels import BackendUnavailableError, backends
+from emo_kernels import BACKENDS, BackendUnavailableError
 
 
 def variants(cfg):
     out = [] if cfg.compile == "only" else (
-        ["eager"] + [f"fused[{b}]" for b in backends.BACKENDS] + ["fused[auto]"])
+        ["eager"] + [f"fused[{b}]" for b in BACKENDS] + ["fused[auto]"])
     if cfg.compile != "0":
         out += ["compile", "compile-fused[auto]"]
     return out

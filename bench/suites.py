@@ -12,7 +12,7 @@ from bench import engines, env, memory, timing
 from bench.config import SHORT_DTYPE, Config, config
 from bench.shapes import OPS, distinct_specs
 from bench.support import backend_reasons
-from emo_kernels import backends, measured
+from emo_kernels import measured, reference
 
 
 def base_info(cfg: Config, dtype, layout, batch):
@@ -35,7 +35,7 @@ def op_cases(op):
     import pytest
     cfg = config()
     specs = distinct_specs(tuple(cfg.shape_models), cfg.size, OPS[op]["kind"])
-    providers = [] if cfg.compile == "only" else list(backends.BACKENDS)
+    providers = [] if cfg.compile == "only" else list(emo_kernels.BACKENDS)
     if cfg.compile != "0":
         providers.append(COMPILED)
     cases = []
@@ -61,7 +61,7 @@ def run_op_row(benchmark, op, spec, uses, mode, dtype, layout, batch, provider):
     args, kwargs, leaves = OPS[op]["inputs"](spec, batch, dev, dtype, layout, train)
     public = getattr(emo_kernels, op)
     if provider == COMPILED:
-        ref = backends._REGISTRY[op]["torch"].fn
+        ref = getattr(reference, op + "_ref")
         compiled = engines.torch_compile(ref, fresh=True, dynamic=False)
 
         def call():

@@ -8,7 +8,7 @@ import torch
 
 import emo_kernels
 from bench.shapes import DwSpec, attn_inputs, block_specs, dw_inputs
-from emo_kernels import backends
+from emo_kernels.backends.triton import interpreted as triton_interpreted
 
 
 def backend_reasons(op, args, kwargs) -> Dict[str, Optional[str]]:
@@ -24,7 +24,7 @@ def backend_reasons(op, args, kwargs) -> Dict[str, Optional[str]]:
     for b, r in reasons.items():
         if r is not None and r.startswith("usable when asked for explicitly"):
             r = None
-        if r is None and b == "triton" and dev.type != "cuda" and backends.triton_interpreted():
+        if r is None and b == "triton" and dev.type != "cuda" and triton_interpreted():
             r = "Triton interpreter (TRITON_INTERPRET=1): a test tool, not benchmarked"
         out[b] = r
     return out
@@ -32,7 +32,7 @@ def backend_reasons(op, args, kwargs) -> Dict[str, Optional[str]]:
 
 def model_backend_reasons(model_name, device, dtype, layout, size, train) -> Dict[str, Optional[str]]:
     """Per backend: None if it can run every op call of the fused model, else the first reason."""
-    out = {b: None for b in backends.BACKENDS}
+    out = {b: None for b in emo_kernels.BACKENDS}
     for _, spec in block_specs(model_name, size):
         if isinstance(spec, DwSpec):
             op, (args, kw, _) = "expand_dwconv_act", dw_inputs(spec, 1, device, dtype, layout, train)
@@ -54,7 +54,7 @@ def model_auto_backends(model_name, device, dtype, layout, size, train) -> List[
         else:
             op, (args, kw, _) = "window_attention", attn_inputs(spec, 1, device, dtype, layout, train)
         reasons = emo_kernels.explain(op, *args, **kw)
-        if torch.device(device).type != "cuda" and backends.triton_interpreted():
+        if torch.device(device).type != "cuda" and triton_interpreted():
             reasons["triton"] = "interpreter"
-        picks.add(next((b for b in backends.BACKENDS if reasons[b] is None), "none"))
-    return [b for b in backends.BACKENDS + ("none",) if b in picks]
+        picks.add(next((b for b in emo_kernels.BACKENDS if reasons[b] is None), "none"))
+    return [b for b in emo_kernels.BACKENDS + ("none",) if b in picks]
