@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.modules import module as _module
 
 import emo_kernels
-from emo_kernels.formulas import dw_padding
+from emo_kernels.formulas import dw_padding, fold_affine, fold_affine_into_next_1x1
 
 from .layers import (IDENTITY, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, is_tracing,
                      norm_is_affine, norm_kind, norm_scale_shift)
@@ -88,8 +88,7 @@ def block_args(blk):
         bn = _bn_scale_shift(cl.norm)
         if bn is None:
             return None
-        w_dw = w_dw * bn[0].reshape(-1, 1, 1, 1)
-        b_dw = bn[1] if b_dw is None else bn[1] + b_dw * bn[0]
+        w_dw, b_dw = fold_affine(w_dw, b_dw, *bn)
     w_exp = b_exp = None
     if type(blk.v) is not nn.Identity:
         if not _cna_ok(blk.v, 1, bias=None, act=blk.act):
@@ -107,12 +106,7 @@ def block_args(blk):
         kw.update(ln_weight=w, ln_bias=ln.bias, eps=ln.eps)
     elif type(norm) is not nn.Identity and not blk.attn and w_exp is not None \
             and _bn_scale_shift(norm) is not None:
-        bn = _bn_scale_shift(norm)  # W (s x + t) + b = (W s) x + (W t + b)
-        if bn is None:
-            return None
-        b = w_exp @ bn[1]
-        b_exp = b if b_exp is None else b + b_exp
-        w_exp = w_exp * bn[0][None, :]
+        w_exp, b_exp = fold_affine_into_next_1x1(w_exp, b_exp, *_bn_scale_shift(norm))
     elif type(norm) is not nn.Identity:
         return None
 
@@ -156,8 +150,7 @@ def stem_args(stem):
         bn = _bn_scale_shift(norm)
         if bn is None:
             return None
-        w = w * bn[0].reshape(-1, 1, 1, 1)
-        b = bn[1] if b is None else bn[1] + b * bn[0]
+        w, b = fold_affine(w, b, *bn)
     return (w.detach().contiguous(memory_format=torch.channels_last),
             None if b is None else b.detach(), conv.stride, conv.padding)
 

@@ -2,7 +2,8 @@
 import torch
 import torch.nn as nn
 
-from emo_kernels.formulas import bn_scale_shift, dw_padding, fold_affine
+from emo_kernels.formulas import (bn_scale_shift, dw_padding, fold_affine,
+                                  fold_affine_into_next_1x1)
 
 EPS = 1e-6  # every BatchNorm and LayerNorm in EMO
 
@@ -191,12 +192,7 @@ def fold_bn_into_next_1x1(bn, weight, bias):
     W (s x + t) + b = (W s) x + (W t + b)."""
     if norm_kind(bn) == IDENTITY:
         return weight, bias
-    scale, shift = norm_scale_shift(bn)
-    w2 = weight.reshape(weight.shape[0], weight.shape[1])
-    b = w2 @ shift
-    if bias is not None:
-        b = b + bias
-    return (w2 * scale[None, :]).reshape(weight.shape), b
+    return fold_affine_into_next_1x1(weight, bias, *norm_scale_shift(bn))
 
 
 def batch_norm_args(bn):

@@ -7,8 +7,9 @@
   formula for the C++ side).
 * ``acc_dtype``: the accumulation dtype of a kernel for an input dtype (float64 for float64,
   else float32).
-* ``bn_scale_shift`` / ``fold_affine``: an eval BatchNorm as the per-channel map
-  ``x * scale + shift`` and its fold into the preceding convolution.
+* ``bn_scale_shift`` / ``fold_affine`` / ``fold_affine_into_next_1x1``: an eval BatchNorm as
+  the per-channel map ``x * scale + shift``, and its fold into the convolution before it or
+  into the 1x1 convolution after it.
 * ``update_running_stats``: the running-statistics update of a training BatchNorm, exactly as
   ``F.batch_norm`` does it (unbiased variance).
 """
@@ -49,6 +50,16 @@ def fold_affine(weight, bias, scale, shift):
     convolution's (weight, bias): returns new tensors."""
     w = weight * scale.reshape((-1,) + (1,) * (weight.dim() - 1))
     return w, (shift if bias is None else shift + bias * scale)
+
+
+def fold_affine_into_next_1x1(weight, bias, scale, shift):
+    """Fold a per-input-channel ``x * scale + shift`` that precedes a 1x1 convolution (weight
+    (N, C[, 1, 1])) into it: ``W (s x + t) + b = (W s) x + (W t + b)``; returns new tensors."""
+    w2 = weight.reshape(weight.shape[0], -1)
+    b = w2 @ shift
+    if bias is not None:
+        b = b + bias
+    return (w2 * scale[None, :]).reshape(weight.shape), b
 
 
 def update_running_stats(running_mean, running_var, mean, var, n, momentum):
