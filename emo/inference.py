@@ -210,8 +210,8 @@ def intermediates(model, x):
     iRMB, a block or stage with forward hooks (they must fire), a block the chain cannot take:
     the model then runs module by module (each fused block still prepared per call)."""
     from .model import iRMB
-    if not active(model, x):
-        return None
+    if not active(model, x) or torch.compiler.is_compiling():
+        return None  # under torch.compile: block by block, one irmb_inference op each
     stages, blocks = _blocks(model)
     if not blocks or not all(type(b) is iRMB and b.fused for b in blocks) \
             or _hooked(stages + blocks):

@@ -214,13 +214,16 @@ def batch_norm_args(bn):
 
 # ----- tracers ---------------------------------------------------------------------------------
 def is_tracing(x=None):
-    """True when the computation is being recorded rather than just run: torch.compile /
+    """True when the computation is being recorded for export rather than just run:
     torch.export (Dynamo or not), torch.jit.trace, the ONNX exporters, torch.fx symbolic
     tracing, a TorchDispatchMode (fake tensors, proxy tracing, FlopCounterMode), or an input
-    that is not a plain tensor (a Proxy, a FakeTensor, a tensor subclass). The fused C++ calls
-    are invisible to all of these, so the fused model runs its reference computation then."""
+    that is not a plain tensor (a Proxy, a FakeTensor, a tensor subclass). The fused model runs
+    its reference computation then: an exported graph must be the portable ``fused=False``
+    graph, not one holding this package's kernels. ``torch.compile`` (Dynamo, not exporting) is
+    not one of them: the ops are ``torch.library`` custom ops with fake functions, which it keeps
+    opaque in its graph and runs."""
     if torch.compiler.is_compiling():  # first: Dynamo folds it and skips the rest
-        return True
+        return torch.compiler.is_exporting()
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return True
     from torch.fx import _symbolic_trace as fx_trace

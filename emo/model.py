@@ -173,8 +173,9 @@ class iRMB(nn.Module):
         return shortcut + self.drop_path(z) if self.has_skip else z
 
     def forward(self, x):
-        # tracers, exporters and compilers see the reference computation: the fused C++ calls
-        # are invisible to them (see README, "Tracing and export")
+        # tracers and exporters see the reference computation, the portable graph;
+        # torch.compile keeps the ops (torch.library custom ops) opaque in its graph (see
+        # README, "Tracing and export")
         if not self.fused or is_tracing(x) or not self._fused_ok():
             return self._forward_reference(x)
         if inference.active(self, x):  # eval, no grad: prepared now (emo/inference.py)
