@@ -132,9 +132,9 @@ def use_backend(name: str, ops=None):
 def _reason(op: str, backend: str, args, kwargs) -> Optional[str]:
     impl = _REGISTRY.get(op, {}).get(backend)
     if impl is None:
-        from . import _cuda  # noqa: F401  (stubs say how to build)
+        from . import _ext  # (stubs say how to build)
         return f"no {backend} implementation of {op} is available" + (
-            f" ({_cuda.build_hint()})" if backend == "cuda" else "")
+            f" ({_ext.cuda_build_hint()})" if backend == "cuda" else "")
     return impl.can_run(*args, **kwargs)
 
 

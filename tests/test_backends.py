@@ -17,8 +17,8 @@ def test_default_is_auto_and_cpu_tensors_pick_cpu_else_torch(monkeypatch):
     x, w, b, wd = _args()
     # the C++ cpu backend when its extension loads here (it is built by setup.sh), else the
     # torch reference -- decided from the loader, not from explain (the function under test)
-    from emo_kernels import _cpu
-    expected = "cpu" if _cpu.unavailable_reason() is None else "torch"
+    from emo_kernels import _ext
+    expected = "cpu" if _ext.cpu_unavailable_reason() is None else "torch"
     assert backends.which("expand_dwconv_act", x, w, b, wd) == expected
     with backends.record_dispatch() as calls:
         emo_kernels.expand_dwconv_act(x, w, b, wd)

@@ -97,7 +97,7 @@ def fuzz_tests(name, check, budget, **strategies):
         globals()[test.__name__] = test
 
 
-_CPU_REASON = cpu_backend._cpu.unavailable_reason()
+_CPU_REASON = cpu_backend._ext.cpu_unavailable_reason()
 
 
 def _device(backend):

@@ -1,14 +1,14 @@
 import torch
 
-from .. import _cuda
+from .. import _ext
 
 NEEDS_CUDA = "cuda backend needs CUDA tensors"
 
 
 def ops(emulate: bool):
     """The op namespace: CUDA kernels, or their host emulation on CPU tensors (tests)."""
-    if _cuda._state["loaded"] is None:  # load once, outside any torch.compile trace
-        _cuda.load()
+    if not _ext.cuda_loaded():  # load once, outside any torch.compile trace
+        _ext.load_cuda()
     return torch.ops.emo_kernels_cuda_emu if emulate else torch.ops.emo_kernels_cuda
 
 
@@ -21,7 +21,7 @@ def device_reason(*tensors):
     for t in tensors:
         if t is not None and not t.is_cuda:
             return f"{NEEDS_CUDA} (got a tensor on {t.device})"
-    return _cuda.unavailable_reason()
+    return _ext.cuda_unavailable_reason()
 
 
 def contig(t):

@@ -182,4 +182,3 @@ backends.register(OP, "triton", _triton_fn, _triton_can_run, gpu_kernel=True)
 
 # ----- cpu backend (csrc/cpu/, inference only; emo_kernels/cpu.py)
 backends.register(OP, "cpu", cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_can_run)
-register_with_proj(cpu.expand_dwconv_act_cpu, cpu.expand_dwconv_act_proj_cpu)
