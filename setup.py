@@ -83,9 +83,25 @@ def cpu_extensions():
     return exts, {"build_ext": BuildExtension}
 
 
+def _per_extension_temp(build_ext):
+    """build_ext with one object folder per extension: the CPU variants compile the same
+    sources with different flags, and must not link one another's objects."""
+    class BuildExt(build_ext):
+        def build_extension(self, ext):
+            temp = self.build_temp
+            self.build_temp = os.path.join(temp, ext.name)
+            try:
+                super().build_extension(ext)
+            finally:
+                self.build_temp = temp
+    return BuildExt
+
+
 ext_modules, cmdclass = cuda_extensions()
 _cpu_ext, _cpu_cmd = cpu_extensions()
 ext_modules, cmdclass = ext_modules + _cpu_ext, {**_cpu_cmd, **cmdclass}
+if "build_ext" in cmdclass:
+    cmdclass["build_ext"] = _per_extension_temp(cmdclass["build_ext"])
 
 # metadata (name, version, dependencies, packages) is in pyproject.toml; setup.py only adds
 # the compiled extensions
