@@ -2,18 +2,19 @@
 
 Build switches (environment variables):
     EMO_KERNELS_SKIP_CUDA_BUILD=1   do not build the CUDA extension emo_kernels._C
-    EMO_KERNELS_CUDA_ARCHS="80;90"  compute capabilities to build for (default 80;90)
-    EMO_KERNELS_SKIP_CPU_BUILD=1    do not build the CPU extension emo_kernels._C_cpu
-    EMO_KERNELS_CPU_ISA=avx512|avx2|default   vector ISA of the CPU extension (default: the
-                                    best this machine and torch support)
+    TORCH_CUDA_ARCH_LIST="8.0;9.0"  CUDA architectures to build for (default 8.0;9.0; "+PTX"
+                                    adds PTX; EMO_KERNELS_CUDA_ARCHS="80;90" is an alias)
+    EMO_KERNELS_SKIP_CPU_BUILD=1    do not build the CPU extension emo_kernels._C_cpu_<isa>
+    EMO_KERNELS_CPU_ISA=avx512|avx2|default   build only that CPU variant (default: all three)
     MAX_JOBS=N                      parallel compile jobs (ninja), as for any torch extension
     CUDA_HOME                       CUDA toolkit (default /usr/local/cuda when it has bin/nvcc)
 The CUDA extension is built only when torch has CUDA, nvcc is found and csrc/ has sources;
-otherwise setup.py says why on stderr. The CPU extension (csrc/cpu/) is built always (one C++
-file, ~30-50 s on 2 cores); without it the cpu backend JIT-compiles the same file on first use
-(emo_kernels/_cpu.py).
+otherwise setup.py says why on stderr. The CPU extension (csrc/cpu/) is built always, once per
+ISA variant (AVX512, AVX2, DEFAULT: the library runs on any x86-64 CPU, which loads the best
+variant it supports); without it the cpu backend JIT-compiles the variant it needs on first
+use (emo_kernels/_ext.py). Sources and flags: emo_kernels/_build.py, shared with the JIT.
 """
-import glob
+import importlib.util
 import os
 import sys
 
@@ -26,40 +27,26 @@ def _say(msg):
     print(f"emo-kernels setup: {msg}", file=sys.stderr)
 
 
-def nvidia_wheel_includes():
-    """Include dirs of the nvidia CUDA wheels (cuBLAS/cuSPARSE headers that torch's CUDA headers
-    include), so the build needs no CPATH."""
-    dirs = []
-    try:
-        import importlib.util
-        spec = importlib.util.find_spec("nvidia")
-    except (ImportError, ValueError):
-        spec = None
-    for root in (spec.submodule_search_locations if spec else None) or []:
-        for sub in ("cu13", "cu12"):
-            inc = os.path.join(root, sub, "include")
-            if os.path.isdir(inc):
-                dirs.append(inc)
-    return dirs
+def _build_config():
+    """emo_kernels/_build.py, loaded by path (the package itself is not importable yet)."""
+    spec = importlib.util.spec_from_file_location(
+        "_emo_build", os.path.join(HERE, "emo_kernels", "_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
-def cuda_arch_flags():
-    archs = os.environ.get("EMO_KERNELS_CUDA_ARCHS", "80;90").replace(",", ";").split(";")
-    archs = [a.strip().replace(".", "") for a in archs if a.strip()]  # "9.0" -> "90"
-    return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+BUILD = _build_config()
 
 
 def cuda_extensions():
     if os.environ.get("EMO_KERNELS_SKIP_CUDA_BUILD", "0") not in ("", "0"):
         _say("EMO_KERNELS_SKIP_CUDA_BUILD is set: not building the CUDA extension")
         return [], {}
-    sources = sorted(glob.glob("csrc/*.cu") + glob.glob("csrc/*.cpp"))
+    sources = [os.path.relpath(s, HERE) for s in BUILD.cuda_sources()]
     if not sources:
         return [], {}
-    # torch guesses CUDA_HOME from the nvcc on PATH, which can be a wrapper script: prefer the
-    # standard location. Must happen before torch.utils.cpp_extension is imported.
-    if not os.environ.get("CUDA_HOME") and os.path.exists("/usr/local/cuda/bin/nvcc"):
-        os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    BUILD.default_cuda_home()  # before torch.utils.cpp_extension is imported
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
@@ -72,34 +59,49 @@ def cuda_extensions():
         return [], {}
     ext = CUDAExtension(
         "emo_kernels._C", sources,
-        include_dirs=[os.path.join(HERE, "csrc")] + nvidia_wheel_includes(),
-        extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3"] + cuda_arch_flags()})
+        include_dirs=[os.path.join(HERE, "csrc")] + BUILD.nvidia_wheel_includes(),
+        extra_compile_args={"cxx": BUILD.CUDA_CXX_FLAGS,
+                            "nvcc": BUILD.cuda_nvcc_flags(BUILD.cuda_arch_list())})
     return [ext], {"build_ext": BuildExtension}
 
 
 def cpu_extensions():
-    """The CPU backend (emo_kernels._C_cpu): a CppExtension, no CUDA needed."""
+    """The CPU backend: one CppExtension per ISA variant (emo_kernels._C_cpu_<isa>), no CUDA
+    needed."""
     if os.environ.get("EMO_KERNELS_SKIP_CPU_BUILD", "0") not in ("", "0"):
         return [], {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:
         return [], {}
-    import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "_cpu_build", os.path.join(os.path.dirname(os.path.abspath(__file__)), "emo_kernels",
-                                   "_cpu_build.py"))
-    build = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(build)
-    ext = CppExtension("emo_kernels._C_cpu", build.SOURCES, depends=build.HEADERS,
-                       extra_compile_args={"cxx": build.cxx_flags()},
-                       extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension}
+    forced = BUILD.forced_isa()
+    exts = [CppExtension(f"emo_kernels.{BUILD.cpu_module(isa)}", BUILD.CPU_SOURCES,
+                         depends=BUILD.CPU_HEADERS,
+                         extra_compile_args={"cxx": BUILD.cpu_cxx_flags(isa)},
+                         extra_link_args=BUILD.CPU_LDFLAGS)
+            for isa in ((forced,) if forced else BUILD.ISAS)]
+    return exts, {"build_ext": BuildExtension}
+
+
+def _per_extension_temp(build_ext):
+    """build_ext with one object folder per extension: the CPU variants compile the same
+    sources with different flags, and must not link one another's objects."""
+    class BuildExt(build_ext):
+        def build_extension(self, ext):
+            temp = self.build_temp
+            self.build_temp = os.path.join(temp, ext.name)
+            try:
+                super().build_extension(ext)
+            finally:
+                self.build_temp = temp
+    return BuildExt
 
 
 ext_modules, cmdclass = cuda_extensions()
 _cpu_ext, _cpu_cmd = cpu_extensions()
 ext_modules, cmdclass = ext_modules + _cpu_ext, {**_cpu_cmd, **cmdclass}
+if "build_ext" in cmdclass:
+    cmdclass["build_ext"] = _per_extension_temp(cmdclass["build_ext"])
 
 # metadata (name, version, dependencies, packages) is in pyproject.toml; setup.py only adds
 # the compiled extensions

@@ -11,10 +11,10 @@ Steps (on a GPU, with CUDA sources in csrc/):
    GPU work starts sooner; offline: the installed torch's cpp_extension, ninja when present;
    MAX_JOBS=$(nproc); EMO_KERNELS_CUDA_ARCHS = this GPU's capability, e.g. 90), so that
    every later process imports ``emo_kernels._C`` directly;
-2. then the loader ``emo_kernels`` exposes (``emo_kernels._cuda.load``, which also JIT-builds
+2. then the loader ``emo_kernels`` exposes (``emo_kernels._ext.load_cuda``, which also JIT-builds
    with torch.utils.cpp_extension.load when _C is missing), or, in other layouts, the first of
    ``build``, ``jit_build``, ``build_jit``, ``jit_load``, ``load_jit``, ``ensure_built``,
-   ``load`` in ``emo_kernels._cuda`` / ``emo_kernels.cuda``;
+   ``load_cuda``, ``load`` in ``emo_kernels._ext``;
 3. in a fresh process, ``explain`` per op, dtype and backend on small CUDA tensors.
 Without CUDA sources (the cuda backend not on this branch) it says so and exits 0.
 Exit status: 0 loaded or nothing to build, 1 the build or load failed.
@@ -28,8 +28,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LOADER_MODULES = ("emo_kernels._cuda", "emo_kernels.cuda")
-LOADER_NAMES = ("build", "jit_build", "build_jit", "jit_load", "load_jit", "ensure_built", "load")
+LOADER_MODULES = ("emo_kernels._ext",)
+LOADER_NAMES = ("build", "jit_build", "build_jit", "jit_load", "load_jit", "ensure_built", "load_cuda", "load")
 
 
 def find_loaders():
@@ -72,6 +72,10 @@ def build_in_place(cpu=False):
     env = dict(os.environ)
     env["EMO_KERNELS_SKIP_CUDA_BUILD" if cpu else "EMO_KERNELS_SKIP_CPU_BUILD"] = "1"
     env.setdefault("MAX_JOBS", str(os.cpu_count() or 4))
+    if cpu:  # only the ISA variant this machine runs (all three take ~3x as long)
+        from emo_kernels._build import best_isa
+        env.setdefault("EMO_KERNELS_CPU_ISA",
+                       best_isa(torch.backends.cpu.get_cpu_capability()).lower())
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         env.setdefault("EMO_KERNELS_CUDA_ARCHS", f"{major}{minor}")

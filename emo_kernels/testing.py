@@ -31,3 +31,23 @@ def poison_empty():
         yield
     finally:
         torch.empty, torch.empty_like = orig_empty, orig_like
+
+
+@contextlib.contextmanager
+def poison_cpu_outputs():
+    """Make the CPU extension's C++ fill every output and every scratch buffer with NaN before
+    its kernels write them (the ``set_poison`` op of every loaded ISA variant), so a test
+    proves no kernel reads memory it has not written. No-op when the extension is unavailable.
+    Process-wide while it lasts (not per thread)."""
+    from . import _ext
+    from .backends import cpu
+    if _ext.cpu_unavailable_reason() is None:
+        cpu._ops()  # loaded, with its fake functions
+    namespaces = _ext.loaded_cpu_namespaces()
+    for ns in namespaces:
+        getattr(torch.ops, ns).set_poison(True)
+    try:
+        yield
+    finally:
+        for ns in namespaces:
+            getattr(torch.ops, ns).set_poison(False)

@@ -2,8 +2,10 @@
 inference path of the whole model against fused=False.
 
 Every op config runs in float32 (tolerance table of emo_kernels.testing) and float64, with the
-output allocations NaN-poisoned. The backend is inference-only: calls that need autograd, and
-BatchNorm in training mode, are refused with a reason (training falls back to torch).
+C++ outputs and scratch buffers NaN-poisoned (emo_kernels.testing.poison_cpu_outputs). The
+backend is inference-only: calls that need autograd, and BatchNorm in training mode, are refused
+with a reason (training falls back to torch). The ops trace under torch.compile(fullgraph=True),
+and the AVX2 and DEFAULT variants agree with the best one.
 """
 import time
 
@@ -14,11 +16,11 @@ import emo
 import emo_kernels
 from conftest import model_pair, rel_err
 from emo_kernels import BackendUnavailableError, dispatch
-from emo_kernels import cpu as cpu_backend
+from emo_kernels.backends import cpu as cpu_backend
 from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
-from emo_kernels.testing import TOLERANCE, poison_empty
+from emo_kernels.testing import TOLERANCE, poison_cpu_outputs
 
-_reason = cpu_backend._cpu.unavailable_reason()
+_reason = cpu_backend._ext.cpu_unavailable_reason()
 pytestmark = pytest.mark.skipif(_reason is not None, reason=f"cpu backend unavailable: {_reason}")
 
 DTYPES = [torch.float32, torch.float64]
@@ -71,14 +73,14 @@ def test_expand_dwconv_act(cfg, dtype, memory_format):
     ref = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
     x, we, be, wd, bd = _cast(args, dtype)
     x = x.contiguous(memory_format=memory_format)
-    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
+    with emo_kernels.use_backend("cpu"), poison_cpu_outputs(), torch.no_grad():
         out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=s, skip=skip)
     assert out.shape == ref.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
 
 
-# How the fused body cuts its work (emo_kernels.cpu): chunk budget per thread (1 byte: bands of
+# How the fused body cuts its work (emo_kernels.backends.cpu): chunk budget per thread (1 byte: bands of
 # one output row; the default: whole images; 1e9: every image in one chunk) x split of a chunk
 # among threads (1 by rows, 2 by channels) x threads (1, and 2 so that the parallel phases split).
 CHUNKINGS = [(1, 1, 2), (1, 2, 2), (None, 1, 1), (None, 2, 2), (10 ** 9, 1, 2), (10 ** 9, 0, 2)]
@@ -99,54 +101,27 @@ def chunking(request, monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("cfg", [EDC[0], EDC[3], EDC[4], EDC[7]],
                          ids=[_id(c) for c in (EDC[0], EDC[3], EDC[4], EDC[7])])
-@pytest.mark.parametrize("proj", ["none", "proj", "proj+residual"])
-def test_expand_dwconv_act_chunking(cfg, dtype, proj, chunking):
+@pytest.mark.parametrize("op", ["expand_dwconv_act", "irmb_inference"])
+def test_fused_body_chunking(cfg, dtype, op, chunking):
     """Every way the cpu backend cuts the fused body into chunks and splits a chunk among
-    threads gives the reference result, with and without the fused projection (+ residual)."""
+    threads gives the reference result: z alone (expand_dwconv_act), and with the projection
+    fused in (+ the residual x when the block has a skip: irmb_inference)."""
     *_, k, s, act, skip = cfg
     args = _edc_args(cfg, dtype)
     z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
     g = torch.Generator().manual_seed(2)
-    wp = torch.randn(37, z.shape[1], generator=g, dtype=torch.float64)
-    res = torch.randn(z.shape[0], 37, *z.shape[2:], generator=g, dtype=torch.float64)
-    if proj == "none":
-        ref, kw = z, {}
-    else:
-        ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if proj == "proj+residual" else 0)
-    x, we, be, wd, bd, wp_, res_ = _cast(list(args) + [wp, res], dtype)
-    if proj != "none":
-        kw = dict(w_proj=wp_, residual=res_ if proj == "proj+residual" else None)
-    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
-        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=s, skip=skip, **kw)
+    wp = torch.randn(args[0].shape[1] if skip else 37, z.shape[1], generator=g,
+                     dtype=torch.float64)
+    x, we, be, wd, bd, wp_ = _cast(list(args) + [wp], dtype)
+    with emo_kernels.use_backend("cpu"), poison_cpu_outputs(), torch.no_grad():
+        if op == "expand_dwconv_act":
+            ref = z
+            out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=s, skip=skip)
+        else:
+            ref = torch.einsum("bchw,oc->bohw", z, wp) + (args[0] if skip else 0)
+            out = emo_kernels.irmb_inference(x, we, be, wd, bd, wp_, act=act, stride=s, skip=skip)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
-
-
-@pytest.mark.parametrize("residual", [False, True])
-def test_expand_dwconv_act_with_proj_torch_backend(residual):
-    """The torch backend composes the projection after z."""
-    cfg = EDC[0]
-    *_, k, s, act, skip = cfg
-    args = _edc_args(cfg, torch.float64)
-    z = expand_dwconv_act_ref(*args, act=act, stride=s, skip=skip)
-    wp = torch.randn(7, z.shape[1], dtype=torch.float64)
-    res = torch.randn(z.shape[0], 7, *z.shape[2:], dtype=torch.float64)
-    ref = torch.einsum("bchw,oc->bohw", z, wp) + (res if residual else 0)
-    with emo_kernels.use_backend("torch"), torch.no_grad():
-        out = emo_kernels.expand_dwconv_act(*args, act=act, stride=s, skip=skip, w_proj=wp,
-                                            residual=res if residual else None)
-    assert rel_err(out, ref) <= TOLERANCE[torch.float64]
-
-
-def test_proj_argument_errors():
-    x, we, be, wd, bd = _edc_args(EDC[0], torch.float64)
-    with pytest.raises(ValueError, match="residual needs w_proj"):
-        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, residual=x)
-    with pytest.raises(ValueError, match="w_proj expects"):
-        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 5, dtype=x.dtype))
-    with pytest.raises(ValueError, match="residual must have shape"):
-        emo_kernels.expand_dwconv_act(x, we, be, wd, bd, w_proj=torch.randn(4, 24, dtype=x.dtype),
-                                      residual=torch.randn(2, 4, 3, 3, dtype=x.dtype))
 
 
 def test_expand_dwconv_act_eval_bn_folded():
@@ -157,7 +132,7 @@ def test_expand_dwconv_act_eval_bn_folded():
               running_mean=torch.randn(C, dtype=torch.float64),
               running_var=torch.rand(C, dtype=torch.float64) + 0.5, eps=1e-6)
     ref = expand_dwconv_act_ref(x, we, be, wd, bd, act="gelu", stride=1, skip=True, **bn)
-    with emo_kernels.use_backend("cpu"), poison_empty():
+    with emo_kernels.use_backend("cpu"), poison_cpu_outputs():
         out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act="gelu", stride=1, skip=True,
                                             **bn)
     assert rel_err(out, ref) <= TOLERANCE[torch.float64]
@@ -185,7 +160,7 @@ def test_window_attention(cfg, dtype, layout):
         v_ = v_.contiguous(memory_format=torch.channels_last)
     else:
         qk_ = qk_.contiguous()
-    with emo_kernels.use_backend("cpu"), poison_empty():
+    with emo_kernels.use_backend("cpu"), poison_cpu_outputs():
         out = emo_kernels.window_attention(qk_[:, :C], qk_[:, C:], v_, kp_, head_dim=d)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
@@ -331,7 +306,7 @@ def test_parameters_under_no_grad_with_threads():
     torch.set_num_threads(2)
     try:
         with emo_kernels.use_backend("cpu"), torch.no_grad():
-            out = emo_kernels.expand_dwconv_act(x, *params, act="silu", stride=2, w_proj=wp)
+            out = emo_kernels.irmb_inference(x, *params, wp, act="silu", stride=2)
     finally:
         torch.set_num_threads(old)
     assert rel_err(out, torch.einsum("bchw,oc->bohw", ref, wp).detach()) <= TOLERANCE[torch.float32]
@@ -358,7 +333,7 @@ def test_float_gelu_accuracy():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("act", ["none", "silu", "gelu"])
 def test_gemm_kernel(dtype, act):
-    ext = cpu_backend._cpu.load()
+    ext = cpu_backend._ops()
     g = torch.Generator().manual_seed(3)
     fn = {"none": lambda t: t, "silu": torch.nn.functional.silu,
           "gelu": torch.nn.functional.gelu}[act]
@@ -379,7 +354,7 @@ def test_gemm_kernel(dtype, act):
 
 
 def test_gemm_refuses_a_packed_weight_of_another_shape():
-    ext = cpu_backend._cpu.load()
+    ext = cpu_backend._ops()
     w = torch.randn(40, 16)
     x = torch.randn(5, 16)
     with pytest.raises(RuntimeError, match="packed weight must come from pack_weight"):
@@ -432,12 +407,13 @@ def test_k1_stride2_several_images_per_chunk(H, act, proj, chunking):
     wd = torch.randn(cm, 1, 1, 1, generator=g, dtype=torch.float64)
     bd = torch.randn(cm, generator=g, dtype=torch.float64)
     ref = expand_dwconv_act_ref(x, we, be, wd, bd, act=act, stride=2)
-    kw = {}
-    if proj:
-        wp = torch.randn(9, cm, generator=g, dtype=torch.float64)
-        ref, kw = torch.einsum("bchw,oc->bohw", ref, wp), dict(w_proj=wp)
-    with emo_kernels.use_backend("cpu"), poison_empty(), torch.no_grad():
-        out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=2, **kw)
+    wp = torch.randn(9, cm, generator=g, dtype=torch.float64)
+    with emo_kernels.use_backend("cpu"), poison_cpu_outputs(), torch.no_grad():
+        if proj:  # the projection fused in: irmb_inference
+            ref = torch.einsum("bchw,oc->bohw", ref, wp)
+            out = emo_kernels.irmb_inference(x, we, be, wd, bd, wp, act=act, stride=2)
+        else:
+            out = emo_kernels.expand_dwconv_act(x, we, be, wd, bd, act=act, stride=2)
     assert out.shape == ref.shape
     assert rel_err(out, ref) <= TOLERANCE[torch.float64]
 
@@ -540,3 +516,69 @@ def test_threads_share_one_fused_model_bitwise():
     for i in range(4):
         for j, out in enumerate(multi[i]):
             assert torch.equal(out, single[i][j % 3]), (i, j)
+
+
+# ----- issue #18: torch.library ops (torch.compile), ISA variants ---------------------------------
+def _small_block(dtype=torch.float32, attn=True):
+    g = torch.Generator().manual_seed(11)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=dtype)  # noqa: E731
+    x = r(1, 8, 9, 9)
+    args = (r(16, 8, 1, 1), r(16), r(16, 1, 3, 3), r(16), r(8, 16, 1, 1))
+    kw = dict(act="silu", stride=1, skip=True, ln_weight=r(8), ln_bias=r(8))
+    if attn:
+        kw.update(w_qk=r(16, 8, 1, 1), b_qk=r(16), head_dim=4, window_size=3)
+    return x, args, kw
+
+
+def test_torch_compile_fullgraph_runs_the_cpp_kernel():
+    """torch.compile(fullgraph=True) of a call of the cpu op traces without a graph break (it
+    would raise) and the compiled function runs the C++ kernel: the op is in the traced graph,
+    and the result matches the eager one."""
+    import torch._dynamo
+    from torch._dynamo.testing import CompileCounterWithBackend
+    x, args, kw = _small_block()
+    ns = cpu_backend._ops().name  # torch.ops.<namespace> of the loaded variant
+
+    def block(x):
+        return cpu_backend.irmb_inference_cpu(x, *args, **kw)
+
+    counter = CompileCounterWithBackend("eager")
+    torch._dynamo.reset()
+    with torch.no_grad():
+        out = torch.compile(block, backend=counter, fullgraph=True)(x)
+        ref = block(x)
+    assert counter.frame_count == 1
+    targets = [str(n.target) for gm in counter.graphs for n in gm.graph.nodes
+               if n.op == "call_function"]
+    assert targets == [f"{ns}.irmb_inference"], targets
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa", ["AVX2", "DEFAULT"])
+def test_isa_variants_agree(isa):
+    """The AVX2 and DEFAULT variants (loaded beside the best one, JIT-built if setup.py did not
+    build them) give the reference's results, as the best variant does."""
+    from emo_kernels import _build, _ext
+    from emo_kernels.reference import irmb_inference_ref
+    if _build.RANK[isa] > _build.RANK[_ext.cpu_isa()]:
+        pytest.skip(f"this CPU lacks {isa}")
+    ops = _ext.cpu_ops(isa)
+    assert ops.isa() == isa
+    best = cpu_backend._ops()
+    for dtype in DTYPES:
+        x, args, kw = _small_block(dtype)
+        tensors, ints, floats = cpu_backend._block_lists(args, kw)
+        ref = irmb_inference_ref(x.double(), *[a.double() for a in args],
+                                 **{k: v.double() if torch.is_tensor(v) else v
+                                    for k, v in kw.items()})
+        with poison_cpu_outputs(), torch.no_grad():
+            out = ops.irmb_inference(x, tensors, ints, floats, 1 << 20, 0)
+            out_best = best.irmb_inference(x, tensors, ints, floats, 1 << 20, 0)
+            eda = ops.expand_dwconv_act(x, args[0], args[1], args[2], args[3], 1, 2, False,
+                                        1 << 20, 0)
+        assert rel_err(out, ref) <= TOLERANCE[dtype]
+        assert rel_err(out, out_best) <= TOLERANCE[dtype]
+        eda_ref = expand_dwconv_act_ref(x, args[0], args[1], args[2], args[3], stride=2)
+        assert rel_err(eda, eda_ref) <= TOLERANCE[dtype]

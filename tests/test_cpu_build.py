@@ -1,4 +1,4 @@
-"""The JIT build of the CPU extension (emo_kernels/_cpu.py): one build folder per torch version,
+"""The JIT build of the CPU extension (emo_kernels/_ext.py): one build folder per torch version,
 ISA and Python; a build lock that never makes a process wait forever (its owner's death drops
 it, a live owner is waited for a bounded time), and recovery from a build killed midway."""
 import fcntl
@@ -11,10 +11,9 @@ import time
 import pytest
 import torch
 
-from emo_kernels import _cpu
-from emo_kernels._cpu_build import target_isa
+from emo_kernels import _ext as _cpu
 
-_LOAD = "import emo_kernels._cpu as c; print('ISA', c.load().isa())"
+_LOAD = "import emo_kernels._ext as e; print('ISA', e.cpu_ops().isa())"
 
 
 def _env(build_root, **extra):
@@ -26,10 +25,10 @@ def _env(build_root, **extra):
 
 def test_build_dir_is_keyed_by_torch_isa_and_python(tmp_path, monkeypatch):
     monkeypatch.setenv(_cpu.BUILD_DIR_ENV, str(tmp_path))
-    d = _cpu.build_dir()
+    d = _cpu.build_dir(_cpu.cpu_extension(_cpu.cpu_isa()))
     assert os.path.dirname(d) == os.path.join(str(tmp_path), "jit_cpu")
     name = os.path.basename(d)
-    assert torch.__version__ in name and target_isa().lower() in name
+    assert torch.__version__ in name and _cpu.cpu_isa().lower() in name
     assert sys.implementation.cache_tag in name
 
 
@@ -80,3 +79,33 @@ def test_build_killed_midway_then_next_process_recovers(tmp_path):
     assert "ISA" in r.stdout
     assert "was interrupted" in r.stderr and os.path.join(jit, folder) in r.stderr
     assert not os.path.exists(os.path.join(jit, folder, _cpu.INCOMPLETE))
+
+
+def test_variant_choice(monkeypatch):
+    """The best variant the CPU supports, unless $EMO_KERNELS_CPU_ISA forces one; forcing one
+    the CPU lacks, or naming none, is refused with a clear error."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    monkeypatch.delenv("EMO_KERNELS_CPU_ISA", raising=False)
+    assert _cpu.cpu_isa() == "AVX2"
+    monkeypatch.setenv("EMO_KERNELS_CPU_ISA", "default")
+    assert _cpu.cpu_isa() == "DEFAULT"
+    monkeypatch.setenv("EMO_KERNELS_CPU_ISA", "avx512")
+    with pytest.raises(ImportError, match="EMO_KERNELS_CPU_ISA=avx512 but this CPU supports AVX2"):
+        _cpu.cpu_isa()
+    monkeypatch.setenv("EMO_KERNELS_CPU_ISA", "sse9")
+    with pytest.raises(ImportError, match="names no variant"):
+        _cpu.cpu_isa()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "SVE256")
+    monkeypatch.delenv("EMO_KERNELS_CPU_ISA")
+    assert _cpu.cpu_isa() == "DEFAULT"
+
+
+def test_cuda_arch_flags():
+    """TORCH_CUDA_ARCH_LIST's syntax (and the old EMO_KERNELS_CUDA_ARCHS one) to nvcc flags."""
+    from emo_kernels import _build
+    assert _build.cuda_arch_flags("8.0;9.0+PTX") == [
+        "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=sm_90",
+        "-gencode=arch=compute_90,code=compute_90"]
+    assert _build.cuda_arch_flags("80, 90") == _build.cuda_arch_flags("8.0 9.0")
+    with pytest.raises(ValueError, match="compute capability"):
+        _build.cuda_arch_flags("Hopper")

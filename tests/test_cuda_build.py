@@ -58,9 +58,10 @@ def test_extension_is_built_linked_and_registers_ops(ext):
 
 
 def test_loader_reports_the_extension(ext):
-    from emo_kernels import _cuda
-    assert _cuda.unavailable_reason() is None
-    assert _cuda.load() in ("emo_kernels._C", _cuda.JIT_NAME)
+    from emo_kernels import _ext
+    assert _ext.cuda_unavailable_reason() is None
+    loaded = _ext.load_cuda()
+    assert loaded == "emo_kernels._C" or loaded.startswith(_ext.JIT_NAME)
 
 
 def _cpu_calls():
@@ -116,12 +117,12 @@ def test_auto_never_picks_the_unmeasured_cuda_backend():
 def test_unbuilt_extension_gives_the_build_hint(monkeypatch):
     """Without emo_kernels._C (and, here, without a GPU to JIT-build on), the backend's reason
     says how to build it. Simulated by hiding the module; needs no build."""
-    from emo_kernels import _cuda
+    from emo_kernels import _ext
     monkeypatch.setitem(sys.modules, "emo_kernels._C", None)  # import raises ImportError
     monkeypatch.delattr(emo_kernels, "_C", raising=False)
-    monkeypatch.setattr(_cuda, "_state", {"loaded": None, "error": None})
+    monkeypatch.setattr(_ext, "_STATE", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    reason = _cuda.unavailable_reason()
+    reason = _ext.cuda_unavailable_reason()
     assert reason is not None and "pip install -e . --no-build-isolation" in reason
     with pytest.raises(ImportError, match="not built"):
-        _cuda.load()
+        _ext.load_cuda()

@@ -10,7 +10,7 @@ What is drawn: batch 1..5, H and W 1..40, channel counts that are mostly not mul
 16, depthwise k in {1, 3, 5, 7}, stride 1/2, every activation (silu, gelu, none, and the
 identity expansion), skip on/off, BatchNorm none/eval/train, fp32/fp64, NCHW/NHWC inputs,
 the optional biases; for the cpu backend also its
-chunking knobs (``emo_kernels.cpu.CHUNK_BYTES_PER_THREAD``, ``emo_kernels.cpu.SPLIT``) and 1 or
+chunking knobs (``emo_kernels.backends.cpu.CHUNK_BYTES_PER_THREAD``, ``.SPLIT``) and 1 or
 2 threads. Tensor values come from a drawn seed, so a failing example (printed as a ``Case``)
 is reproducible from its repr. The Triton interpreter gets few, tiny examples.
 
@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 import emo_kernels
 from conftest import backend_device, rel_err
 from emo_kernels import BackendUnavailableError
-from emo_kernels import cpu as cpu_backend
+from emo_kernels.backends import cpu as cpu_backend
 from emo_kernels.reference import (activation, expand_dwconv_act_ref, irmb_inference_ref,
                                    window_attention_ref, window_partition, window_unpartition)
 from emo_kernels.testing import TOLERANCE, poison_empty
@@ -97,7 +97,7 @@ def fuzz_tests(name, check, budget, **strategies):
         globals()[test.__name__] = test
 
 
-_CPU_REASON = cpu_backend._cpu.unavailable_reason()
+_CPU_REASON = cpu_backend._ext.cpu_unavailable_reason()
 
 
 def _device(backend):

@@ -8,11 +8,11 @@ import torch
 
 import emo_kernels
 from conftest import rel_err
-from emo_kernels import cpu as cpu_backend
+from emo_kernels.backends import cpu as cpu_backend
 from emo_kernels.reference import irmb_inference_ref
-from emo_kernels.testing import TOLERANCE, poison_empty
+from emo_kernels.testing import TOLERANCE, poison_cpu_outputs, poison_empty
 
-_reason = cpu_backend._cpu.unavailable_reason()
+_reason = cpu_backend._ext.cpu_unavailable_reason()
 
 # (B, C, Cmid, Cout, H, W, k, stride, act, skip, ln, attn head_dim or 0)
 CFGS = [
@@ -77,7 +77,7 @@ def test_irmb_inference(cfg, dtype, backend, threads):
     ref = irmb_inference_ref(*args, **kw)
     args, kw = _cast(args, kw, dtype)
     args[0] = args[0].contiguous(memory_format=torch.channels_last)
-    with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+    with emo_kernels.use_backend(backend), poison_empty(), poison_cpu_outputs(), torch.no_grad():
         out = emo_kernels.irmb_inference(*args, **kw)
     assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
@@ -173,7 +173,7 @@ def test_chain_matches_blocks(dtype, backend):
         y = irmb_inference_ref(y, *args, **kw)
         refs.append(y)
     chain = emo_kernels.IRMBChain(_chain_blocks(dtype), 16, dtype, "cpu")
-    with emo_kernels.use_backend(backend), poison_empty(), torch.no_grad():
+    with emo_kernels.use_backend(backend), poison_empty(), poison_cpu_outputs(), torch.no_grad():
         outs = chain(x.to(dtype).contiguous(memory_format=torch.channels_last), outputs=[0, 2])
         last = chain(x.to(dtype))
     assert len(outs) == 2 and len(last) == 1

@@ -125,6 +125,31 @@ def test_compile_fullgraph(pair, mode, grad, backend):
     copy.deepcopy(fused)
 
 
+def test_compile_fullgraph_keeps_the_cpu_ops(pair):
+    """CPU inference (eval, no grad): torch.compile(fullgraph=True) traces the fused model
+    without a graph break (fullgraph raises on one), its graph holds one ``irmb_inference`` op
+    of the C++ cpu backend per block (torch.library ops, opaque to the compiler, not the
+    reference computation), and running it runs those kernels: the logits equal fused=False."""
+    import emo_kernels
+    ref, fused, x, x2, want = _setup(pair, "eval")
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad(), emo_kernels.record_dispatch() as calls:
+        out = torch.compile(fused, fullgraph=True, backend=keep_graph)(x2)
+    assert rel_err(out, want) <= TOL
+    assert len(graphs) == 1
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    cpu_ops = [t for t in targets if t.startswith("emo_kernels_cpu_")]
+    assert len(cpu_ops) == 16 and all(t.endswith(".irmb_inference") for t in cpu_ops)
+    assert sum("conv2d" in t for t in targets) == 1  # the stem's; every block's are in C++
+    assert ("irmb_inference", "cpu") in calls  # dispatched to the cpu backend while tracing
+
+
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_fx_and_feature_extractor(pair, mode):
     from torchvision.models.feature_extraction import create_feature_extractor

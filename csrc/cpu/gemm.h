@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <cstdint>
 
+// inside the variant's namespace (EMO_CPU_NS, common.h): each ISA's instantiations stay apart
+namespace EMO_CPU_NS {
 namespace emo_gemm {
 
 using at::vec::Vectorized;
@@ -113,3 +115,4 @@ void gemm(const T* A, int64_t lda, const T* Wp, int64_t K, int64_t m0, int64_t m
 }
 
 }  // namespace emo_gemm
+}  // namespace EMO_CPU_NS

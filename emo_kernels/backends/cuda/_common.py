@@ -1,16 +1,15 @@
 import torch
 
+from ... import _ext
 from ...formulas import acc_dtype  # noqa: F401  (re-exported for the op modules)
-
-from ... import _cuda
 
 NEEDS_CUDA = "cuda backend needs CUDA tensors"
 
 
 def ops(emulate: bool):
     """The op namespace: CUDA kernels, or their host emulation on CPU tensors (tests)."""
-    if _cuda._state["loaded"] is None:  # load once, outside any torch.compile trace
-        _cuda.load()
+    if not _ext.cuda_loaded():  # load once, outside any torch.compile trace
+        _ext.load_cuda()
     return torch.ops.emo_kernels_cuda_emu if emulate else torch.ops.emo_kernels_cuda
 
 
@@ -19,7 +18,15 @@ def device_reason(*tensors):
     for t in tensors:
         if t is not None and not t.is_cuda:
             return f"{NEEDS_CUDA} (got a tensor on {t.device})"
-    return _cuda.unavailable_reason()
+    return unavailable_reason()
+
+
+@torch.compiler.assume_constant_result
+def unavailable_reason():
+    """None when the extension is loaded (or loads now), else why not. A constant for
+    torch.compile: run for real at trace time, so a first call inside a traced function loads
+    the extension (and registers its fake functions) instead of breaking the graph."""
+    return _ext.cuda_unavailable_reason()
 
 
 def contig(t):
