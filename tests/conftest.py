@@ -1,7 +1,10 @@
-"""Test setup: run Triton kernels through the interpreter when no GPU is present.
+"""Test setup, for every folder of tests/ (ops/, backends/, model/, bench/).
 
-TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set here,
-at conftest import time, before the tests import emo_kernels.
+Without a GPU: Triton kernels run in the interpreter (TRITON_INTERPRET must be set before any
+Triton kernel module is imported, so it is set here, at conftest import time), and the op
+fixtures' cuda param runs the CUDA kernels' host emulation (EMO_KERNELS_CUDA_EMULATE=1, set
+for that param only). ``kernel_backend`` / ``autograd_backend``: one fixture for every backend;
+``poison(backend)``: the NaN-poisoning hook they go through.
 """
 import os
 from typing import NamedTuple
