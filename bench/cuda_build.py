@@ -130,7 +130,7 @@ def main(argv=None):
               "then the loader above (JIT fallback)")
     elif not torch.cuda.is_available():
         print("cuda_build: no GPU here: nothing built (the CPU build and its checks are "
-              "tests/test_cuda_build.py's job)")
+              "tests/backends/test_cuda_build.py's job)")
     elif not srcs:
         print("cuda_build: no CUDA sources in csrc/: the cuda backend is not on this branch "
               "yet; skipped")

@@ -131,7 +131,7 @@ PYEOF
 } > "$DEST/env.txt" 2>&1
 echo "[env] written: env.txt" | tee -a "$SUMMARY"
 
-GPU_TEST_FILES=(tests/test_expand_dwconv_act.py tests/test_window_attention.py tests/test_validation.py)
+GPU_TEST_FILES=(tests/ops/test_expand_dwconv_act.py tests/ops/test_window_attention.py tests/ops/test_validation.py)
 if [ $DRY = 1 ]; then
   BUILD_ARGS=(--dry-run)
   GPU_TEST_ARGS=(--collect-only -q)
@@ -146,7 +146,7 @@ else
   # test files needing a package the GPU machine lacks (hypothesis, onnx...) fail to collect:
   # run the others rather than abort the part
   REST_ARGS=(-q -rs --continue-on-collection-errors tests
-             --deselect tests/test_bench.py::test_gpu_check_dry_run)
+             --deselect tests/bench/test_bench.py::test_gpu_check_dry_run)
   for f in "${GPU_TEST_FILES[@]}"; do REST_ARGS+=(--deselect "$f"); done
   REST_JIT=${EMO_KERNELS_CPU_JIT:-1}
   CAL_ARGS=()

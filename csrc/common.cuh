@@ -5,7 +5,7 @@
 // that computes one output element (or one partial sum) from global memory only: no shared
 // memory, no warp intrinsics. A __global__ wrapper runs it over a grid-stride loop on the GPU,
 // and a plain host loop runs the very same function over CPU buffers ("emulation"), which is
-// how the kernel math is tested on machines without a GPU (tests/test_cuda_emulation.py).
+// how the kernel math is tested on machines without a GPU (tests/backends/test_cuda_emulation.py).
 #pragma once
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 segmentation model, fused or not: one training step and one evaluation of each on small
 random images. Run from the repository root:
 ``python -m examples.detect_segment [--fused] [--model emo_1m]``.
-Needs torchvision. tests/test_detection.py runs the same code."""
+Needs torchvision. tests/model/test_detection.py runs the same code."""
 import argparse
 from collections import OrderedDict
 

@@ -1,9 +1,14 @@
-"""Test setup: run Triton kernels through the interpreter when no GPU is present.
+"""Test setup, for every folder of tests/ (ops/, backends/, model/, bench/).
 
-TRITON_INTERPRET must be set before any Triton kernel module is imported, so it is set here,
-at conftest import time, before the tests import emo_kernels.
+Without a GPU: Triton kernels run in the interpreter (TRITON_INTERPRET must be set before any
+Triton kernel module is imported, so it is set here, at conftest import time), and the op
+fixtures' cuda param runs the CUDA kernels' host emulation (EMO_KERNELS_CUDA_EMULATE=1, set
+for that param only). ``kernel_backend`` / ``autograd_backend``: one fixture for every backend;
+``poison(backend)``: the NaN-poisoning hook they go through.
 """
+import contextlib
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -62,34 +67,111 @@ def rel_err(a, b):
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
-# Kernel backends every op test is parametrized over. The test files are shared by the
-# backends; a backend that cannot run here is skipped with the reason.
-KERNEL_BACKENDS = ("triton", "cuda")
+# The backends every op test runs on, through ONE fixture (``kernel_backend``): the torch
+# reference, the C++ cpu backend, triton (on CPU in its interpreter) and cuda (on CPU through
+# its host emulation, EMO_KERNELS_CUDA_EMULATE=1). The test files are shared by the backends.
+KERNEL_BACKENDS = ("torch", "cpu", "triton", "cuda")
+# The cpu backend is inference-only (no autograd, no training BatchNorm) and fp32/fp64 only, a
+# documented limitation: tests that exist only for gradients or training BatchNorm take
+# ``autograd_backend`` (every backend but cpu); the shared case tables take ``kernel_backend``
+# and, for cpu, check the forward pass and that the backend refuses the rest with a reason.
+AUTOGRAD_BACKENDS = ("torch", "triton", "cuda")
+INFERENCE_ONLY = ("cpu",)
+ALL_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+DTYPES = {"cpu": (torch.float64, torch.float32)}
+# Opting out of a build (as scripts/setup.sh and setup.py take it) skips that backend's tests;
+# without the opt-out a missing build fails them.
+BUILD_OPT_OUT = {"cpu": "EMO_KERNELS_SKIP_CPU_BUILD", "cuda": "EMO_KERNELS_SKIP_CUDA_BUILD"}
+CUDA_EMULATE = "EMO_KERNELS_CUDA_EMULATE"
+
+
+class Backend(NamedTuple):
+    """A kernel backend as the op tests see it."""
+    name: str
+    device: torch.device
+
+    @property
+    def autograd(self) -> bool:
+        """Whether it runs gradients and training BatchNorm (else it refuses them)."""
+        return self.name not in INFERENCE_ONLY
+
+    @property
+    def dtypes(self):
+        """The dtypes it runs (it refuses the others with a reason)."""
+        return DTYPES.get(self.name, ALL_DTYPES)
+
+    @property
+    def emulated(self) -> bool:
+        return self.name == "cuda" and self.device.type == "cpu"
+
+
+def _opted_out(name):
+    var = BUILD_OPT_OUT.get(name)
+    if var and os.environ.get(var, "0") not in ("", "0"):
+        pytest.skip(f"{var} is set: the {name} extension was deliberately not built")
 
 
 def backend_device(name):
-    """The device a kernel backend's tests run on here, or skip with the reason."""
+    """The device a backend's tests run on here, or skip with the reason."""
+    _opted_out(name)
     if name == "cuda":
         if not HAS_CUDA:
-            pytest.skip("cuda backend needs a GPU; here the extension is only built, linked "
-                        "and checked for clear errors (tests/test_cuda_build.py)")
+            pytest.skip("cuda backend needs a GPU; without one the op tests run its host "
+                        "emulation (kernel_backend) and tests/backends/test_cuda_build.py "
+                        "checks the build")
         return torch.device("cuda")
     if name == "triton":
         try:
             import triton  # noqa: F401
         except ImportError:
             pytest.skip("triton is not installed")
+    if name in ("torch", "triton"):
         return torch.device("cuda") if HAS_CUDA else torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
     raise ValueError(name)
 
 
-@pytest.fixture(params=KERNEL_BACKENDS)
-def kernel_backend(request):
-    """(backend name, device), with that backend selected for the test's duration."""
+def poison(backend):
+    """The context manager that NaN-poisons the outputs a backend allocates during a test, so
+    unwritten elements fail the comparisons (the hook every op fixture goes through).
+
+    Every backend: torch.empty / empty_like return NaN-filled tensors (poison_empty: the
+    outputs torch, triton and the Python glue of the others allocate), and the CPU extension's
+    C++ fills every output and workspace with NaN before its kernels write
+    (poison_cpu_outputs). The cuda emulation binding NaN-fills its outputs itself.
+    """
+    from emo_kernels.testing import poison_cpu_outputs, poison_empty
+    stack = contextlib.ExitStack()
+    stack.enter_context(poison_empty())
+    stack.enter_context(poison_cpu_outputs())
+    return stack
+
+
+def _backend_fixture(name, monkeypatch):
     import emo_kernels
-    dev = backend_device(request.param)
-    with emo_kernels.use_backend(request.param):
-        yield request.param, dev
+    _opted_out(name)
+    if name == "cuda" and not HAS_CUDA:
+        monkeypatch.setenv(CUDA_EMULATE, "1")  # the kernels' host emulation on CPU tensors
+        dev = torch.device("cpu")
+    else:
+        dev = backend_device(name)
+    with emo_kernels.use_backend(name), poison(name):
+        yield Backend(name, dev)
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request, monkeypatch):
+    """Backend(name, device) with that backend selected and its outputs NaN-poisoned for the
+    test's duration. cuda without a GPU runs its host emulation on CPU tensors."""
+    yield from _backend_fixture(request.param, monkeypatch)
+
+
+@pytest.fixture(params=AUTOGRAD_BACKENDS)
+def autograd_backend(request, monkeypatch):
+    """kernel_backend for tests of gradients / training BatchNorm: every backend but the
+    inference-only cpu one."""
+    yield from _backend_fixture(request.param, monkeypatch)
 
 
 def model_pair(name, **kw):

@@ -4,7 +4,7 @@ backend that runs here, against the float64 reference.
 Profiles (``EMO_FUZZ_PROFILE``): ``ci`` (the default; fixed seed through ``derandomize``, a
 bounded number of examples per test, ~1-2 minutes on a 2-core machine, no example database)
 and ``long`` (opt-in, thousands of examples, random seed):
-``EMO_FUZZ_PROFILE=long python -m pytest tests/test_fuzz.py``.
+``EMO_FUZZ_PROFILE=long python -m pytest tests/ops/test_fuzz.py``.
 
 What is drawn: batch 1..5, H and W 1..40, channel counts that are mostly not multiples of 8 or
 16, depthwise k in {1, 3, 5, 7}, stride 1/2, every activation (silu, gelu, none, and the
@@ -97,14 +97,10 @@ def fuzz_tests(name, check, budget, **strategies):
         globals()[test.__name__] = test
 
 
-_CPU_REASON = cpu_backend._ext.cpu_unavailable_reason()
-
-
 def _device(backend):
-    """The device a backend's examples run on here, or skip with the reason."""
-    if backend == "cpu" and _CPU_REASON is not None:
-        pytest.skip(f"cpu backend unavailable: {_CPU_REASON}")
-    if backend in ("triton", "cuda"):
+    """The device a backend's examples run on here, or skip with the reason (a missing cpu
+    build fails its examples, unless deliberately skipped: conftest.backend_device)."""
+    if backend in ("cpu", "triton", "cuda"):
         return backend_device(backend)
     return torch.device("cpu")
 
@@ -941,12 +937,12 @@ def test_zero_channels(backend):
     refused with ValueError by every public op on every backend, and zero batch stays valid
     (issue #20, finding 1). Runs in a child process: a SIGFPE there fails this test with the
     case that crashed instead of killing the pytest session."""
-    if backend == "cpu" and _CPU_REASON is not None:
-        pytest.skip(f"cpu backend unavailable: {_CPU_REASON}")
+    _device(backend)
     here = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.dirname(here)  # conftest
     code = textwrap.dedent(f"""
         import sys
-        sys.path[:0] = [{here!r}, {os.path.dirname(here)!r}]
+        sys.path[:0] = [{here!r}, {tests!r}, {os.path.dirname(tests)!r}]
         import test_fuzz
         test_fuzz.zero_channel_main({backend!r}, {_BUDGET['zero']})
     """)

@@ -1,13 +1,13 @@
 """Compile every Triton kernel for sm_80 and sm_90 without a GPU (ttir -> ... -> cubin).
 
-Run in a subprocess by tests/test_triton_compile.py on every software stack CI tests (torch
+Run in a subprocess by tests/backends/test_triton_compile.py on every software stack CI tests (torch
 2.14 + triton 3.8, and the GPU machine's torch 2.11 + triton 3.6): the interpreter accepts
 code the GPU compiler rejects, so this catches compiled-mode-only errors (constexpr misuse,
 dot shapes, accumulator dtypes such as triton 3.6's fp64 ``tl.dot`` needing ``out_dtype``)
 for every kernel in every dtype, fp64 included, and every constexpr branch the launchers use.
 It needs no driver: triton ships ptxas.
 
-Usage: python tests/compile_kernels.py [--archs 80,90] [--dtypes fp16,bf16,fp32,fp64] [-j N]
+Usage: python tests/backends/compile_kernels.py [--archs 80,90] [--dtypes fp16,bf16,fp32,fp64] [-j N]
 Prints one line per arch and "compiled N kernels"; exits non-zero on the first failure.
 """
 import argparse

@@ -30,12 +30,13 @@ def on_fake_h200(monkeypatch, tmp_path):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(measured, "_on_gpu", lambda t: True)
     monkeypatch.setattr(measured, "_device", lambda d: ("NVIDIA H200", "sm_90"))
-    path = tmp_path / "measured.json"
+    written = []
 
-    def write(rows):
+    def write(rows):  # a new file each time: the table cache is keyed by file and mtime
+        path = tmp_path / f"measured{len(written)}.json"
+        written.append(path)
         path.write_text(json.dumps({"rows": rows}))
         monkeypatch.setenv(measured.ENV_VAR, str(path))
-        measured._CACHE.clear()
 
     write([])
     return write

@@ -1,7 +1,13 @@
-"""expand_dwconv_act kernels (triton; the cuda backend reuses these tests) vs the float64 reference.
+"""expand_dwconv_act on every backend (torch, cpu, triton, cuda) vs the float64 reference.
 
-Without a GPU the Triton kernels run in the interpreter (tests/conftest.py sets
-TRITON_INTERPRET=1). Interpreter facts that shape these tests (docs/toolchain.md):
+The case tables take the ``kernel_backend`` fixture (tests/conftest.py), so each case runs on
+every backend that can run here: without a GPU the Triton kernels run in the interpreter
+(TRITON_INTERPRET=1) and the cuda kernels in their host emulation (EMO_KERNELS_CUDA_EMULATE=1);
+outputs are NaN-poisoned by the fixture. The cpu backend is inference-only and fp32/fp64: on
+it a case checks the forward pass and that the backend refuses gradients / half precision
+with a reason. Tests that exist for gradients or training BatchNorm take ``autograd_backend``.
+
+Interpreter facts that shape these tests (docs/toolchain.md):
 ~0.25 ms per tl op per program, so maps are small and odd; bf16 ``tl.dot`` is broken in the
 interpreter, and the Triton kernels upcast dot operands to fp32 there (exact for bf16/fp16
 products), so bf16 runs here through that documented upcast and natively on GPU.
@@ -18,7 +24,7 @@ from emo.model import iRMB
 from emo_kernels import dispatch
 from emo_kernels.backends.triton import interpreted as triton_interpreted
 from emo_kernels.reference import expand_dwconv_act_ref
-from emo_kernels.testing import TOLERANCE, poison_empty
+from emo_kernels.testing import TOLERANCE
 from conftest import rel_err
 
 DTYPE_NAMES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16",
@@ -78,27 +84,46 @@ def make_inputs(cfg, B, H, W, *, bn=False, b_dw=True, seed=0):
     return t
 
 
-def run_op(inputs, cfg, dtype, device, *, memory_format=torch.contiguous_format, cot_seed=1,
-           running=None, **kw):
-    """Forward + backward of emo_kernels.expand_dwconv_act (selected backend) with NaN-poisoned
-    allocations; returns z and the gradients of sum(z * r) for every given input."""
+def op_args(inputs, cfg, dtype, device, *, memory_format=torch.contiguous_format, grad=True,
+            running=None):
+    """(args, kwargs) of emo_kernels.expand_dwconv_act for these inputs on ``device``."""
     _, _, _, s, act, skip, _ = cfg
     ts = {n: (None if v is None else v.to(device=device, dtype=dtype)) for n, v in inputs.items()}
     ts["x"] = ts["x"].contiguous(memory_format=memory_format)
     for v in ts.values():
-        if v is not None:
+        if v is not None and grad:
             v.requires_grad_(True)
-    extra = {n: ts[n] for n in ("bn_weight", "bn_bias") if n in ts}
+    kw = {n: ts.pop(n) for n in ("bn_weight", "bn_bias") if n in ts}
     if running is not None:
-        extra.update(running_mean=running[0], running_var=running[1])
-    with poison_empty():
+        kw.update(running_mean=running[0], running_var=running[1])
+    return ts, dict(kw, act=act, stride=s, skip=skip)
+
+
+def run_op(inputs, cfg, dtype, device, *, memory_format=torch.contiguous_format, cot_seed=1,
+           running=None, grad=True, **kw):
+    """Forward (+ backward with grad=True) of emo_kernels.expand_dwconv_act on the selected
+    backend; returns z, the gradients of sum(z * r) for every given input, and r."""
+    ts, kw0 = op_args(inputs, cfg, dtype, device, memory_format=memory_format, grad=grad,
+                      running=running)
+    with torch.set_grad_enabled(grad):
         z = emo_kernels.expand_dwconv_act(ts["x"], ts["w_exp"], ts["b_exp"], ts["w_dw"],
-                                          ts["b_dw"], act=act, stride=s, skip=skip, **extra, **kw)
-        r = torch.randn(z.shape, generator=torch.Generator().manual_seed(cot_seed),
-                        dtype=torch.float64).to(device=device, dtype=dtype)
-        names = [n for n, v in ts.items() if v is not None]
-        grads = torch.autograd.grad((z * r).sum(), [ts[n] for n in names])
+                                          ts["b_dw"], **kw0, **kw)
+    r = torch.randn(z.shape, generator=torch.Generator().manual_seed(cot_seed),
+                    dtype=torch.float64).to(device=device, dtype=dtype)
+    if not grad:
+        return z, {}, r
+    names = [n for n, v in ts.items() if v is not None] + [
+        n for n in ("bn_weight", "bn_bias") if n in kw0]
+    leaves = {**ts, **kw0}
+    grads = torch.autograd.grad((z * r).sum(), [leaves[n] for n in names])
     return z, dict(zip(names, grads)), r
+
+
+def refusal(backend, inputs, cfg, dtype, *, grad, running=None, memory_format=None, **kw):
+    """Why ``backend`` refuses this call (None: it runs it), from the public dispatch API."""
+    ts, kw0 = op_args(inputs, cfg, dtype, backend.device, grad=grad, running=running)
+    return dispatch.cannot_run("expand_dwconv_act", backend.name, ts["x"], ts["w_exp"],
+                               ts["b_exp"], ts["w_dw"], ts["b_dw"], **kw0, **kw)
 
 
 def run_ref(inputs, cfg, dtype, r, *, running=None, **kw):
@@ -123,16 +148,33 @@ def assert_close(name, out, ref, dtype):
     assert err <= TOLERANCE[dtype], f"{name}: relative error {err:.3g} > {TOLERANCE[dtype]:.1g}"
 
 
-def check_case(device, cfg, B, H, W, dtype, **kw):
-    inputs = make_inputs(cfg, B, H, W)
-    z, grads, r = run_op(inputs, cfg, dtype, device, **kw)
+def check_case(backend, cfg, B, H, W, dtype, *, bn=False, running=None, **kw):
+    """One case on ``backend`` vs the float64 reference: the output and, where the backend has
+    autograd, every input's gradient (an inference-only backend runs the forward without grad
+    and must refuse the gradient call with a reason). A dtype the backend does not run must be
+    refused with a reason; returns None then, else z. ``running``: float64 (mean, var) for
+    eval-mode BatchNorm."""
+    inputs = make_inputs(cfg, B, H, W, bn=bn)
+    if dtype not in backend.dtypes:
+        assert refusal(backend, inputs, cfg, dtype, grad=False, **kw), \
+            f"{backend.name} runs {dtype}, which the test expects it to refuse"
+        return None
+    if not backend.autograd:
+        assert refusal(backend, inputs, cfg, dtype, grad=True, **kw), \
+            f"{backend.name} accepts a call that needs autograd"
+    dev_running = None if running is None else tuple(t.to(backend.device, dtype) for t in running)
+    z, grads, r = run_op(inputs, cfg, dtype, backend.device, grad=backend.autograd,
+                         running=dev_running, **kw)
     assert z.dtype == dtype
-    z_ref, g_ref = run_ref(inputs, cfg, dtype, r)
+    kw.pop("memory_format", None)
+    ref_running = None if running is None else tuple(t.to(dtype).double() for t in running)
+    z_ref, g_ref = run_ref(inputs, cfg, dtype, r, running=ref_running, **kw)
     assert_close("z", z, z_ref, dtype)
-    assert set(grads) == set(g_ref)
-    for n in g_ref:
-        assert grads[n].dtype == dtype, n
-        assert_close(f"grad {n}", grads[n], g_ref[n], dtype)
+    if backend.autograd:
+        assert set(grads) == set(g_ref)
+        for n in g_ref:
+            assert grads[n].dtype == dtype, n
+            assert_close(f"grad {n}", grads[n], g_ref[n], dtype)
     return z
 
 
@@ -165,30 +207,36 @@ BLOCK_CASES = [pytest.param(cfg, _batch(cfg), *MAPS[i % 2],
 @pytest.mark.parametrize("cfg,B,H,W", BLOCK_CASES)
 def test_block_config_fp32(kernel_backend, cfg, B, H, W):
     """Real channel counts of every EMO block configuration, forward and backward, fp32."""
-    _, device = kernel_backend
-    check_case(device, cfg, B, H, W, torch.float32)
+    check_case(kernel_backend, cfg, B, H, W, torch.float32)
 
 
-MULTI_CASES = [pytest.param(cfg, bn, H, W,
-                            id=cfg_id(cfg, 2, H, W, extra="bntrain" if bn else "blocks16"))
-               for cfg, bn, H, W in [((20, 24, 3, 1, "silu", True, False), False, 7, 6),
-                                     ((20, 24, 5, 2, "gelu", False, False), False, 9, 7),
-                                     ((20, 20, 3, 1, "none", False, True), False, 7, 6),
-                                     ((20, 24, 3, 1, "silu", True, False), True, 7, 6)]]
+MULTI_CASES = [pytest.param(cfg, H, W, id=cfg_id(cfg, 2, H, W, extra="blocks16"))
+               for cfg, H, W in [((20, 24, 3, 1, "silu", True, False), 7, 6),
+                                 ((20, 24, 5, 2, "gelu", False, False), 9, 7),
+                                 ((20, 20, 3, 1, "none", False, True), 7, 6)]]
+MULTI_BN_CFG = (20, 24, 3, 1, "silu", True, False)
 
 
-@pytest.mark.parametrize("cfg,bn,H,W", MULTI_CASES)
-def test_multi_tile_paths(kernel_backend, monkeypatch, cfg, bn, H, W):
-    """16-wide blocks: several pixel tiles per image (a partial last one), several channel
-    blocks and input-channel chunks -- the paths EMO's real sizes take on GPU."""
-    name, device = kernel_backend
+def _small_triton_blocks(name, monkeypatch):
+    """triton: 16-wide blocks, so small maps take the multi-tile paths."""
     if name == "triton":
         mod = pytest.importorskip("emo_kernels.backends.triton.expand_dwconv_act")
         monkeypatch.setattr(mod, "MAX_BLOCKS_INTERPRETER", (16, 16, 16))
         monkeypatch.setattr(mod, "MAX_BLOCKS_GPU", (16, 16, 16))
-    if not bn:
-        check_case(device, cfg, 2, H, W, torch.float32)
-        return
+
+
+@pytest.mark.parametrize("cfg,H,W", MULTI_CASES)
+def test_multi_tile_paths(kernel_backend, monkeypatch, cfg, H, W):
+    """16-wide blocks: several pixel tiles per image (a partial last one), several channel
+    blocks and input-channel chunks -- the paths EMO's real sizes take on GPU."""
+    _small_triton_blocks(kernel_backend.name, monkeypatch)
+    check_case(kernel_backend, cfg, 2, H, W, torch.float32)
+
+
+def test_multi_tile_bn_training(autograd_backend, monkeypatch):
+    """The multi-tile paths with training BatchNorm (per-tile partial sums)."""
+    _small_triton_blocks(autograd_backend.name, monkeypatch)
+    device, cfg, H, W = autograd_backend.device, MULTI_BN_CFG, 7, 6
     inputs = make_inputs(cfg, 2, H, W, bn=True, b_dw=False)
     running = (torch.zeros(cfg[1], device=device), torch.ones(cfg[1], device=device))
     z, grads, r = run_op(inputs, cfg, torch.float32, device, running=running, bn_training=True)
@@ -216,9 +264,8 @@ LOWP_CASES = [pytest.param(SMALL[n], dt, id=cfg_id(SMALL[n], 2, *MAPS[i % 2], dt
 
 @pytest.mark.parametrize("cfg,dtype", LOWP_CASES)
 def test_low_precision(kernel_backend, cfg, dtype):
-    _, device = kernel_backend
     i = list(SMALL.values()).index(cfg)
-    check_case(device, cfg, 2, *MAPS[i % 2], dtype)
+    check_case(kernel_backend, cfg, 2, *MAPS[i % 2], dtype)
 
 
 @pytest.mark.parametrize("B,H,W", [(1, 1, 1), (3, 3, 5), (1, 2, 2), (2, 17, 6)],
@@ -226,16 +273,17 @@ def test_low_precision(kernel_backend, cfg, dtype):
 @pytest.mark.parametrize("name", ["k3s2", "k5s1skip"])
 def test_batch_and_map_sizes(kernel_backend, name, B, H, W):
     """Batch 1 and 3, maps smaller than the kernel, 1x1, more pixels than one tile."""
-    _, device = kernel_backend
-    check_case(device, SMALL[name], B, H, W, torch.float32)
+    check_case(kernel_backend, SMALL[name], B, H, W, torch.float32)
 
 
 @pytest.mark.parametrize("name", ["k3s1skip", "k5s2gelu", "stem"])
 def test_channels_last(kernel_backend, name):
-    _, device = kernel_backend
-    z = check_case(device, SMALL[name], 2, 7, 12, torch.float32,
+    """channels_last input: correct values; the output keeps channels_last on every backend
+    but cuda, whose kernels compute in (and return) NCHW."""
+    z = check_case(kernel_backend, SMALL[name], 2, 7, 12, torch.float32,
                    memory_format=torch.channels_last)
-    assert z.is_contiguous(memory_format=torch.channels_last)
+    fmt = torch.contiguous_format if kernel_backend.name == "cuda" else torch.channels_last
+    assert z.is_contiguous(memory_format=fmt)
 
 
 def test_inference_allocates_only_the_output(monkeypatch):
@@ -270,11 +318,11 @@ BN_CASES = [pytest.param(SMALL[n], dt, id=cfg_id(SMALL[n], 2, 9, 7, dt, "bntrain
 
 
 @pytest.mark.parametrize("cfg,dtype", BN_CASES)
-def test_bn_training(kernel_backend, cfg, dtype):
+def test_bn_training(autograd_backend, cfg, dtype):
     """Train-mode BN between dwconv and SiLU: z, grads (incl. BN affine) and running stats
     equal F.batch_norm's. b_dw=None as in the model (a bias before train-mode BN has a zero
     gradient, which relative errors cannot compare; gradcheck covers it)."""
-    _, device = kernel_backend
+    device = autograd_backend.device
     inputs = make_inputs(cfg, 2, 9, 7, bn=True, b_dw=False)
     cmid = cfg[1]
     rm0 = torch.randn(cmid, dtype=torch.float64) * 0.1
@@ -290,12 +338,17 @@ def test_bn_training(kernel_backend, cfg, dtype):
     assert set(grads) == set(g_ref) and "bn_weight" in grads
     for n in g_ref:
         assert_close(f"grad {n}", grads[n], g_ref[n], dtype)
-    assert_close("running_mean", running[0], running_ref[0], stat_dtype)
-    assert_close("running_var", running[1], running_ref[1], stat_dtype)
+    # triton keeps the expansion and the pre-norm output in fp32 up to the batch statistics;
+    # the torch path rounds the pre-norm output to x's dtype (as nn.Conv2d + nn.BatchNorm2d
+    # under autocast do) and cuda the expanded activations v (in memory between its kernels),
+    # so their statistics carry x's dtype's precision.
+    stat_tol = dtype if autograd_backend.name in ("torch", "cuda") else stat_dtype
+    assert_close("running_mean", running[0], running_ref[0], stat_tol)
+    assert_close("running_var", running[1], running_ref[1], stat_tol)
 
 
-def test_bn_training_without_running_stats_or_affine(kernel_backend):
-    _, device = kernel_backend
+def test_bn_training_without_running_stats_or_affine(autograd_backend):
+    device = autograd_backend.device
     cfg = SMALL["k3s1skip"]
     inputs = make_inputs(cfg, 2, 9, 7, b_dw=False)
     z, grads, r = run_op(inputs, cfg, torch.float32, device, bn_training=True)
@@ -307,16 +360,11 @@ def test_bn_training_without_running_stats_or_affine(kernel_backend):
 
 def test_bn_eval_stats(kernel_backend):
     """BN with running stats in eval mode (the op folds it): outputs and affine grads."""
-    _, device = kernel_backend
     cfg = SMALL["k5s1skip"]
-    inputs = make_inputs(cfg, 2, 7, 12, bn=True)
-    rm, rv = torch.randn(cfg[1], dtype=torch.float64) * 0.1, torch.rand(cfg[1], dtype=torch.float64) + 0.5
-    z, grads, r = run_op(inputs, cfg, torch.float32, device,
-                         running=(rm.float().to(device), rv.float().to(device)))
-    z_ref, g_ref = run_ref(inputs, cfg, torch.float32, r, running=(rm.float().double(), rv.float().double()))
-    assert_close("z", z, z_ref, torch.float32)
-    for n in g_ref:
-        assert_close(f"grad {n}", grads[n], g_ref[n], torch.float32)
+    g = torch.Generator().manual_seed(3)
+    running = (torch.randn(cfg[1], generator=g, dtype=torch.float64) * 0.1,
+               torch.rand(cfg[1], generator=g, dtype=torch.float64) + 0.5)
+    check_case(kernel_backend, cfg, 2, 7, 12, torch.float32, bn=True, running=running)
 
 
 # ------------------------------------------------------------------------------- gradcheck
@@ -330,10 +378,10 @@ GC_CASES = {
 
 
 @pytest.mark.parametrize("name", list(GC_CASES))
-def test_gradcheck(kernel_backend, name):
+def test_gradcheck(autograd_backend, name):
     """torch.autograd.gradcheck in float64 on tiny shapes, every differentiable input
     (fast_mode: the interpreter makes full Jacobians too slow)."""
-    _, device = kernel_backend
+    device = autograd_backend.device
     cfg, opts = GC_CASES[name]
     bn = opts.get("bn", False)
     inputs = make_inputs(cfg, 2, 5, 6, bn=bn)
@@ -390,11 +438,11 @@ def test_opcheck(bn_training):
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
-def test_torch_compile_fullgraph(kernel_backend):
+def test_torch_compile_fullgraph(autograd_backend):
     """torch.compile(fullgraph=True) traces the op (fake functions, autograd, the running-stat
     update outside the op) in training mode; compiled == eager reference. On CPU the
     'aot_eager' backend runs the traced graphs (inductor would only add C++ compile time)."""
-    _, device = kernel_backend
+    device = autograd_backend.device
     cfg = SMALL["k3s1skip"]
     inputs = make_inputs(cfg, 2, 7, 9, bn=True, b_dw=False)
     _, _, _, s, act, skip, _ = cfg
@@ -452,11 +500,11 @@ ZERO_GRAD_IN_TRAIN = ("stage0.0.convs.0.0.bias", "stage0.0.convs.0.1.weight",
 
 
 @pytest.mark.slow
-def test_whole_model_emo_1m(kernel_backend, monkeypatch):
+def test_whole_model_emo_1m(autograd_backend):
     """emo_1m(fused=True) with this backend for expand_dwconv_act (window_attention on the
     torch reference) equals fused=False: eval logits, one training step's grads and BN running stats;
     every iRMB (stem, non-attention, attention value path) goes through this backend."""
-    name, device = kernel_backend
+    name, device = autograd_backend
     torch.manual_seed(0)
     ref = emo.emo_1m(drop_path_rate=0.0).to(device)
     fused = emo.emo_1m(drop_path_rate=0.0, fused=True).to(device)

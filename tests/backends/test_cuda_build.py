@@ -1,7 +1,7 @@
 """The CUDA extension (csrc/) is BUILT AND LINKED here, and refuses CPU tensors clearly.
 
 CI machines have no GPU, so the kernels themselves run only on GPU machines (through the shared
-op tests' `kernel_backend` fixture) and, as host emulation, in tests/test_cuda_emulation.py.
+op tests' `kernel_backend` fixture) and, as host emulation, in tests/backends/test_cuda_emulation.py.
 This file checks what a CPU machine can: `import emo_kernels._C` loads the library built by
 `pip install -e . --no-build-isolation`, the ops are registered under torch.ops, and calling
 them (directly or through the op API) on CPU tensors raises an error that says why.

@@ -11,7 +11,7 @@ from conftest import rel_err
 
 pytest.importorskip("torchvision")
 
-_path = pathlib.Path(__file__).resolve().parents[1] / "examples" / "detect_segment.py"
+_path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "detect_segment.py"
 _spec = importlib.util.spec_from_file_location("detect_segment", _path)
 ex = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ex)

@@ -1,9 +1,13 @@
 """window_attention: kernel backends vs the float64 reference, gradcheck, custom-op checks,
 backend selection, and whole-model parity (EMO-1M/2M, fused=True vs fused=False).
 
-Op tests take the ``kernel_backend`` fixture, so the same cases run for the triton backend
-(here under TRITON_INTERPRET=1, on a GPU natively) and for the cuda backend on a GPU. Shapes are
-small on purpose: the interpreter costs ~10 ms per (image, window, head) program forward.
+The case table takes the ``kernel_backend`` fixture (tests/conftest.py), so every case runs on
+every backend that can run here: torch, cpu, triton (here under TRITON_INTERPRET=1, on a GPU
+natively) and cuda (here its host emulation, EMO_KERNELS_CUDA_EMULATE=1, on a GPU the kernels);
+the fixture NaN-poisons outputs. The cpu backend is inference-only and fp32/fp64: a case checks
+its forward pass and that it refuses gradients / half precision with a reason. Gradient-only
+tests take ``autograd_backend``. Shapes are small on purpose: the interpreter costs ~10 ms per
+(image, window, head) program forward.
 """
 import importlib.util
 
@@ -15,7 +19,7 @@ import emo_kernels
 from emo_kernels import dispatch
 from emo_kernels.backends.triton import interpreted as triton_interpreted
 from emo_kernels.reference import window_attention_ref
-from emo_kernels.testing import TOLERANCE, poison_empty
+from emo_kernels.testing import TOLERANCE
 
 from conftest import HAS_CUDA, rel_err
 
@@ -64,12 +68,24 @@ def _case_id(c):
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_forward_backward_vs_reference(kernel_backend, case):
+    """Forward and (where the backend has autograd) backward vs the float64 reference; a
+    backend refuses, with a reason, the dtypes / gradients it does not run."""
     name, dev = kernel_backend
     B, d, heads, H, W, dtype, layout = case
     C = d * heads
     qk, v, kp = _inputs(B, C, H, W, dtype, dev, layout, k_pad=layout != "no-kpad")
     grad = torch.randn(B, C, H, W, dtype=torch.float64).to(dev, dtype)
-    with poison_empty():
+    if dtype not in kernel_backend.dtypes:
+        with torch.no_grad():
+            assert dispatch.cannot_run(OP, name, *_split(qk), v, kp, head_dim=d), \
+                f"{name} runs {dtype}, which the test expects it to refuse"
+        return
+    if not kernel_backend.autograd:
+        assert dispatch.cannot_run(OP, name, *_split(qk), v, kp, head_dim=d), \
+            f"{name} accepts a call that needs autograd"
+        with torch.no_grad():
+            out = emo_kernels.window_attention(*_split(qk), v, kp, head_dim=d)
+    else:
         out = emo_kernels.window_attention(*_split(qk), v, kp, head_dim=d)
         out.backward(grad)
     assert out.shape == (B, C, H, W) and out.dtype == dtype
@@ -82,13 +98,17 @@ def test_forward_backward_vs_reference(kernel_backend, case):
     tol = TOLERANCE[dtype]
     assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) output elements"
     assert rel_err(out, ref) <= tol, f"forward rel err {rel_err(out, ref):.3g} > {tol}"
+    if not kernel_backend.autograd:
+        return
     for label, got, want in (("q|k", qk, leaves[0]), ("v", v, leaves[1]), ("k_pad", kp, leaves[2])):
-        if got is None:
+        if got is None:  # the no-kpad case
+            assert label == "k_pad" and layout == "no-kpad"
+            continue
+        if want.grad is None:  # no padded pixel: the reference never reads k_pad
+            # a zero gradient: None (torch, which never reads k_pad either) or zeros
+            assert label == "k_pad" and (got.grad is None or not got.grad.any())
             continue
         assert torch.isfinite(got.grad).all(), f"d{label} has NaN/inf (unwritten lanes?)"
-        if want.grad is None:  # no padded pixel: the reference never reads k_pad
-            assert label == "k_pad" and not got.grad.any()
-            continue
         err = rel_err(got.grad, want.grad)
         assert err <= tol, f"d{label} rel err {err:.3g} > {tol}"
 
@@ -99,9 +119,11 @@ def test_scale_and_contiguous_inputs(kernel_backend):
     q, k, v = (torch.randn(1, 16, 7, 10, dtype=torch.float64) for _ in range(3))
     kp = torch.randn(16, dtype=torch.float64)
     ref = window_attention_ref(q, k, v, kp, head_dim=16, scale=0.3)
-    with poison_empty():
+    with torch.no_grad():
         out = emo_kernels.window_attention(*(t.float().to(dev) for t in (q, k, v, kp)),
                                            head_dim=16, scale=0.3)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) output elements"
     assert rel_err(out.cpu(), ref) <= TOLERANCE[torch.float32]
 
 
@@ -111,37 +133,39 @@ def _gc_fn(d, ws):
     return fn
 
 
-def test_gradcheck_float64_window7(kernel_backend):
+def test_gradcheck_float64_window7(autograd_backend):
     """Fast-mode float64 gradcheck, EMO's window 7: 8x8 map padded to 14x14 (4 windows),
     all of q, k, v, k_pad."""
-    name, dev = kernel_backend
+    name, dev = autograd_backend
     qk, v, kp = _inputs(1, 21, 8, 8, torch.float64, dev)
     assert torch.autograd.gradcheck(_gc_fn(21, 7), (qk, v, kp), fast_mode=True)
 
 
-def test_gradcheck_float64_full_tiny(kernel_backend):
+def test_gradcheck_float64_full_tiny(autograd_backend):
     """Full float64 gradcheck (every Jacobian entry) on a case small enough for the
     interpreter (~20 ms a launch): window 2, a 1x3 map padded to 2x4, two windows, d=4."""
-    name, dev = kernel_backend
+    name, dev = autograd_backend
     qk, v, kp = _inputs(1, 4, 1, 3, torch.float64, dev)
-    reason = dispatch.cannot_run(OP, name, *_split(qk), v, kp, head_dim=4, window_size=2)
-    if reason is not None and name != "triton":  # triton must run it
-        pytest.skip(f"{name} backend does not support window_size=2: {reason}")
     assert torch.autograd.gradcheck(_gc_fn(4, 2), (qk, v, kp))
 
 
 @pytest.mark.slow
-def test_torch_compile_fullgraph(kernel_backend):
+def test_torch_compile_fullgraph(autograd_backend):
     """torch.compile(fullgraph=True) traces through the op (an opaque custom op with a fake
     function) and its autograd, forward and backward, with inductor code around it. On CPU the
     compiled graph calls the interpreter; ~50 s cold, hence slow."""
-    name, dev = kernel_backend
+    name, dev = autograd_backend
     qk, v, kp = _inputs(1, 16, 8, 8, torch.float32, dev)
 
     def f(qk, v, kp):
         y = torch.nn.functional.gelu(v)
         return emo_kernels.window_attention(*_split(qk), y, kp, head_dim=16) * 2
 
+    # Known limitation (open): the cuda backend loads its extension, and registers the ops'
+    # fake functions, on first use; that cannot happen inside a fullgraph trace, so one eager
+    # call comes first.
+    with torch.no_grad():
+        f(qk, v, kp)
     torch._dynamo.reset()
     try:
         out = torch.compile(f, fullgraph=True)(qk, v, kp)
@@ -240,7 +264,7 @@ def test_triton_kernels_compile_for_sm90(dtype):
     import subprocess
     import sys
     env = dict(os.environ, TRITON_INTERPRET="0")
-    root = os.path.join(os.path.dirname(__file__), "..")
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
     res = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, dtype], env=env, cwd=root,
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -272,7 +296,7 @@ MODEL_CASES = [(m, s, mode) for m in ("emo_1m", "emo_2m") for s in (64, 96)
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name,size,mode", MODEL_CASES,
                          ids=[f"{m}-{s}x{s}-{mode}" for m, s, mode in MODEL_CASES])
-def test_model_fused_matches_reference(kernel_backend, monkeypatch, model_name, size, mode):
+def test_model_fused_matches_reference(autograd_backend, model_name, size, mode):
     """EMO fused=True with this backend for window_attention only (the other op stays on the
     torch reference) equals fused=False in fp32 to relative 1e-4: logits and, after one
     training-mode forward/backward, the grad of every parameter.
@@ -284,7 +308,7 @@ def test_model_fused_matches_reference(kernel_backend, monkeypatch, model_name, 
     1e-4 against the fp32 reference, the test falls back to conventions.md's rule: the fused
     error against a float64 run of the reference model must be at most 2x the error of the fp32
     reference (plain PyTorch) against it."""
-    name, dev = kernel_backend
+    name, dev = autograd_backend
     torch.manual_seed(0)
     ref_model = getattr(emo, model_name)().to(dev)
     fused_model = getattr(emo, model_name)(fused=True).to(dev)

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 import emo_kernels
-from conftest import rel_err
+from conftest import backend_device, rel_err
 from emo_kernels.backends import cpu as cpu_backend
 from emo_kernels.reference import irmb_inference_ref
 from emo_kernels.testing import TOLERANCE, poison_cpu_outputs, poison_empty
 
-_reason = cpu_backend._ext.cpu_unavailable_reason()
 
 # (B, C, Cmid, Cout, H, W, k, stride, act, skip, ln, attn head_dim or 0)
 CFGS = [
@@ -71,8 +70,7 @@ def threads(request):
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_irmb_inference(cfg, dtype, backend, threads):
-    if backend == "cpu" and _reason is not None:
-        pytest.skip(f"cpu backend unavailable: {_reason}")
+    backend_device(backend)  # a missing cpu build fails, unless deliberately skipped
     args, kw = _args(cfg)
     ref = irmb_inference_ref(*args, **kw)
     args, kw = _cast(args, kw, dtype)
@@ -164,8 +162,7 @@ def _chain_blocks(dtype=torch.float64):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_chain_matches_blocks(dtype, backend):
-    if backend == "cpu" and _reason is not None:
-        pytest.skip(f"cpu backend unavailable: {_reason}")
+    backend_device(backend)  # a missing cpu build fails, unless deliberately skipped
     blocks = _chain_blocks()
     x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
     refs, y = [], x
@@ -185,8 +182,7 @@ def test_chain_matches_blocks(dtype, backend):
 def test_chain_sees_in_place_weight_changes():
     """The cpu backend packs a chain's weights once; an in-place change of a weight after a call
     is seen by the next call (the packs are remade)."""
-    if _reason is not None:
-        pytest.skip(f"cpu backend unavailable: {_reason}")
+    backend_device("cpu")  # a missing cpu build fails, unless deliberately skipped
     blocks = _chain_blocks()
     chain = emo_kernels.IRMBChain(blocks, 16, torch.float64, "cpu")
     x = torch.randn(2, 16, 9, 11, dtype=torch.float64)
@@ -226,8 +222,7 @@ def test_chain_sees_a_write_made_while_it_packs(monkeypatch):
     """The cpu backend reads the weights' version counters before packing: a weight written
     by another thread while the chain packs (here: block 0's, while block 1 is packed) is seen
     by the next call, which packs again."""
-    if _reason is not None:
-        pytest.skip(f"cpu backend unavailable: {_reason}")
+    backend_device("cpu")  # a missing cpu build fails, unless deliberately skipped
     blocks = _chain_blocks()
     chain = emo_kernels.IRMBChain(blocks, 16, torch.float64, "cpu")
     x = torch.randn(2, 16, 9, 11, dtype=torch.float64)

@@ -140,9 +140,14 @@ def test_expand_dwconv_act_bad_args():
         f(x, w, b, wd, act="relu")
     with pytest.raises(TypeError, match="floating"):
         f(x.long(), w, b, wd)
-    if torch.cuda.is_available():
-        with pytest.raises(ValueError, match="cuda"):
-            f(x, w.cuda(), b, wd)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: tensors on two devices")
+def test_expand_dwconv_act_mixed_devices():
+    x = torch.randn(1, 4, 5, 5)
+    w, b, wd = torch.randn(8, 4), torch.randn(8), torch.randn(8, 1, 3, 3)
+    with pytest.raises(ValueError, match="cuda"):
+        emo_kernels.expand_dwconv_act(x, w.cuda(), b, wd)
 
 
 def test_window_attention_bad_args():

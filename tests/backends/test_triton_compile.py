@@ -1,7 +1,7 @@
 """Every Triton kernel compiles for sm_80 and sm_90 in every dtype (fp64 included), without a
 GPU: the interpreter never lowers the kernels, so GPU-only lowering errors (constexpr misuse,
 dot shapes, triton 3.6's fp64 ``tl.dot`` accumulator rule) must fail CI here. The compiles
-run in a subprocess (tests/compile_kernels.py) with no TRITON_INTERPRET and Triton's bundled
+run in a subprocess (tests/backends/compile_kernels.py) with no TRITON_INTERPRET and Triton's bundled
 ptxas; CI runs this file on both software stacks."""
 import os
 import subprocess
@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 @pytest.mark.slow
@@ -17,7 +18,7 @@ def test_every_kernel_compiles_for_sm80_and_sm90(tmp_path):
     triton = pytest.importorskip("triton")
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path), PYTHONPATH=ROOT)
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "compile_kernels.py"),
+    res = subprocess.run([sys.executable, os.path.join(HERE, "compile_kernels.py"),
                           "--archs", "80,90", "--dtypes", "fp16,bf16,fp32,fp64"],
                          env=env, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]

@@ -20,7 +20,7 @@ from bench import env, report, results, shapes, timing
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_block_specs_read_off_emo_1m():
