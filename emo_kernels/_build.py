@@ -9,7 +9,7 @@ torch.library namespace, so variants never share a symbol or an op. At run time 
 variant the CPU supports (``torch.backends.cpu.get_cpu_capability()``) is loaded;
 ``EMO_KERNELS_CPU_ISA=avx512|avx2|default`` forces one (an error if the CPU lacks it).
 
-CUDA extension (csrc/*.cu, csrc/bindings.cpp): ``emo_kernels._C``, registering
+CUDA extension (csrc/cuda/*.cu, csrc/cuda/bindings.cpp): ``emo_kernels._C``, registering
 ``torch.ops.emo_kernels_cuda``. Architectures: ``TORCH_CUDA_ARCH_LIST`` (e.g. ``"8.0;9.0"``,
 ``"9.0+PTX"``; ``EMO_KERNELS_CUDA_ARCHS`` is an older alias, ``"80;90"``), else setup.py builds
 for 8.0 and 9.0 and the JIT for the present GPU.
@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---- CPU ---------------------------------------------------------------------------------------
 CPU_SOURCES = ["csrc/cpu/common.cpp", "csrc/cpu/linear.cpp", "csrc/cpu/expand_dwconv_act.cpp",
                "csrc/cpu/window_attention.cpp", "csrc/cpu/irmb_inference.cpp", "csrc/cpu/ops.cpp"]
-CPU_HEADERS = ["csrc/cpu/common.h", "csrc/cpu/gemm.h"]
+CPU_HEADERS = ["csrc/geometry.h", "csrc/cpu/common.h", "csrc/cpu/gemm.h"]
 ISA_ENV = "EMO_KERNELS_CPU_ISA"
 _ISA_FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"],
@@ -79,8 +79,8 @@ CUDA_CXX_FLAGS = ["-O3", "-g0"]
 
 
 def cuda_sources():
-    return sorted(glob.glob(os.path.join(ROOT, "csrc", "*.cu")) +
-                  glob.glob(os.path.join(ROOT, "csrc", "*.cpp")))
+    return sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")) +
+                  glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cpp")))
 
 
 def cuda_arch_list(default=DEFAULT_CUDA_ARCHS):

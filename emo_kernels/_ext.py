@@ -5,7 +5,7 @@ Two extensions, loaded the same way on first use:
 * CPU (csrc/cpu/): one library per ISA variant (AVX512, AVX2, DEFAULT), each registering its
   ops under ``torch.ops.emo_kernels_cpu_<isa>``. :func:`cpu_ops` loads the best variant this
   CPU supports, or the one ``$EMO_KERNELS_CPU_ISA`` forces (an error if the CPU lacks it).
-* CUDA (csrc/*.cu): ``emo_kernels._C``, registering ``torch.ops.emo_kernels_cuda``
+* CUDA (csrc/cuda/*.cu): ``emo_kernels._C``, registering ``torch.ops.emo_kernels_cuda``
   (:func:`load_cuda`); its JIT build runs only on a machine with a CUDA GPU and nvcc.
 
 Order of attempts, for each: (1) the library built by ``pip install -e . --no-build-isolation``

@@ -8,6 +8,8 @@
 // that several variants can live in one process (emo_kernels/_ext.py loads the best one the CPU
 // supports; tests load the others) without sharing a symbol.
 #pragma once
+#include "../geometry.h"
+
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -121,8 +123,8 @@ struct DwGeometry {
   int64_t K, s, pad, Ho, Wo, Wp;
 };
 inline DwGeometry dw_geometry(int64_t H, int64_t W, int64_t K, int64_t s) {
-  const int64_t pad = (K - s + 1) / 2;  // ceil((k - stride) / 2)
-  return {K, s, pad, (H + 2 * pad - K) / s + 1, (W + 2 * pad - K) / s + 1, W + 2 * pad};
+  const int64_t pad = emo::dw_padding(K, s);
+  return {K, s, pad, emo::dw_out_size(H, K, s), emo::dw_out_size(W, K, s), W + 2 * pad};
 }
 
 inline at::Tensor nhwc_view(const at::Tensor& t) {  // (B, C, H, W) channels_last -> (B, H, W, C)

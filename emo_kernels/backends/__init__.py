@@ -1,7 +1,7 @@
 """The backends, one folder each; importing this package registers them all with
 ``emo_kernels.dispatch`` (``auto`` tries them in this order):
 
-* ``cuda``   -- the compiled CUDA extension (csrc/*.cu): CUDA tensors only;
+* ``cuda``   -- the compiled CUDA extension (csrc/cuda/*.cu): CUDA tensors only;
 * ``triton`` -- Triton kernels: CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``;
 * ``cpu``    -- the C++ CPU extension (csrc/cpu/): CPU tensors, inference only (it refuses
   calls that need autograd, so training falls back to ``torch``);

@@ -22,7 +22,7 @@ Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 Backends (emo_kernels/backends/): ``torch`` (the reference), ``cpu`` (C++, inference, k in
 {1, 3, 5, 7}), ``triton`` (fused kernels that never store v, k in {3, 5}, CUDA tensors or CPU
 tensors under TRITON_INTERPRET=1; ``auto`` does not pick it on CPU), ``cuda``
-(csrc/expand_dwconv_act.cu).
+(csrc/cuda/expand_dwconv_act.cu).
 
 Memory traffic (per image, element size e): the reference reads x and writes v, reads v and
 writes p, reads p / writes the BN output, reads it / writes d, reads d and v / writes z --

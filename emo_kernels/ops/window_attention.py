@@ -16,7 +16,7 @@ Returns (B, C, H, W).
 Backends (emo_kernels/backends/): ``torch`` (the reference), ``cpu`` (C++, inference),
 ``triton`` (the custom op ``emo_kernels::window_attention_triton`` with a Triton backward: CUDA
 tensors, or CPU tensors under TRITON_INTERPRET=1 for tests; head_dim <= 64, window_size <= 8),
-``cuda`` (csrc/window_attention.cu).
+``cuda`` (csrc/cuda/window_attention.cu).
 
 Memory traffic: the reference writes the padded copy, two window/head-order copies of q, k
 and v, the (ws^2 x ws^2) scores and probabilities per window and head, and two copies of the

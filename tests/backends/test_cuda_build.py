@@ -1,4 +1,4 @@
-"""The CUDA extension (csrc/) is BUILT AND LINKED here, and refuses CPU tensors clearly.
+"""The CUDA extension (csrc/cuda/) is BUILT AND LINKED here, and refuses CPU tensors clearly.
 
 CI machines have no GPU, so the kernels themselves run only on GPU machines (through the shared
 op tests' `kernel_backend` fixture) and, as host emulation, in tests/backends/test_cuda_emulation.py.

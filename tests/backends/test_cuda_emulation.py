@@ -1,5 +1,5 @@
 """What is specific to the cuda backend's host emulation (torch.ops.emo_kernels_cuda_emu: the
-very same element functions as the GPU kernels, csrc/*.cu, ``__host__ __device__``, no shared
+very same element functions as the GPU kernels, csrc/cuda/*.cu, ``__host__ __device__``, no shared
 memory, run in a host loop over CPU tensors, through the same binding and the same autograd
 orchestration). The op cases themselves run through the emulation in the shared op tests
 (tests/ops/, the ``kernel_backend`` fixture's cuda param, EMO_KERNELS_CUDA_EMULATE=1 without a

@@ -1,7 +1,7 @@
 """Fake (meta) implementations of the extension's ops, for torch.compile / FakeTensor tracing.
 
 Registered for both namespaces once the extension is loaded (emo_kernels._ext.load_cuda). The
-shapes and dtypes mirror csrc/bindings.cpp.
+shapes and dtypes mirror csrc/cuda/bindings.cpp.
 """
 import torch
 

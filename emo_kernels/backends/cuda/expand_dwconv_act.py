@@ -1,4 +1,4 @@
-"""cuda backend of ``expand_dwconv_act``: orchestration of the csrc/expand_dwconv_act.cu kernels.
+"""cuda backend of ``expand_dwconv_act``: orchestration of the csrc/cuda/expand_dwconv_act.cu kernels.
 
 Forward
     v = edc_expand_fwd(x)                       (skipped for the identity expansion: v = x)

@@ -1,4 +1,4 @@
-"""cuda backend of ``window_attention``: the csrc/window_attention.cu kernels.
+"""cuda backend of ``window_attention``: the csrc/cuda/window_attention.cu kernels.
 
 Forward: one kernel, online softmax over the window's keys, saves the log-sum-exp.
 Backward: wa_bwd recomputes the probabilities (dq per query, then dk/dv per key); the

@@ -1,4 +1,4 @@
-// Thin PyTorch binding of the emo_kernels CUDA kernels (csrc/*.cu, raw pointers, no torch).
+// Thin PyTorch binding of the emo_kernels CUDA kernels (csrc/cuda/*.cu, raw pointers, no torch).
 //
 // Registers two operator namespaces with identical schemas:
 //   torch.ops.emo_kernels_cuda.*      CUDA tensors only: launches the kernels on the current
@@ -8,13 +8,15 @@
 //                                     math against the reference on machines without a GPU.
 // Each op checks device, dtype, shape and contiguity here and allocates its outputs; the
 // orchestration (autograd, BatchNorm statistics, running-stat updates) is in
-// emo_kernels/cuda.py.
+// emo_kernels/backends/cuda/.
 #include <Python.h>
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
+
+#include "../geometry.h"
 
 #include <limits>
 #include <optional>
@@ -98,10 +100,6 @@ struct Ctx {
   }
 };
 
-int64_t out_size(int64_t n, int64_t k, int64_t stride, int64_t pad) {
-  return (n + 2 * pad - k) / stride + 1;
-}
-
 // Shape of the expand_dwconv_act problem, from v (B, Cmid, H, W) and the conv geometry.
 template <bool EMU>
 emo::EdcShape edc_shape(const Ctx<EMU>& c, const Tensor& v, int64_t cin, int64_t k,
@@ -113,8 +111,8 @@ emo::EdcShape edc_shape(const Ctx<EMU>& c, const Tensor& v, int64_t cin, int64_t
   TORCH_CHECK(!skip || stride == 1, c.op, ": skip needs stride 1");
   emo::EdcShape s;
   s.B = v.size(0); s.Cmid = v.size(1); s.H = v.size(2); s.W = v.size(3); s.Cin = cin;
-  s.k = (int)k; s.stride = (int)stride; s.pad = (int)((k - stride + 1) / 2);  // ceil((k-s)/2)
-  s.Ho = out_size(s.H, k, stride, s.pad); s.Wo = out_size(s.W, k, stride, s.pad);
+  s.k = (int)k; s.stride = (int)stride; s.pad = (int)emo::dw_padding(k, stride);
+  s.Ho = emo::dw_out_size(s.H, k, stride); s.Wo = emo::dw_out_size(s.W, k, stride);
   s.act = (int)act; s.skip = skip;
   TORCH_CHECK(s.Ho >= 1 && s.Wo >= 1, c.op, ": empty output for input ", v.sizes());
   return s;

@@ -1,4 +1,4 @@
-// Raw-pointer API of the emo_kernels CUDA kernels (csrc/*.cu). Free of PyTorch and CUDA headers,
+// Raw-pointer API of the emo_kernels CUDA kernels (csrc/cuda/*.cu). Free of PyTorch and CUDA headers,
 // so the thin binding (bindings.cpp) includes it without pulling in the kernels.
 //
 // Conventions
