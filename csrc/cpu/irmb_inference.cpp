@@ -7,7 +7,7 @@
 //
 // A block's arguments cross from Python in three flat lists, the layout of BlockArgs below
 // (one block: irmb_inference; block after block: irmb_chain). The one Python function that
-// builds them is emo_kernels/cpu.py's _block_lists; unpack_block here is the one reader.
+// builds them is emo_kernels/backends/cpu/'s _block_lists; unpack_block here is the one reader.
 #include "common.h"
 #include "gemm.h"
 

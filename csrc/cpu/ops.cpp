@@ -1,6 +1,6 @@
 // The ops of the CPU backend: schemas and registration under torch.library, in the namespace of
-// this ISA variant (EMO_CPU_NS, e.g. torch.ops.emo_kernels_cpu_avx2). emo_kernels/cpu.py calls
-// them; emo_kernels/cpu.py registers their fake (meta) functions, so torch.compile traces them
+// this ISA variant (EMO_CPU_NS, e.g. torch.ops.emo_kernels_cpu_avx2). emo_kernels/backends/cpu/
+// calls them and registers their fake (meta) functions, so torch.compile traces them
 // without graph breaks. Inference only: no autograd kernels (the Python side refuses calls that
 // need grad). Outputs are fresh tensors, (B, C, H, W) ones in channels_last memory format.
 #include <torch/library.h>
@@ -45,9 +45,10 @@ std::string isa() { return EMO_STR(CPU_CAPABILITY); }
 }  // namespace
 }  // namespace EMO_CPU_NS
 
-// act: 0 none, 1 silu, 2 gelu. chunk_bytes: bytes of v and z per chunk of the fused body and
-// per thread (times the threads at call time: traced code bakes in no thread count); split: 0 auto, 1 rows, 2 channels (emo_kernels/cpu.py). irmb_*'s lists: BlockArgs
-// in irmb_inference.cpp.
+// act: 0 none, 1 silu, 2 gelu (emo_kernels/formulas.py). chunk_bytes: bytes of v and z per
+// chunk of the fused body and per thread (times the threads at call time: traced code bakes in
+// no thread count); split: 0 auto, 1 rows, 2 channels (emo_kernels/backends/cpu/). irmb_*'s
+// lists: BlockArgs in irmb_inference.cpp.
 TORCH_LIBRARY(EMO_CPU_NS, m) {
   m.def("expand_dwconv_act(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor w_dw, Tensor? b_dw, "
         "int act, int stride, bool skip, int chunk_bytes, int split) -> Tensor");
