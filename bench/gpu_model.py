@@ -43,14 +43,14 @@ reading ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
 
 Where it lands against gpu-design.md (EMO-5M, 224, batch 256, bf16, first version): infer
 eager ~7.9 ms vs the note's ~11.3, fused ~44 ms vs ~36; train eager ~21 ms vs ~30.6, fused
-~100+ ms vs ~193. Why: eager here is the recorded op list at DRAM speed with channels_last
+~176 ms vs ~193. Why: eager here is the recorded op list at DRAM speed with channels_last
 1x1 convs as single kernels and no extra layout copies (the note assumed more traffic per
 block); fused is bound by the ``l2`` bytes its loads request -- every LDG lane, masked lanes
 and the per-tap re-reads of x and of the weight tiles included (LDG.E.U16 scalar loads where
 Cin % 16 != 0) --, which overstates the traffic of masked lanes and understates L1 hits (the
 note used ~1.7 ms of L2 on s3.1, this model ~3.3 ms); the training GEMMs ``_gemm_gx/_gw`` are
-costed by instruction issue over the SMs their grid occupies (no latency / spill model),
-where the note estimated ~105 ms from their 3-324-program grids and spills. A GPU run decides.
+costed by instruction issue over the SMs their grid occupies (a grid of 3-324 programs uses
+at most that many SMs; no latency or spill model). A GPU run decides.
 These are **today's kernels**: the D1 design of gpu-design.md (issue #14's target, fused
 <= 3.8 ms) is **not built**, and nothing here says it is reached.
 """
