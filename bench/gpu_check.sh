@@ -12,12 +12,12 @@
 #                efficiency, expand_dwconv_act of s1.1/s3.1 per backend, EMO-5M batch 256 eager
 #                vs fused=True vs torch.compile, beside gpu-design.md's estimates
 #                                                                           -> calibrate.jsonl
-#   4b gpu-model bench/gpu_model.py's predictions (a model) for part 4's EMO-5M rows -> summary.txt
 #   5 ops        op benchmarks (bf16, channels_last, batch 256, fwd and fwd+bwd)
 #   6 measured   bench/measured.py: the table that lets auto pick a kernel (from part 5 and
 #                part 3's junit XML; a backend with a failed GPU test gets no rows)
 #                                                                         -> gpu_measured.json
 #   7 tests-rest the rest of the suite (CPU-side tests on this stack), after the CPU build
+#   7b gpu-model bench/gpu_model.py's predictions (a model) for part 4's EMO-5M rows -> summary.txt
 #   8 report     bench/report.py over part 5's rows                  -> <stem>.md, <stem>.json
 # Every part runs under `timeout` (SIGINT first, so pytest-benchmark and calibrate keep what
 # they have); one global deadline keeps the whole run under GPU_CHECK_TOTAL seconds (default
@@ -177,13 +177,6 @@ EMO_KERNELS_CPU_JIT=0 part gpu-tests "${CAP_GPU_TESTS:-120}" "$DEST/tests.log" "
 EMO_KERNELS_CPU_JIT=0 part calibrate "${CAP_CALIBRATE:-130}" "$LOGS/calibrate.log" "$PY" -m bench.calibrate \
   --out "$DEST/calibrate.jsonl" "${CAL_ARGS[@]}"
 
-# 4b the cost model's predictions (bench/gpu_model.py: a MODEL, not a measurement) for the
-#    EMO-5M rows part 4 measures, into summary.txt beside them, so this run calibrates the model
-MODEL_ARGS=(--models emo_5m --batch 256 --dtypes bf16 --modes infer,train)
-[ $DRY = 1 ] && MODEL_ARGS=(--models emo_1m --batch 2 --dtypes bf16 --modes infer)
-part gpu-model "${CAP_MODEL:-60}" "$LOGS/gpu_model.log" "$PY" -m bench.gpu_model "${MODEL_ARGS[@]}"
-grep -E "MODEL ESTIMATES|^model |^emo_" "$LOGS/gpu_model.log" | head -12 | tee -a "$SUMMARY"
-
 # 5 op benchmarks (GPU: bf16, channels_last, batch 256, fwd and fwd+bwd)
 EMO_KERNELS_CPU_JIT=0 EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$OPS_DTYPES} \
 EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
@@ -204,6 +197,14 @@ if [ -n "$CPU_BUILD_PID" ]; then
 fi
 EMO_KERNELS_CPU_JIT=$REST_JIT part tests-rest "${CAP_TESTS_REST:-120}" "$LOGS/tests_rest.log" \
   "$PY" -m pytest -p no:cacheprovider "${REST_ARGS[@]}"
+
+# 7b the cost model's predictions (bench/gpu_model.py: a MODEL, not a measurement) for the
+#    EMO-5M rows part 4 measured, into summary.txt beside them, so this run calibrates the model
+#    (last before the report: it needs no GPU, so the GPU parts run first)
+MODEL_ARGS=(--models emo_5m --batch 256 --dtypes bf16 --modes infer,train)
+[ $DRY = 1 ] && MODEL_ARGS=(--models emo_1m --batch 2 --dtypes bf16 --modes infer)
+part gpu-model "${CAP_MODEL:-60}" "$LOGS/gpu_model.log" "$PY" -m bench.gpu_model "${MODEL_ARGS[@]}"
+grep -E "MODEL ESTIMATES|^model |^emo_" "$LOGS/gpu_model.log" | head -12 | tee -a "$SUMMARY"
 
 # 8 report
 if [ -s "$LOGS/ops.json" ]; then
