@@ -85,6 +85,21 @@ BUILD_OPT_OUT = {"cpu": "EMO_KERNELS_SKIP_CPU_BUILD", "cuda": "EMO_KERNELS_SKIP_
 CUDA_EMULATE = "EMO_KERNELS_CUDA_EMULATE"
 
 
+def cuda_extension_or_fail():
+    """The CUDA extension module emo_kernels._C: it is built in every setup (the CPU machines
+    have nvcc), so a missing or unlinkable build fails the test, unless deliberately skipped
+    with EMO_KERNELS_SKIP_CUDA_BUILD=1."""
+    _opted_out("cuda")
+    try:
+        import emo_kernels._C as C
+    except ImportError as e:
+        pytest.fail(f"the CUDA extension emo_kernels._C is not built or does not link ({e}). "
+                    "Build it with `pip install -e . --no-build-isolation` (needs the CUDA build "
+                    f"of torch and nvcc; see README), or set {BUILD_OPT_OUT['cuda']}=1 to opt "
+                    "out explicitly.", pytrace=False)
+    return C
+
+
 class Backend(NamedTuple):
     """A kernel backend as the op tests see it."""
     name: str

@@ -18,29 +18,16 @@ import torch
 import emo_kernels
 from emo_kernels.testing import TOLERANCE
 from emo_kernels import BackendUnavailableError, dispatch, use_backend
+from conftest import cuda_extension_or_fail
 
-OPT_OUT = "EMO_KERNELS_SKIP_CUDA_BUILD"
 NS = "emo_kernels_cuda"
 OPS = ("edc_expand_fwd", "edc_dw_fwd", "edc_epilogue_fwd", "edc_dq_bwd", "edc_dv_bwd",
        "edc_dwweight_bwd", "edc_expand_dx_bwd", "edc_expand_dw_bwd", "wa_fwd", "wa_bwd")
 
 
-def load_extension_or_fail():
-    if os.environ.get(OPT_OUT, "0") not in ("", "0"):
-        pytest.skip(f"{OPT_OUT} is set: the CUDA extension was deliberately not built")
-    try:
-        import emo_kernels._C as C
-    except ImportError as e:
-        pytest.fail(f"the CUDA extension emo_kernels._C is not built or does not link ({e}). "
-                    "Build it with `pip install -e . --no-build-isolation` (needs the CUDA build "
-                    f"of torch and nvcc; see README), or set {OPT_OUT}=1 to opt out explicitly.",
-                    pytrace=False)
-    return C
-
-
 @pytest.fixture(scope="module")
 def ext():
-    return load_extension_or_fail()
+    return cuda_extension_or_fail()
 
 
 def test_extension_is_built_linked_and_registers_ops(ext):

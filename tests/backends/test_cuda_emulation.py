@@ -10,7 +10,6 @@ What the emulation does NOT check: anything specific to the GPU (launch configur
 coalescing, races, device-side fp16/bf16 intrinsics, sm_80/sm_90 code generation). Emulated
 outputs are NaN-poisoned by the binding, so unwritten elements fail the comparisons.
 """
-import os
 
 import pytest
 import torch
@@ -21,23 +20,14 @@ from emo_kernels.backends.cuda import EMULATE_ENV
 from emo_kernels.reference import expand_dwconv_act_ref
 from emo_kernels.testing import TOLERANCE
 
-from conftest import rel_err
+from conftest import cuda_extension_or_fail, rel_err
 
-OPT_OUT = "EMO_KERNELS_SKIP_CUDA_BUILD"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def ext():
-    """Same policy as tests/backends/test_cuda_build.py: a missing extension fails unless opted out."""
-    if os.environ.get(OPT_OUT, "0") not in ("", "0"):
-        pytest.skip(f"{OPT_OUT} is set: the CUDA extension was deliberately not built")
-    try:
-        import emo_kernels._C as C
-    except ImportError as e:
-        pytest.fail(f"the CUDA extension emo_kernels._C is not built ({e}); build it with "
-                    f"`pip install -e . --no-build-isolation` or set {OPT_OUT}=1 to opt out",
-                    pytrace=False)
-    return C
+    """A missing extension fails unless opted out (conftest.cuda_extension_or_fail)."""
+    return cuda_extension_or_fail()
 
 
 def test_emulate_switch(monkeypatch):

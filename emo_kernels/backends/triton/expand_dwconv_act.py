@@ -397,10 +397,6 @@ def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sx
 
 
 # ------------------------------------------------------------------------------ launch helpers
-def _interpreted():
-    return interpreted()
-
-
 def _p2(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
@@ -413,7 +409,7 @@ MAX_BLOCKS_INTERPRETER = (256, 1024, 256)
 
 
 def _blocks(npix, cmid, cin):
-    mp, mc, mk = MAX_BLOCKS_INTERPRETER if _interpreted() else MAX_BLOCKS_GPU
+    mp, mc, mk = MAX_BLOCKS_INTERPRETER if interpreted() else MAX_BLOCKS_GPU
     return _p2(npix, 16, mp), _p2(cmid, 16, mc), _p2(cin, 16, mk)
 
 
@@ -422,17 +418,13 @@ def _tl_acc(dtype):
 
 
 def _native_dot(dtype):
-    return dtype in (torch.float16, torch.bfloat16) and not _interpreted()
+    return dtype in (torch.float16, torch.bfloat16) and not interpreted()
 
 
 def out_memory_format(x):
     if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
-
-
-def out_size(h, k, stride):
-    return dw_out_size(h, k, stride)
 
 
 _CONSTS = {}
@@ -461,7 +453,7 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     cmid = w_dw.shape[0]
     k = w_dw.shape[-1]
     pad = dw_padding(k, stride)
-    Ho, Wo = out_size(H, k, stride), out_size(W, k, stride)
+    Ho, Wo = dw_out_size(H, k, stride), dw_out_size(W, k, stride)
     acc = acc_dtype(x.dtype)
     dev = x.device
     has_exp = w_exp is not None
@@ -613,7 +605,7 @@ def _(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_tra
       save):
     B, _, H, W = x.shape
     cmid, k = w_dw.shape[0], w_dw.shape[-1]
-    Ho, Wo = out_size(H, k, stride), out_size(W, k, stride)
+    Ho, Wo = dw_out_size(H, k, stride), dw_out_size(W, k, stride)
     acc = acc_dtype(x.dtype)
     z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=x.device,
                     memory_format=out_memory_format(x))

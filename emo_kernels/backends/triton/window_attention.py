@@ -173,10 +173,6 @@ def _window_attention_bwd(
 
 
 # ----- launch helpers ------------------------------------------------------------------------
-def _interpreted():
-    return interpreted()
-
-
 def window_geometry(H, W, window_size):
     """(n1, n2, BLOCK_L): windows along H and W, token lanes per program."""
     n1 = (H + window_size - 1) // window_size
@@ -196,7 +192,7 @@ def _meta(q, head_dim, window_size, scale, has_kpad):
     scale_hi = float(torch.tensor(scale, dtype=torch.float32))
     meta = dict(D=head_dim, WS=window_size, BLOCK_L=block_l,
                 BLOCK_D=max(16, triton.next_power_of_2(head_dim)), HAS_KPAD=has_kpad,
-                UPCAST=q.dtype == torch.bfloat16 and _interpreted(),
+                UPCAST=q.dtype == torch.bfloat16 and interpreted(),
                 IS_F64=q.dtype == torch.float64, num_warps=4)
     return (B * n1 * n2, C // head_dim), (H, W, n1, n2), (scale_hi, scale - scale_hi), meta
 
