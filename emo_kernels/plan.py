@@ -57,6 +57,24 @@ class IRMBChain:
     def __len__(self):
         return len(self.blocks)
 
+    def prepared(self, key, make):
+        """``make(self)``, a backend's own form of the blocks' weights (packed, transposed, on
+        the device), made at the first call and cached under ``key``; made again when one of
+        the chain's tensors was modified in place since (version counters). Inference tensors
+        have none: outside ``torch.inference_mode`` they cannot be modified in place, and
+        ``emo.InferencePlan`` holds such copies on purpose (a frozen plan)."""
+        cache = self.__dict__.setdefault("_prepared", {})
+        hit = cache.get(key)
+        if hit is not None and [t._version for t in hit[0]] == hit[1]:
+            return hit[2]
+        # versions read BEFORE preparing: a write that lands meanwhile (another thread) leaves
+        # the result stale for this call at most; the next call sees it and prepares again
+        watch = [t for t in self.tensors if not t.is_inference()]
+        versions = [t._version for t in watch]
+        value = make(self)
+        cache[key] = (watch, versions, value)
+        return value
+
     def __call__(self, x, outputs=None):
         check_tensor("x", x, dim=4)
         if x.shape[1] != self.in_channels:

@@ -122,13 +122,6 @@ def irmb_chain_can_run(x, chain, outputs):
     return _common_reason([x] + chain.tensors)
 
 
-def _watch(tensors):
-    """The tensors whose in-place changes a prepared chain must notice: all but inference
-    tensors (they have no version counter; outside InferenceMode they cannot be modified in
-    place; emo.InferencePlan holds such copies on purpose: a frozen plan)."""
-    return [t for t in tensors if not t.is_inference()]
-
-
 def _prepared_block(ops, args, kw):
     """One block's lists (_block_lists) for irmb_chain, with its weights prepared once (the
     three 1x1 weights packed for the GEMM kernel, the depthwise weight as (k*k, Cmid))."""
@@ -142,24 +135,20 @@ def _prepared_block(ops, args, kw):
     return _block_lists(args, kw, prepared)
 
 
+def _chain_lists(ops, chain):
+    lists = ([], [], [])
+    for a, k in chain.blocks:
+        for whole, part in zip(lists, _prepared_block(ops, a, k)):
+            whole.extend(part)
+    return lists
+
+
 def irmb_chain_cpu(x, chain, outputs):
     """The whole chain in one C++ call. The blocks' lists, with the weights packed for the GEMM
-    kernel, are made at the first call and again when a weight was modified in place (version
-    counters; see _watch)."""
+    kernel, are made at the first call and again when a weight was modified in place
+    (``IRMBChain.prepared``)."""
     ops = _ops()
-    cached = chain.__dict__.get("_cpu_prepared")
-    if cached is not None and cached[3] is ops and [t._version for t in cached[0]] == cached[1]:
-        lists = cached[2]
-    else:
-        # versions read BEFORE packing: a write that lands while the packs are made (another
-        # thread) leaves them stale for this call at most; the next call sees it and repacks
-        watch = _watch(chain.tensors)
-        versions = [t._version for t in watch]
-        lists = ([], [], [])
-        for a, k in chain.blocks:
-            for whole, part in zip(lists, _prepared_block(ops, a, k)):
-                whole.extend(part)
-        chain._cpu_prepared = (watch, versions, lists, ops)
+    lists = chain.prepared(("cpu", ops), lambda ch: _chain_lists(ops, ch))
     return ops.irmb_chain(x, *lists, list(outputs), CHUNK_BYTES_PER_THREAD, SPLIT)
 
 

@@ -5,7 +5,10 @@ Triton interpreter (``TRITON_INTERPRET=1``, a test tool: ``auto`` never picks it
   backward, training BatchNorm), imported on first use so that a missing triton package only
   makes ``can_run`` give a reason, and so that TRITON_INTERPRET is read when the kernels are
   defined (after tests have set it);
-* ``window_attention.py``: the custom op ``emo_kernels::window_attention_triton``.
+* ``window_attention.py``: the custom op ``emo_kernels::window_attention_triton``;
+* ``irmb_inference.py``: ``irmb_inference`` as two kernels per iRMB (v written once) plus the
+  fused LayerNorm / qk / window-attention kernel of the attention blocks, and the runner of a
+  whole ``IRMBChain`` (design D1 of gpu-design.md; inference only, no autograd).
 
 GPU kernels (``gpu_kernel=True``): ``auto`` picks them on CUDA only where a committed GPU
 measurement shows them faster (``emo_kernels.measured``).
@@ -77,7 +80,43 @@ def window_attention_triton(*args, **kwargs):
     return _wa.window_attention_triton(*args, **kwargs)
 
 
+MAX_DW_KERNEL = 7      # depthwise kernel sizes of irmb_inference: 1..7 (k*k taps unrolled)
+
+
+def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, head_dim=None,
+                           window_size=7, w_qk=None, **kwargs):
+    reason = _device_reason(x)
+    if reason is not None:
+        return reason
+    if w_dw.shape[-1] > MAX_DW_KERNEL:
+        return f"depthwise kernel size {w_dw.shape[-1]} > {MAX_DW_KERNEL}"
+    if w_qk is not None:
+        return window_attention_can_run(x, x, x, head_dim=head_dim, window_size=window_size)
+    return None
+
+
+def irmb_inference_triton(*args, **kwargs):
+    from .irmb_inference import irmb_inference_triton as fn
+    return fn(*args, **kwargs)
+
+
+def irmb_chain_can_run(x, chain, outputs):
+    for i, (a, k) in enumerate(chain.blocks):  # x serves for the device only
+        reason = irmb_inference_can_run(x, *a, **k)
+        if reason is not None:
+            return f"block {i}: {reason}"
+    return None
+
+
+def irmb_chain_triton(x, chain, outputs):
+    from .irmb_inference import irmb_chain_triton as fn
+    return fn(x, chain, outputs)
+
+
 dispatch.register("expand_dwconv_act", NAME, expand_dwconv_act_triton, expand_dwconv_act_can_run,
                   gpu_kernel=True, auto_skip=_auto_skip)
 dispatch.register("window_attention", NAME, window_attention_triton, window_attention_can_run,
                   gpu_kernel=True, auto_skip=_auto_skip)
+dispatch.register("irmb_inference", NAME, irmb_inference_triton, irmb_inference_can_run,
+                  gpu_kernel=True, auto_skip=_auto_skip, chain=irmb_chain_triton,
+                  chain_can_run=irmb_chain_can_run)
