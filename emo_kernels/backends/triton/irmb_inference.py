@@ -311,21 +311,21 @@ def tiles(kind, **shape):
     interp = interpreted()
     if kind == "expand":
         if interp:
-            return dict(BLOCK_M=_p2(shape["m"], 16, 256), BLOCK_N=_p2(shape["cmid"], 16, 256),
-                        BLOCK_K=_p2(shape["cin"], 16, 128), num_warps=4)
+            return dict(BLOCK_M=_p2(shape["m"], 16, 256), BLOCK_N=_p2(shape["cmid"], 16, 1024),
+                        BLOCK_K=_p2(shape["cin"], 16, 512), num_warps=4)
         bn = _p2(shape["cmid"], 16, 128)
         return dict(BLOCK_M=128, BLOCK_N=bn, BLOCK_K=_p2(shape["cin"], 16, 64),
                     num_warps=8 if bn >= 128 else 4)
     if kind == "dwproj":
         if interp:
-            return dict(BLOCK_P=_p2(shape["npix"], 16, 256), BLOCK_C=_p2(shape["cmid"], 16, 128),
-                        BLOCK_N=_p2(shape["nout"], 16, 256), num_warps=4)
+            return dict(BLOCK_P=_p2(shape["npix"], 16, 256), BLOCK_C=_p2(shape["cmid"], 16, 512),
+                        BLOCK_N=_p2(shape["nout"], 16, 512), num_warps=4)
         bn = _p2(shape["nout"], 16, 256 if shape["nout"] > 128 else 128)
         bc = 32 if shape["k"] == 5 else 64
         return dict(BLOCK_P=64, BLOCK_C=bc, BLOCK_N=bn, num_warps=8 if bn >= 256 else 4)
     if kind == "attn":
-        return dict(BLOCK_D=_p2(shape["d"], 16, 1 << 30), BLOCK_K=_p2(shape["c"], 16, 64),
-                    num_warps=4)
+        return dict(BLOCK_D=_p2(shape["d"], 16, 1 << 30),
+                    BLOCK_K=_p2(shape["c"], 16, 512 if interp else 64), num_warps=4)
     raise ValueError(kind)
 
 
