@@ -10,7 +10,9 @@ taken (one JSON object per line), so a run cut short still leaves what it measur
 5. ``block``    ``expand_dwconv_act`` of s1.1 and s3.1 (batch 256, bf16, channels_last,
                 inference) per backend (torch path, triton, cuda), beside the paper estimates
 6. ``model``    EMO-5M inference at batch 256 (bf16, channels_last): eager ``fused=False``,
-                ``fused=True`` per backend, torch.compile (default mode) of ``fused=False``
+                ``fused=True`` per backend, the triton ``InferencePlan`` launched eagerly and
+                replayed from a CUDA graph (issue #14's D1 kernels), torch.compile (default
+                mode) of ``fused=False``
 
 Predictions printed beside the measurements are the paper estimates of gpu-design.md (a model,
 not a measurement) until ``bench.gpu_model`` exists.
@@ -137,6 +139,7 @@ def measure_model(rec, device, dtype, batch, model, size, compile_mode):
             continue
         rec.emit(dict(kind="measure", name=name, model=model, batch=batch, ms=t * 1e3,
                       img_s=batch / t))
+    measure_plans(rec, fused, x, model, batch)
     t0 = time.perf_counter()
     compiled = engines.torch_compile(eager, **compile_mode)
     with torch.inference_mode():
@@ -145,6 +148,29 @@ def measure_model(rec, device, dtype, batch, model, size, compile_mode):
     t = timing.median_time(models.make_step(compiled, x, False), device, 5)
     rec.emit(dict(kind="measure", name="model compile", model=model, batch=batch, ms=t * 1e3,
                   img_s=batch / t, compile_s=compile_s, mode=str(compile_mode)))
+
+
+def measure_plans(rec, model_, x, model, batch):
+    """The D1 deployment (issue #14): ``emo.prepare_inference`` on the triton backend, launched
+    eagerly, and captured in a CUDA graph (``GraphedPlan``); a skip row where it cannot run."""
+    import emo
+    plan = emo.prepare_inference(model_)
+    with emo_kernels.use_backend("triton"):
+        graphed = plan.cuda_graph(x)
+        for name, run in (("model plan[triton]", plan), ("model plan+graph[triton]", graphed)):
+            if name.endswith("graph[triton]") and graphed.graph is None:
+                rec.emit(dict(kind="skip", name=name, why=graphed.reason))
+                continue
+            try:
+                t = timing.median_time(lambda run=run: run(x), x.device, 5)
+            except emo_kernels.BackendUnavailableError as e:
+                rec.emit(dict(kind="skip", name=name, why=str(e)[:300]))
+                continue
+            except Exception as e:  # noqa: BLE001
+                rec.emit(dict(kind="error", name=name, error=repr(e)[:300]))
+                continue
+            rec.emit(dict(kind="measure", name=name, model=model, batch=batch, ms=t * 1e3,
+                          img_s=batch / t))
 
 
 def main(argv=None):

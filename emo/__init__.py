@@ -1,7 +1,7 @@
 """EMO model zoo: ``emo.emo_5m(fused=True)``, ``emo.create_model(name, ...)``,
 ``emo.prepare_inference(model)`` (a frozen inference plan)."""
 from .checkpoint import load_checkpoint, unwrap_state_dict
-from .inference import InferencePlan, prepare_inference
+from .inference import GraphedPlan, InferencePlan, prepare_inference
 from .model import (EMO, CONFIGS, PRETRAINED_CFGS, create_model, emo_1m, emo_2m, emo_5m, emo_6m,
                     iRMB, list_models)
 
@@ -14,5 +14,6 @@ else:
     from . import _timm  # noqa: F401  (registers the variants; its own errors are not hidden)
 
 __all__ = ["EMO", "iRMB", "CONFIGS", "PRETRAINED_CFGS", "create_model", "list_models",
-           "load_checkpoint", "unwrap_state_dict", "InferencePlan", "prepare_inference",
+           "load_checkpoint", "unwrap_state_dict", "InferencePlan", "GraphedPlan",
+           "prepare_inference",
            "emo_1m", "emo_2m", "emo_5m", "emo_6m"]

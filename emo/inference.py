@@ -17,9 +17,14 @@ of ``emo_kernels.irmb_inference``, the stem block and stages 1-4 into one
   ``torch.inference_mode`` raises instead of going unnoticed.
 
 Device-agnostic: the prepared arguments are plain tensors on the model's device. A CPU chain
-runs on the ``cpu`` backend (one C++ call, weights packed once per chain); elsewhere the chain
-calls ``irmb_inference`` block by block, whose other backends serve the device. (The plain
-model takes this path on CPU only; on other devices it runs the autograd-fused forward.)
+runs on the ``cpu`` backend (one C++ call, weights packed once per chain); a CUDA chain on the
+``triton`` backend when it is selected (its chain runner: weights transposed once per chain,
+two or three kernels per block) -- ``auto`` does not pick GPU kernels without a committed GPU
+measurement, so the chain then calls ``irmb_inference`` block by block on the backend that
+serves the device. (The plain model takes this path on CPU and CUDA; elsewhere it runs the
+autograd-fused forward.) ``InferencePlan.cuda_graph(example)`` (or
+``emo.prepare_inference(model, example)``) captures a CUDA plan's whole forward in a CUDA graph:
+``GraphedPlan``.
 
 A block whose form ``irmb_inference`` cannot express (a module replaced by one of another
 kind or configuration, a BatchNorm in training mode or without running statistics, a
@@ -163,11 +168,11 @@ def _hooked(modules):
 # ----- the plain fused model: prepared on every call -------------------------------------------
 def active(module, x):
     """Whether a fused ``module`` (an iRMB or EMO) takes the prepared inference path for x:
-    eval mode, a CPU input, no gradient needed, no tracer recording (``layers.is_tracing``: the
-    C++ calls are invisible to tracers) and no autocast (the path computes in x's dtype; the
-    autograd-fused forward casts as autocast does)."""
-    if is_tracing(x) or module.training or x.device.type != "cpu" \
-            or torch.is_autocast_enabled("cpu"):  # a tracer first: x may be a Proxy
+    eval mode, a CPU or CUDA input, no gradient needed, no tracer recording
+    (``layers.is_tracing``: the kernel calls are invisible to tracers) and no autocast (the
+    path computes in x's dtype; the autograd-fused forward casts as autocast does)."""
+    if is_tracing(x) or module.training or x.device.type not in ("cpu", "cuda") \
+            or torch.is_autocast_enabled(x.device.type):  # a tracer first: x may be a Proxy
         return False
     return not (torch.is_grad_enabled() and (
         x.requires_grad or any(p.requires_grad for p in module.parameters())))
@@ -313,6 +318,80 @@ class InferencePlan:
         return self.forward_head(feats[-1])
 
 
-def prepare_inference(model):
-    """A frozen ``InferencePlan`` of the eval-mode ``model`` (see its contract)."""
-    return InferencePlan(model)
+    def cuda_graph(self, example):
+        """This plan captured in a CUDA graph for inputs shaped like ``example``
+        (:class:`GraphedPlan`; eager launches where capture is impossible)."""
+        return GraphedPlan(self, example)
+
+
+def _clone(out):
+    return [t.clone() for t in out] if isinstance(out, (list, tuple)) else out.clone()
+
+
+def _no_capture_reason(example):
+    if example.device.type != "cuda" or not torch.cuda.is_available():
+        return (f"the example is on {example.device}: CUDA graphs need a CUDA device; the plan "
+                "runs eagerly")
+    return None
+
+
+class GraphedPlan:
+    """An ``InferencePlan`` whose whole forward (stem, every block's kernels, head) is captured
+    once in a CUDA graph and replayed with no Python between kernels: ``graphed(x)`` copies x
+    into the graph's input, replays it and returns copies of its outputs (a later call does not
+    overwrite what an earlier one returned).
+
+    Capture needs a CUDA ``example`` (its shape, dtype and device are the graph's); the kernels
+    are the ones the backend selection in force at capture time picks (``use_backend``) --
+    later selections do not change a captured graph. An input of another shape, dtype or
+    device runs the plan eagerly (same results, no replay). Where capture is impossible (a CPU
+    plan, or an op that cannot be captured) the plan runs eagerly: ``graphed.reason`` says why
+    (None when captured), and a failed capture warns. The plan is frozen, so the graph is too.
+    """
+
+    def __init__(self, plan, example):
+        if not isinstance(plan, InferencePlan):
+            raise TypeError(f"GraphedPlan takes an InferencePlan, got {type(plan).__name__}")
+        if not isinstance(example, torch.Tensor):
+            raise TypeError(f"example must be a tensor, got {type(example).__name__}")
+        self.plan, self.graph = plan, None
+        self.reason = _no_capture_reason(example)
+        if self.reason is not None:
+            return
+        try:
+            self._capture(example)
+        except Exception as e:  # noqa: BLE001  (any capture failure: eager launches instead)
+            import warnings
+            self.graph = None
+            self.reason = f"CUDA graph capture failed ({type(e).__name__}: {e})"
+            warnings.warn(f"{self.reason}; the plan runs eagerly", RuntimeWarning, stacklevel=2)
+
+    def _capture(self, example):
+        x = example.detach().clone(memory_format=torch.channels_last)
+        stream = torch.cuda.Stream(device=x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream):  # warm-up: kernels compiled, weights prepared, caches
+            for _ in range(2):
+                self.plan(x)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = self.plan(x)
+        self.graph, self.static_in, self.static_out = graph, x, out
+
+    def __call__(self, x):
+        if self.graph is None or not isinstance(x, torch.Tensor) or x.shape != \
+                self.static_in.shape or x.dtype != self.static_in.dtype or \
+                x.device != self.static_in.device:
+            return self.plan(x)
+        self.static_in.copy_(x)
+        self.graph.replay()
+        return _clone(self.static_out)
+
+
+def prepare_inference(model, example=None):
+    """A frozen ``InferencePlan`` of the eval-mode ``model`` (see its contract); with an
+    ``example`` input, that plan captured in a CUDA graph (``GraphedPlan``: eager where
+    capture is impossible, ``.reason`` says why)."""
+    plan = InferencePlan(model)
+    return plan if example is None else plan.cuda_graph(example)

@@ -435,10 +435,11 @@ class EMO(nn.Module):
 
     fuse = reparameterize
 
-    def prepare_inference(self):
+    def prepare_inference(self, example=None):
         """A frozen ``emo.inference.InferencePlan`` of this eval-mode model: later edits of the
-        model do not reach it (make a new one); see emo/inference.py."""
-        return inference.prepare_inference(self)
+        model do not reach it (make a new one); see emo/inference.py. With an ``example``
+        input: the plan captured in a CUDA graph (``emo.inference.GraphedPlan``)."""
+        return inference.prepare_inference(self, example)
 
 
 # ----- variants ----------------------------------------------------------------------------

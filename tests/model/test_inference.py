@@ -180,3 +180,52 @@ def test_plan_features_only_head_and_errors():
         plan(torch.randn(1, 4, 32, 32))
     with pytest.raises(TypeError, match="float64"):
         plan(X.double())
+
+
+# ----- GraphedPlan: the plan under a CUDA graph -----------------------------------------------
+def test_graphed_plan_without_cuda_runs_eagerly():
+    """On CPU there is no graph to capture: the GraphedPlan says why and runs the plan."""
+    ref, fused = _pair()
+    graphed = emo.prepare_inference(fused, X)
+    assert isinstance(graphed, emo.GraphedPlan) and graphed.graph is None
+    assert "CUDA graphs need a CUDA device" in graphed.reason
+    with torch.no_grad():
+        assert rel_err(graphed(X), ref(X)) <= 1e-5
+    with pytest.raises(TypeError, match="InferencePlan"):
+        emo.GraphedPlan(fused, X)
+
+
+def test_graphed_plan_capture_failure_warns_and_runs_eagerly(monkeypatch):
+    from emo import inference
+    ref, fused = _pair()
+    plan = fused.prepare_inference()
+    monkeypatch.setattr(inference, "_no_capture_reason", lambda example: None)
+
+    def fail(self, example):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(inference.GraphedPlan, "_capture", fail)
+    with pytest.warns(RuntimeWarning, match="capture failed.*runs eagerly"):
+        graphed = plan.cuda_graph(X)
+    assert graphed.graph is None and "not permitted" in graphed.reason
+    with torch.no_grad():
+        assert rel_err(graphed(X), ref(X)) <= 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a GPU")
+@pytest.mark.parametrize("backend", ["auto", "triton"])
+def test_graphed_plan_replays_on_gpu(backend):
+    """On a GPU: the captured graph replays the plan (triton kernels or the eager path), its
+    outputs are copies, and another input shape runs eagerly."""
+    ref, fused = _pair()
+    ref, fused = ref.cuda(), fused.cuda()
+    x = X.cuda()
+    with emo_kernels.use_backend(backend):
+        graphed = fused.prepare_inference(x)
+        assert graphed.graph is not None, graphed.reason
+        with torch.no_grad():
+            want = ref(x)
+            a = graphed(x)
+            b = graphed(x * 2)
+            assert rel_err(a, want) <= 1e-5 and rel_err(b, ref(x * 2)) <= 1e-5
+            small = x[:1]
+            assert rel_err(graphed(small), ref(small)) <= 1e-5

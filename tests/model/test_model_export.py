@@ -150,6 +150,29 @@ def test_compile_fullgraph_keeps_the_cpu_ops(pair):
     assert ("irmb_inference", "cpu") in calls  # dispatched to the cpu backend while tracing
 
 
+def test_compile_fullgraph_keeps_the_triton_ops(pair):
+    """The triton backend selected (the Triton interpreter here, the GPU on a GPU machine):
+    torch.compile(fullgraph=True) of the fused model in inference holds one opaque
+    ``emo_kernels::irmb_inference_triton`` op per block (its fake gives the shapes) and runs
+    those kernels: the logits equal fused=False."""
+    import emo_kernels
+    ref, fused, x, x2, want = _setup(pair, "eval")
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad(), emo_kernels.use_backend("triton"):
+        out = torch.compile(fused, fullgraph=True, backend=keep_graph)(x2)
+    assert rel_err(out, want) <= TOL
+    assert len(graphs) == 1
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    assert sum(t.startswith("emo_kernels.irmb_inference_triton") for t in targets) == 16
+    assert sum("conv2d" in t for t in targets) == 1  # the stem's
+
+
 @pytest.mark.parametrize("mode", ["eval", "train"])
 def test_fx_and_feature_extractor(pair, mode):
     from torchvision.models.feature_extraction import create_feature_extractor

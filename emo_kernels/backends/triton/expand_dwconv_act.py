@@ -462,12 +462,14 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     wdw = w_dw.reshape(cmid, k * k).contiguous()
     bdw = b_dw.contiguous() if b_dw is not None else _dummy(dev, acc)
     cst = _consts(dev, acc)
+    store_p = bool(save or bn_training)
+    if not store_p:  # inference: v written once (irmb_inference's kernels), no recompute
+        return _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip)
     z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=dev,
                     memory_format=out_memory_format(x))
     BP, BC, BK = _blocks(Ho * Wo, cmid, cin)
     NT = triton.cdiv(Ho * Wo, BP)
     grid = (B * NT, triton.cdiv(cmid, BC))
-    store_p = bool(save or bn_training)
     p = torch.empty((B, cmid, Ho, Wo) if store_p else (0,), dtype=acc, device=dev)
     if bn_training:
         pmean = torch.empty((B * NT, cmid), dtype=acc, device=dev)
@@ -500,6 +502,24 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     _bn_apply_kernel[grid](x, wexp, bexp, cst, p, mean, rstd, gamma, beta, z,
                            cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(), **common)
     return z, p, mean, rstd, var
+
+
+def _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip):
+    """The inference forward (nothing saved, no batch statistics): the expansion GEMM writes v
+    once, the depthwise kernel reads it and writes z (``irmb_inference.expand`` and
+    ``dwproj(store_z=True)``). Returns forward()'s tuple with empty p and statistics."""
+    from . import irmb_inference as d1
+    cmid, k = w_dw.shape[0], w_dw.shape[-1]
+    v = d1.nhwc(x)
+    if w_exp is not None:
+        v = d1.expand(v, w_exp.reshape(cmid, -1).t().to(x.dtype).contiguous(), b_exp, act,
+                      d1.consts(x.device, x.dtype))
+    z = d1.dwproj(v, w_dw.reshape(cmid, k * k).t().contiguous(), b_dw, None, k, stride, skip,
+                  store_z=True)
+    if out_memory_format(x) is not torch.channels_last:
+        z = z.contiguous()
+    acc = acc_dtype(x.dtype)
+    return (z, *(torch.empty(0, dtype=acc, device=x.device) for _ in range(4)))
 
 
 def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,

@@ -392,8 +392,8 @@ def dwproj(v, wdw_t, b_dw, wp_t, k, stride, skip, x=None, zscale=None, store_z=F
     out = nhwc_empty(v, B, nout, HO, WO)
     if out.numel() == 0:
         return out
-    if skip:
-        assert stride == 1 and _is_nhwc(x) and x.shape == out.shape
+    if skip:  # the inner skip (centre tap), and the residual x unless z is stored
+        assert stride == 1 and (store_z or (_is_nhwc(x) and x.shape == out.shape))
     t = tiles("dwproj", npix=HO * WO, cmid=cmid, nout=nout, k=k)
     npt = triton.cdiv(HO * WO, t["BLOCK_P"])
     if store_z:  # a program's mid channels are its output channels: BLOCK_C == BLOCK_N
@@ -401,7 +401,7 @@ def dwproj(v, wdw_t, b_dw, wp_t, k, stride, skip, x=None, zscale=None, store_z=F
     grid = (triton.cdiv(nout, t["BLOCK_N"]), B * npt)
     _dwproj_kernel[grid](v, wdw_t, b_dw if b_dw is not None else wdw_t,
                          wdw_t if wp_t is None else wp_t, zscale if zscale is not None else wdw_t,
-                         x if skip else v, out, H, W, HO, WO, npt, CMID=cmid,
+                         x if skip and not store_z else v, out, H, W, HO, WO, npt, CMID=cmid,
                          COUT=nout if wp_t is None else wp_t.shape[1], K=k, STRIDE=stride,
                          PAD=dw_padding(k, stride), SKIP=bool(skip), HAS_BDW=b_dw is not None,
                          STORE_Z=store_z, HAS_ZSCALE=zscale is not None,
@@ -489,17 +489,57 @@ def run_block(x, pb):
     return dwproj(*common, x=x, zscale=s.contiguous())
 
 
-def _nhwc(x):
+def nhwc(x):
+    """x as a channels_last tensor (no copy when it is one)."""
     return x if _is_nhwc(x) else x.contiguous(memory_format=torch.channels_last)
 
 
-def irmb_inference_triton(x, w_exp, b_exp, w_dw, b_dw, w_proj, **kw):
-    """The ``triton`` backend of ``emo_kernels.irmb_inference`` (arguments validated there).
-    The output has x's memory format (channels_last is the kernels' own: no copy)."""
+# ----- the torch.library custom op: opaque to torch.compile (fullgraph), a fake for shapes ---
+from typing import Optional  # noqa: E402
+
+Tensor = torch.Tensor
+
+
+@torch.library.custom_op("emo_kernels::irmb_inference_triton", mutates_args=())
+def irmb_inference_triton_op(
+        x: Tensor, w_exp: Optional[Tensor], b_exp: Optional[Tensor], w_dw: Tensor,
+        b_dw: Optional[Tensor], w_proj: Tensor, ln_weight: Optional[Tensor],
+        ln_bias: Optional[Tensor], w_qk: Optional[Tensor], b_qk: Optional[Tensor],
+        se_reduce_weight: Optional[Tensor], se_reduce_bias: Optional[Tensor],
+        se_expand_weight: Optional[Tensor], se_expand_bias: Optional[Tensor], act: str,
+        stride: int, skip: bool, eps: float, head_dim: int, window_size: int,
+        scale: Optional[float], se_act: str) -> Tensor:
+    kw = dict(act=act, stride=stride, skip=skip, eps=eps, ln_weight=ln_weight, ln_bias=ln_bias,
+              w_qk=w_qk, b_qk=b_qk, head_dim=head_dim or None, window_size=window_size,
+              scale=scale, se_reduce_weight=se_reduce_weight, se_reduce_bias=se_reduce_bias,
+              se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias, se_act=se_act)
     with torch.no_grad():
         pb = prepare_block((w_exp, b_exp, w_dw, b_dw, w_proj), kw, x.dtype, x.device)
-        out = run_block(_nhwc(x), pb)
+        out = run_block(nhwc(x), pb)
     return out if _is_nhwc(x) else out.contiguous()
+
+
+@irmb_inference_triton_op.register_fake
+def _(x, w_exp, b_exp, w_dw, b_dw, w_proj, *rest):
+    stride, k = rest[9], w_dw.shape[-1]
+    B, _, H, W = x.shape
+    out = nhwc_empty(x, B, w_proj.shape[0], dw_out_size(H, k, stride), dw_out_size(W, k, stride))
+    return out if _is_nhwc(x) else out.contiguous()
+
+
+def irmb_inference_triton(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", stride=1,
+                          skip=False, ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None,
+                          b_qk=None, head_dim=None, window_size=7, scale=None,
+                          se_reduce_weight=None, se_reduce_bias=None, se_expand_weight=None,
+                          se_expand_bias=None, se_act="silu"):
+    """The ``triton`` backend of ``emo_kernels.irmb_inference`` (arguments validated there):
+    one opaque custom op, ``emo_kernels::irmb_inference_triton`` (no autograd: inference).
+    The output has x's memory format (channels_last is the kernels' own: no copy)."""
+    return irmb_inference_triton_op(
+        x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk, se_reduce_weight,
+        se_reduce_bias, se_expand_weight, se_expand_bias, act, int(stride), bool(skip),
+        float(eps), int(head_dim or 0), int(window_size), None if scale is None else
+        float(scale), se_act)
 
 
 def irmb_chain_triton(x, chain, outputs):
@@ -509,7 +549,7 @@ def irmb_chain_triton(x, chain, outputs):
         prepare_block(a, k, ch.dtype, ch.device) for a, k in ch.blocks])
     outs, want = [], set(outputs)
     with torch.no_grad():
-        x = _nhwc(x)
+        x = nhwc(x)
         for i, pb in enumerate(blocks):
             x = run_block(x, pb)
             if i in want:
