@@ -69,13 +69,15 @@ settings.load_profile(PROFILE)  # the session's default; no other test file uses
 _BUDGET = {
     "ci": dict(eda_cpu=100, eda_torch=25, eda_triton=4, eda_cuda=40,
                attn_cpu=40, attn_torch=15, attn_triton=3, attn_cuda=30,
-               irmb_cpu=30, irmb_torch=10, chain_cpu=12, chain_torch=5,
+               irmb_cpu=30, irmb_torch=10, irmb_triton=4, chain_cpu=12, chain_torch=5,
+               chain_triton=2,
                ext_eda_cpu=40, ext_eda_torch=15, ext_eda_triton=3, ext_eda_cuda=20,
                ext_attn_cpu=25, ext_attn_torch=10, ext_attn_triton=2, ext_attn_cuda=20,
                zero=40),
     "long": dict(eda_cpu=3000, eda_torch=800, eda_triton=60, eda_cuda=2000,
                  attn_cpu=1500, attn_torch=400, attn_triton=40, attn_cuda=1500,
-                 irmb_cpu=1500, irmb_torch=300, chain_cpu=800, chain_torch=100,
+                 irmb_cpu=1500, irmb_torch=300, irmb_triton=60, chain_cpu=800,
+                 chain_torch=100, chain_triton=30,
                  ext_eda_cpu=2000, ext_eda_torch=400, ext_eda_triton=30, ext_eda_cuda=1000,
                  ext_attn_cpu=1000, ext_attn_torch=300, ext_attn_triton=20, ext_attn_cuda=800,
                  zero=1000),
@@ -497,14 +499,16 @@ class ChainCase:
 
 
 @st.composite
-def chain_cases(draw, n_blocks):
+def chain_cases(draw, n_blocks, tiny=False):
+    """tiny: small batches and maps (the Triton interpreter)."""
     n = draw(n_blocks)
     blocks = [draw(block_cases())]
     for _ in range(n - 1):
         blocks.append(draw(block_cases(C=blocks[-1].Cout)))
     outputs = sorted(draw(st.sets(st.integers(0, n - 1), min_size=1)))
-    return ChainCase(B=draw(st.integers(1, 5)), H=draw(st.integers(1, 40)),
-                     W=draw(st.integers(1, 40)), blocks=blocks, outputs=outputs,
+    hw = 12 if tiny else 40
+    return ChainCase(B=draw(st.integers(1, 2 if tiny else 5)), H=draw(st.integers(1, hw)),
+                     W=draw(st.integers(1, hw)), blocks=blocks, outputs=outputs,
                      dtype=draw(DTYPES), nhwc=draw(st.booleans()),
                      seed=draw(st.integers(0, 2 ** 31 - 1)), knobs=draw(cpu_knobs()))
 
@@ -551,15 +555,15 @@ def check_chain(c, backend, single=False):
 
 
 @st.composite
-def irmb_cases(draw):
-    c = draw(chain_cases(st.just(1)))
+def irmb_cases(draw, tiny=False):
+    c = draw(chain_cases(st.just(1), tiny))
     return dataclasses.replace(c, outputs=[0])
 
 
 fuzz_tests("irmb_inference", functools.partial(check_chain, single=True), "irmb",
-           cpu=irmb_cases(), torch=irmb_cases())
+           cpu=irmb_cases(), torch=irmb_cases(), triton=irmb_cases(tiny=True))
 fuzz_tests("irmb_chain", check_chain, "chain", cpu=chain_cases(st.integers(2, 3)),
-           torch=chain_cases(st.integers(2, 3)))
+           torch=chain_cases(st.integers(2, 3)), triton=chain_cases(st.integers(2, 3), tiny=True))
 
 
 # ----- extreme values ------------------------------------------------------------------------
