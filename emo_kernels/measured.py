@@ -13,9 +13,11 @@ here together with the run's results. Rows record what was measured (device, ver
 commit, the per-case speedups). ``$EMO_KERNELS_MEASURED`` names another table file (tests).
 
 Shape classes (``shape_class``): ``expand_dwconv_act``: ``k{k}-s{stride}-{dtype}-{mode}``;
-``window_attention``: ``ws{window}-hd{head_dim}-{dtype}-{mode}``; any other op:
-``{dtype}-{mode}``; mode is ``train`` when the call records autograd or uses BatchNorm batch
-statistics, else ``infer``.
+``window_attention``: ``ws{window}-hd{head_dim}-{dtype}-{mode}``; ``irmb_inference``:
+``k{k}-s{stride}-{kind}-{dtype}-{mode}``, kind ``attn`` (a block with window attention),
+``se`` (squeeze-excite: the stem block) or ``plain`` (the Triton kernels differ per kind); any
+other op: ``{dtype}-{mode}``; mode is ``train`` when the call records autograd or uses
+BatchNorm batch statistics, else ``infer``.
 """
 import json
 import os
@@ -97,6 +99,10 @@ def shape_class(op: str, args, kwargs) -> str:
         return f"k{args[3].shape[-1]}-s{kwargs.get('stride', 1)}-{tail}"
     if op == "window_attention":
         return f"ws{kwargs.get('window_size', 7)}-hd{kwargs.get('head_dim')}-{tail}"
+    if op == "irmb_inference":
+        kind = ("attn" if kwargs.get("w_qk") is not None
+                else "se" if kwargs.get("se_reduce_weight") is not None else "plain")
+        return f"k{args[3].shape[-1]}-s{kwargs.get('stride', 1)}-{kind}-{tail}"
     return tail
 
 

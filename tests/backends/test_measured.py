@@ -89,6 +89,16 @@ def test_shape_classes_of_the_ops():
                                 dict(bn_training=True)) == "k5-s1-fp16-train"
     q = torch.randn(1, 8, 7, 7, dtype=torch.bfloat16)
     assert measured.shape_class("window_attention", (q, q, q), dict(head_dim=4)) == "ws7-hd4-bf16-infer"
+    # irmb_inference: k, stride and the kind of block (the op passes absent ones as None)
+    wp = torch.randn(4, 8)
+    args = (x, w, b, wd, b, wp)
+    assert measured.shape_class("irmb_inference", args, dict(stride=2)) == "k5-s2-plain-fp32-infer"
+    assert measured.shape_class("irmb_inference", args, dict(w_qk=None, se_reduce_weight=None)) \
+        == "k5-s1-plain-fp32-infer"
+    assert measured.shape_class("irmb_inference", args, dict(w_qk=torch.randn(8, 4))) \
+        == "k5-s1-attn-fp32-infer"
+    assert measured.shape_class("irmb_inference", args, dict(
+        se_reduce_weight=torch.randn(8, 8, 1, 1))) == "k5-s1-se-fp32-infer"
 
 
 def test_committed_table_is_valid_and_readme_says_what_is_measured():
