@@ -182,7 +182,7 @@ EMO_KERNELS_CPU_JIT=0 EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$OPS_DTYPES} \
 EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
 EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-$([ $DRY = 1 ] && echo 1 || echo 3)} \
 part ops "${CAP_OPS:-60}" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
-  bench/bench_expand_dwconv_act.py bench/bench_window_attention.py "${OPS_K[@]}" \
+  bench/bench_expand_dwconv_act.py bench/bench_window_attention.py bench/bench_irmb_inference.py "${OPS_K[@]}" \
   --benchmark-json="$LOGS/ops.json"
 
 # 6 the measurement table auto reads (commit it into emo_kernels/ with the results)

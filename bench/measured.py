@@ -2,15 +2,16 @@
 
     python -m bench.measured OPS_JSON [OPS_JSON ...] --junit GPU_TESTS.xml --out gpu_measured.json
 
-Reads the op benchmarks (pytest-benchmark JSON of bench/bench_expand_dwconv_act.py and
-bench/bench_window_attention.py; rows carry ``shape_class`` and the GPU ``family``) and the
-junit XML of the GPU test run. For each (op, GPU kernel backend, family, shape class) it
-records every measured case's speedup over the torch path (same case, mode, dtype, layout and
-batch; CUDA-event medians) and ``speedup_min``, the smallest: ``auto`` picks the kernel for
-that class only when ``speedup_min`` exceeds ``emo_kernels.measured.MIN_SPEEDUP``. A backend
-with a failed or erroring GPU test gets no rows at all (a kernel not shown correct on this GPU
-is never picked, however fast). bench/gpu_check.sh runs this at its end; a session commits the
-file into emo_kernels/ with the run's results.
+Reads the op benchmarks (pytest-benchmark JSON of the op suites bench/bench_<op>.py:
+expand_dwconv_act, window_attention, irmb_inference (forward rows only); rows carry
+``shape_class`` and the GPU ``family``) and the junit XML of the GPU test run. For each (op,
+GPU kernel backend, family, shape class) it records every measured case's speedup over the
+torch path (same case, mode, dtype, layout and batch; CUDA-event medians) and ``speedup_min``,
+the smallest: ``auto`` picks the kernel for that class only when ``speedup_min`` exceeds
+``emo_kernels.measured.MIN_SPEEDUP``. A backend with a failed or erroring GPU test gets no rows
+at all (a kernel not shown correct on this GPU is never picked, however fast).
+bench/gpu_check.sh runs this at its end; a session commits the file into emo_kernels/ with the
+run's results.
 """
 import argparse
 import json

@@ -1,7 +1,7 @@
 """The pytest-benchmark suites' shared parts: each row's ``extra_info`` (:func:`base_info`)
-and the op suites (``bench/bench_expand_dwconv_act.py``, ``bench/bench_window_attention.py``):
-their cases (:func:`op_cases`) and one row's run (:func:`run_op_row`). Settings:
-``bench.config``.
+and the op suites (``bench/bench_expand_dwconv_act.py``, ``bench/bench_window_attention.py``,
+``bench/bench_irmb_inference.py``): their cases (:func:`op_cases`) and one row's run
+(:func:`run_op_row`). Settings: ``bench.config``.
 """
 import statistics
 
@@ -30,8 +30,9 @@ COMPILED = "torch.compile"   # provider: torch.compile of the reference (the tor
 
 def op_cases(op):
     """pytest.param list for one op: every distinct block shape of the configured models x
-    mode (fwd, fwd+bwd) x dtype x layout x batch x provider (each backend, and torch.compile
-    of the reference when EMO_BENCH_COMPILE is set), with readable ids."""
+    mode (the op's ``OPS`` modes: fwd, fwd+bwd; irmb_inference: fwd only) x dtype x layout x
+    batch x provider (each backend, and torch.compile of the reference when EMO_BENCH_COMPILE
+    is set), with readable ids."""
     import pytest
     cfg = config()
     specs = distinct_specs(tuple(cfg.shape_models), cfg.size, OPS[op]["kind"])
@@ -42,7 +43,7 @@ def op_cases(op):
     for dtype in cfg.dtypes:
         for layout in cfg.layouts:
             for batch in cfg.op_batches:
-                for mode in ("fwd", "fwd+bwd"):
+                for mode in OPS[op]["modes"]:
                     for spec, uses in specs.items():
                         for prov in providers:
                             cases.append(pytest.param(

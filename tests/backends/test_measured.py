@@ -113,8 +113,9 @@ def test_committed_table_is_valid_and_readme_says_what_is_measured():
         assert "No kernel has been measured on a GPU yet" in readme
 
 
-def _bench(provider, ms, case="Cin48-Cmid96-56x56-k3-s1-silu-skip", cls="k3-s1-bf16-infer"):
-    info = dict(suite="op", op="expand_dwconv_act", case=case, mode="fwd", dtype="bf16",
+def _bench(provider, ms, case="Cin48-Cmid96-56x56-k3-s1-silu-skip", cls="k3-s1-bf16-infer",
+           op="expand_dwconv_act"):
+    info = dict(suite="op", op=op, case=case, mode="fwd", dtype="bf16",
                 layout="nhwc", batch=256, device="cuda", family="sm_90", shape_class=cls,
                 provider=provider, compiled=False, device_name="NVIDIA H200", torch="2.11.0",
                 triton="3.6.0", cuda="13.0", cuda_event_median_ms=ms)
@@ -150,3 +151,52 @@ def test_bench_measured_writes_the_table_auto_reads(tmp_path, on_fake_h200):
     assert all(r["commit"] == "abc" and r["torch"] == "2.11.0" for r in table["rows"])
     # no junit file (the GPU tests did not run): no kernel may be picked
     assert writer.failed_backends(None) == {"triton", "cuda"}
+
+
+def test_bench_measured_irmb_inference_rows_let_auto_pick_triton(tmp_path, on_fake_h200,
+                                                                 monkeypatch):
+    """bench/bench_irmb_inference.py's rows (the shape class as the suite computes it, from the
+    inference plan's arguments) become table rows under which the public op, dispatched as
+    auto dispatches it, runs triton for the measured-faster class only: not for a class
+    measured slower, nor for one not measured."""
+    from bench import measured as writer
+    from bench import shapes
+    from emo_kernels import dispatch
+    from emo_kernels.backends import triton as triton_backend
+    specs = dict(shapes.irmb_specs("emo_1m", 64))
+    calls = {}
+    for name in ("stage1.1", "stage3.1", "stage0.1"):  # plain, attention, squeeze-excite
+        args, kw, _ = shapes.irmb_inputs(specs[name], 2, "cpu", torch.bfloat16, "nhwc")
+        calls[name] = (specs[name].id, measured.shape_class("irmb_inference", args, kw), args, kw)
+    assert [c[1] for c in calls.values()] == [
+        "k3-s1-plain-bf16-infer", "k5-s1-attn-bf16-infer", "k3-s1-se-bf16-infer"]
+    rows = []
+    for name, ms in (("stage1.1", 0.5), ("stage3.1", 1.2)):  # 2x faster; slower
+        case, cls = calls[name][:2]
+        rows += [_bench("torch", 1.0, case=case, cls=cls, op="irmb_inference"),
+                 _bench("triton", ms, case=case, cls=cls, op="irmb_inference")]
+    src, out = tmp_path / "irmb.json", tmp_path / "table.json"
+    src.write_text(json.dumps(dict(benchmarks=rows)))
+    assert writer.main([str(src), "--junit", _junit(tmp_path), "--out", str(out)]) == 0
+    table = json.loads(out.read_text())["rows"]
+    assert {(r["op"], r["backend"], r["family"], r["shape_class"]): r["speedup_min"]
+            for r in table} == {("irmb_inference", "triton", "sm_90", "k3-s1-plain-bf16-infer"): 2.0,
+                                ("irmb_inference", "triton", "sm_90", "k5-s1-attn-bf16-infer"): 0.8333}
+    on_fake_h200(table)
+    # the tensors count as CUDA tensors for the triton backend too; its kernel is not run
+    monkeypatch.setattr(triton_backend, "_device_reason", lambda x: None)
+    monkeypatch.setattr(dispatch._REGISTRY["irmb_inference"]["triton"], "fn",
+                        lambda x, *a, **k: "triton kernel")
+    ran = {}
+    for name, (_, _, args, kw) in calls.items():
+        with emo_kernels.record_dispatch() as log, torch.no_grad():
+            emo_kernels.irmb_inference(*args, **kw)
+        ran[name] = log[0]
+    assert ran["stage1.1"] == ("irmb_inference", "triton")
+    assert emo_kernels.explain("irmb_inference", *calls["stage1.1"][2], **calls["stage1.1"][3])[
+        "triton"] is None
+    assert ran["stage3.1"] != ("irmb_inference", "triton") != ran["stage0.1"]
+    why = {n: emo_kernels.explain("irmb_inference", *calls[n][2], **calls[n][3])["triton"]
+           for n in ("stage3.1", "stage0.1")}
+    assert "measured 0.8333x" in why["stage3.1"], why
+    assert "k3-s1-se-bf16-infer: no committed measurement" in why["stage0.1"], why

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import emo
+import emo_kernels
 from bench import env, report, results, shapes, timing
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -44,6 +45,90 @@ def test_bytes_formulas():
     a = shapes.AttnSpec(32, 16, 9, 9, 7)
     assert shapes.bytes_window_attention(a, 2, 2, "fwd") == 2 * 2 * 32 * 81 * 4
     assert shapes.bytes_window_attention(a, 2, 2, "fwd+bwd") == 2 * 2 * 32 * 81 * 11
+    r = shapes.IrmbSpec(8, 10, 10, (("w_exp", (16, 8)), ("b_exp", (16,)), ("w_dw", (16, 1, 3, 3)),
+                                    ("b_dw", (16,)), ("w_proj", (8, 16))),
+                        (("act", "silu"), ("stride", 1), ("skip", True)))
+    w = 16 * 8 + 16 + 16 * 9 + 16 + 8 * 16
+    assert r.out_hw == (10, 10) and r.id == "Cin8-Cmid16-Cout8-10x10-k3-s1-silu-skip"
+    assert shapes.bytes_irmb_inference(r, 2, 2, "fwd") == 2 * (2 * (2 * 800 + 800) + w)
+    with pytest.raises(ValueError):
+        shapes.bytes_irmb_inference(r, 2, 2, "fwd+bwd")
+
+
+def test_irmb_specs_are_the_inference_plans_calls():
+    """Every iRMB of EMO-1M as the inference plan calls irmb_inference (block_args of the eval
+    model): the synthesized arguments have the model's shapes, biases and options, and the
+    shape classes auto keys them by tell attention, squeeze-excite and plain blocks apart."""
+    from emo.inference import block_args
+    from emo_kernels import measured
+    specs = shapes.irmb_specs("emo_1m", 224)
+    assert len(specs) == 1 + sum(emo.CONFIGS["emo_1m"]["depths"])
+    model = emo.create_model("emo_1m", fused=True).eval()
+    blocks = dict(model.named_modules())
+    assert [n for n, _ in specs] == [n for n, m in blocks.items() if isinstance(m, emo.iRMB)]
+    uses = shapes.distinct_specs(("emo_1m",), 224, shapes.IrmbSpec)
+    assert len(uses) == 9 and sum(len(b) for u in uses.values() for b in u.values()) == len(specs)
+    ids = {s.id for s in uses}
+    assert {"Cin24-Cmid24-Cout24-112x112-k3-s1-id-se", "Cin48-Cmid288-Cout80-28x28-k5-s2-gelu-ln",
+            "Cin80-Cmid240-Cout80-14x14-k5-s1-gelu-skip-ln-attn-hd20-ws7"} <= ids, ids
+    classes = set()
+    for spec, u in uses.items():
+        want_args, want_kw = block_args(blocks[u["emo_1m"][0]])
+        args, kw, _ = shapes.irmb_inputs(spec, 2, "cpu", torch.bfloat16, "nhwc")
+        assert args[0].shape == (2, spec.cin, spec.H, spec.W)
+        assert args[0].is_contiguous(memory_format=torch.channels_last)
+        shape = lambda t: None if t is None else (tuple(t.shape), t.dtype)  # noqa: E731
+        assert [shape(t) for t in args[1:]] == [
+            None if t is None else (tuple(t.shape), torch.bfloat16) for t in want_args]
+        assert kw.keys() == want_kw.keys()
+        for n, v in want_kw.items():
+            assert (shape(kw[n]) == (tuple(v.shape), torch.bfloat16)
+                    if isinstance(v, torch.Tensor) else kw[n] == v), n
+        classes.add(measured.shape_class("irmb_inference", args, kw))
+    assert classes == {"k3-s1-se-bf16-infer", "k3-s2-plain-bf16-infer", "k3-s1-plain-bf16-infer",
+                       "k5-s2-plain-bf16-infer", "k5-s1-attn-bf16-infer"}
+    with pytest.raises(ValueError):
+        shapes.irmb_inputs(next(iter(uses)), 1, "cpu", torch.float32, train=True)
+
+
+def test_op_cases_modes(monkeypatch):
+    """irmb_inference (no autograd) gets forward rows only; the other op suites keep fwd and
+    fwd+bwd; each suite has the torch.compile rows when asked for."""
+    from bench import suites
+    monkeypatch.setenv("EMO_BENCH_TINY", "1")
+    monkeypatch.setenv("EMO_BENCH_DEVICE", "cpu")
+    monkeypatch.setenv("EMO_BENCH_COMPILE", "1")
+    for op, modes in (("expand_dwconv_act", {"fwd", "fwd+bwd"}),
+                      ("window_attention", {"fwd", "fwd+bwd"}), ("irmb_inference", {"fwd"})):
+        cases = suites.op_cases(op)
+        assert {c.values[2] for c in cases} == modes, op
+        assert {c.values[6] for c in cases} == set(emo_kernels.BACKENDS) | {suites.COMPILED}
+
+
+def test_bench_irmb_inference_tiny(tmp_path):
+    """bench/bench_irmb_inference.py end to end on the tiny CPU setting: a forward row per
+    distinct EMO-1M block for each backend that can run it on CPU (the torch reference
+    always), with the shape class, bytes and a positive, finite time."""
+    out = tmp_path / "irmb.json"
+    env = dict(os.environ, EMO_BENCH_TINY="1", EMO_BENCH_DEVICE="cpu", EMO_BENCH_THREADS="1",
+               PYTHONPATH=ROOT)
+    env.pop("TRITON_INTERPRET", None)  # set by conftest without a GPU; the benches refuse it
+    p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs",
+                        "bench/bench_irmb_inference.py", f"--benchmark-json={out}"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "triton: tensors are on cpu" in p.stdout  # skipped with explain's reason
+    specs = {s.id: s for s in shapes.distinct_specs(("emo_1m",), 64, shapes.IrmbSpec)}
+    rows = [b["extra_info"] | dict(ms=b["stats"]["median"] * 1e3)
+            for b in json.loads(out.read_text())["benchmarks"]]
+    assert {r["case"] for r in rows if r["provider"] == "torch"} == set(specs)
+    assert {r["provider"] for r in rows} <= {"torch", "cpu"}
+    for r in rows:
+        assert (r["suite"], r["op"], r["mode"], r["dtype"], r["batch"]) == (
+            "op", "irmb_inference", "fwd", "fp32", 1), r
+        assert re.fullmatch(r"k[35]-s[12]-(attn|se|plain)-fp32-infer", r["shape_class"]), r
+        assert r["bytes"] == shapes.bytes_irmb_inference(specs[r["case"]], 1, 4, "fwd")
+        assert _positive_finite(r["ms"]), r
 
 
 
@@ -204,13 +289,15 @@ def test_gpu_check_dry_run(tmp_path):
               "logs.tar.gz", stem + ".json"):
         assert (out / f).stat().st_size > 0, f
     md = (out / (stem + ".md")).read_text()
-    assert "## `expand_dwconv_act`" in md and "## `window_attention`" in md  # the op part ran
+    for op in ("expand_dwconv_act", "window_attention", "irmb_inference"):  # the op part ran
+        assert f"## `{op}`" in md, op
     # the report's rows: the dry run's -k selection (forward, the torch reference, one shape
     # per op), each with a positive, finite time, and each in the markdown table
     rows = json.loads((out / (stem + ".json")).read_text())["rows"]
     assert {(r["op"], r["case"]) for r in rows} == {
         ("expand_dwconv_act", "Cin24-Cmid24-32x32-k3-s1-id"),
-        ("window_attention", "C80-hd20-4x4-ws7")}, rows
+        ("window_attention", "C80-hd20-4x4-ws7"),
+        ("irmb_inference", "Cin24-Cmid24-Cout24-32x32-k3-s1-id-se")}, rows
     for r in rows:
         assert (r["suite"], r["mode"], r["provider"], r["dtype"], r["batch"]) == (
             "op", "fwd", "torch", "fp32", 1), r
