@@ -5,14 +5,17 @@
 #   2 build      the CUDA extension ALONE (bench/cuda_build.py: setup.py build_ext --inplace
 #                with EMO_KERNELS_SKIP_CPU_BUILD=1, MAX_JOBS=$(nproc), this GPU's arch only);
 #                then the CPU extension starts building in the background for part 7
-#   3 gpu-tests  the GPU test cases only (-k "triton or cuda": every dtype, NaN-poisoned
+#   3 gpu-tests  the GPU test cases only (-k "triton or cuda": every dtype -- the triton
+#                irmb_inference EMO blocks in fp32 and bf16 only, for time --, NaN-poisoned
 #                outputs, gradcheck) of the kernel test files, with EMO_KERNELS_CPU_JIT=0 so
 #                that nothing builds the CPU extension meanwhile   -> tests.log, gpu_tests.xml
 #   4 calibrate  bench/calibrate.py: copy + L2-hit bandwidth, one bf16 GEMM, cuDNN depthwise
 #                efficiency, expand_dwconv_act of s1.1/s3.1 per backend, EMO-5M batch 256 eager
-#                vs fused=True vs torch.compile, beside gpu-design.md's estimates
+#                vs fused=True vs the triton plan (eager and CUDA-graphed) vs torch.compile,
+#                beside gpu-design.md's estimates
 #                                                                           -> calibrate.jsonl
-#   5 ops        op benchmarks (bf16, channels_last, batch 256, fwd and fwd+bwd)
+#   5 ops        op benchmarks (bf16, channels_last, batch 256; irmb_inference first, fwd only;
+#                expand_dwconv_act and window_attention fwd and fwd+bwd)
 #   6 measured   bench/measured.py: the table that lets auto pick a kernel (from part 5 and
 #                part 3's junit XML; a backend with a failed GPU test gets no rows)
 #                                                                         -> gpu_measured.json
@@ -44,7 +47,7 @@ DRY=0
 for a in "$@"; do
   case "$a" in
     --dry-run) DRY=1 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
     *) echo "gpu_check: unknown argument $a" >&2; exit 2 ;;
   esac
 done
@@ -132,7 +135,8 @@ PYEOF
 } > "$DEST/env.txt" 2>&1
 echo "[env] written: env.txt" | tee -a "$SUMMARY"
 
-GPU_TEST_FILES=(tests/ops/test_expand_dwconv_act.py tests/ops/test_window_attention.py tests/ops/test_validation.py)
+GPU_TEST_FILES=(tests/ops/test_expand_dwconv_act.py tests/ops/test_window_attention.py tests/ops/test_validation.py
+                tests/ops/test_irmb_inference_triton.py)
 if [ $DRY = 1 ]; then
   BUILD_ARGS=(--dry-run)
   GPU_TEST_ARGS=(--collect-only -q)
@@ -170,19 +174,20 @@ fi
 
 # 3 the GPU test cases first (nothing may build the CPU extension meanwhile)
 EMO_KERNELS_CPU_JIT=0 part gpu-tests "${CAP_GPU_TESTS:-120}" "$DEST/tests.log" "$PY" -m pytest \
-  -p no:cacheprovider "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}" -k "triton or cuda" \
+  -p no:cacheprovider "${GPU_TEST_ARGS[@]}" "${GPU_TEST_FILES[@]}" \
+  -k "(triton or cuda) and not (test_emo_block and (float64 or float16))" \
   --junitxml="$LOGS/gpu_tests.xml"
 
 # 4 calibration measurements (each line written as soon as it is measured)
 EMO_KERNELS_CPU_JIT=0 part calibrate "${CAP_CALIBRATE:-130}" "$LOGS/calibrate.log" "$PY" -m bench.calibrate \
   --out "$DEST/calibrate.jsonl" "${CAL_ARGS[@]}"
 
-# 5 op benchmarks (GPU: bf16, channels_last, batch 256, fwd and fwd+bwd)
+# 5 op benchmarks (GPU: bf16, channels_last, batch 256; irmb_inference fwd only)
 EMO_KERNELS_CPU_JIT=0 EMO_BENCH_DTYPES=${EMO_BENCH_DTYPES:-$OPS_DTYPES} \
 EMO_BENCH_ROUNDS=${EMO_BENCH_ROUNDS:-$([ $DRY = 1 ] && echo 1 || echo 10)} \
 EMO_BENCH_WARMUP=${EMO_BENCH_WARMUP:-$([ $DRY = 1 ] && echo 1 || echo 3)} \
 part ops "${CAP_OPS:-60}" "$LOGS/bench_ops.log" "$PY" -m pytest "${BENCH_OPTS[@]}" \
-  bench/bench_expand_dwconv_act.py bench/bench_window_attention.py bench/bench_irmb_inference.py "${OPS_K[@]}" \
+  bench/bench_irmb_inference.py bench/bench_expand_dwconv_act.py bench/bench_window_attention.py "${OPS_K[@]}" \
   --benchmark-json="$LOGS/ops.json"
 
 # 6 the measurement table auto reads (commit it into emo_kernels/ with the results)
