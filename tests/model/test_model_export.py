@@ -125,11 +125,14 @@ def test_compile_fullgraph(pair, mode, grad, backend):
     copy.deepcopy(fused)
 
 
-def test_compile_fullgraph_keeps_the_cpu_ops(pair):
-    """CPU inference (eval, no grad): torch.compile(fullgraph=True) traces the fused model
-    without a graph break (fullgraph raises on one), its graph holds one ``irmb_inference`` op
-    of the C++ cpu backend per block (torch.library ops, opaque to the compiler, not the
-    reference computation), and running it runs those kernels: the logits equal fused=False."""
+@pytest.mark.parametrize("backend,prefix", [("cpu", "emo_kernels_cpu_"),
+                                            ("triton", "emo_kernels.irmb_inference_triton")])
+def test_compile_fullgraph_keeps_the_kernel_ops(pair, backend, prefix):
+    """Inference (eval, no grad): torch.compile(fullgraph=True) traces the fused model without a
+    graph break (fullgraph raises on one), its graph holds one opaque ``irmb_inference`` op of
+    the selected backend per block -- the C++ cpu backend's torch.library op, or the triton
+    backend's custom op (the Triton interpreter here, the GPU on a GPU machine) -- not the
+    reference computation, and running it runs those kernels: the logits equal fused=False."""
     import emo_kernels
     ref, fused, x, x2, want = _setup(pair, "eval")
     graphs = []
@@ -139,38 +142,16 @@ def test_compile_fullgraph_keeps_the_cpu_ops(pair):
         return gm.forward
 
     torch._dynamo.reset()
-    with torch.no_grad(), emo_kernels.record_dispatch() as calls:
+    with torch.no_grad(), emo_kernels.use_backend(backend), \
+            emo_kernels.record_dispatch() as calls:
         out = torch.compile(fused, fullgraph=True, backend=keep_graph)(x2)
     assert rel_err(out, want) <= TOL
     assert len(graphs) == 1
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    cpu_ops = [t for t in targets if t.startswith("emo_kernels_cpu_")]
-    assert len(cpu_ops) == 16 and all(t.endswith(".irmb_inference") for t in cpu_ops)
-    assert sum("conv2d" in t for t in targets) == 1  # the stem's; every block's are in C++
-    assert ("irmb_inference", "cpu") in calls  # dispatched to the cpu backend while tracing
-
-
-def test_compile_fullgraph_keeps_the_triton_ops(pair):
-    """The triton backend selected (the Triton interpreter here, the GPU on a GPU machine):
-    torch.compile(fullgraph=True) of the fused model in inference holds one opaque
-    ``emo_kernels::irmb_inference_triton`` op per block (its fake gives the shapes) and runs
-    those kernels: the logits equal fused=False."""
-    import emo_kernels
-    ref, fused, x, x2, want = _setup(pair, "eval")
-    graphs = []
-
-    def keep_graph(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    with torch.no_grad(), emo_kernels.use_backend("triton"):
-        out = torch.compile(fused, fullgraph=True, backend=keep_graph)(x2)
-    assert rel_err(out, want) <= TOL
-    assert len(graphs) == 1
-    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
-    assert sum(t.startswith("emo_kernels.irmb_inference_triton") for t in targets) == 16
-    assert sum("conv2d" in t for t in targets) == 1  # the stem's
+    ops = [t for t in targets if t.startswith(prefix)]
+    assert len(ops) == 16 and all(".irmb_inference" in t for t in ops)
+    assert sum("conv2d" in t for t in targets) == 1  # the stem's; every block's are in the op
+    assert ("irmb_inference", backend) in calls  # dispatched to the backend while tracing
 
 
 @pytest.mark.parametrize("mode", ["eval", "train"])
