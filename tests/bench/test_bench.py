@@ -327,22 +327,29 @@ def test_gpu_check_dry_run(tmp_path):
 
 def test_bench_cpu_tiny(tmp_path, monkeypatch):
     """bench.bench_cpu end to end on a tiny setting (EMO-1M, 64x64, 2 rounds, no compile): every
-    variant gives the eager logits, its times are sane, and the tables are written under the
-    one naming scheme (default file name, with --tag)."""
+    variant gives the eager logits (OpenVINO in its default precision, bf16 on a CPU with it,
+    to within 5e-2), its times are sane, and the tables are written under the one naming
+    scheme (default file name, with --tag)."""
     from bench import bench_cpu
     onnx = importlib.util.find_spec("onnxruntime") is not None
+    openvino = importlib.util.find_spec("openvino") is not None
     monkeypatch.setattr(results, "RESULTS_DIR", str(tmp_path))
     bench_cpu.main(["--models", "emo_1m", "--batch", "1", "--size", "64", "--iters", "2",
                     "--warmup", "1", "--gap-ms", "0", "--no-compile", "--tag", "Tiny run"]
-                   + ([] if onnx else ["--no-onnx"]))
+                   + ([] if onnx else ["--no-onnx"]) + ([] if openvino else ["--no-openvino"]))
     files = sorted(os.listdir(tmp_path))
     stem = results.stem_for("cpu", "tiny_run")
     assert files == [stem + ".json", stem + ".md"]
     doc = json.loads((tmp_path / (stem + ".json")).read_text())
     rows = doc["rows"]
-    variants = ["eager fused=False"] + (["onnxruntime fused=False"] if onnx else []) + [
-        "fused=True", "InferencePlan"]
+    variants = ["eager fused=False"] + (["onnxruntime fused=False"] if onnx else []) + (
+        ["openvino fused=False"] * 2 if openvino else []) + ["fused=True", "InferencePlan"]
     assert [r["variant"].split(" (")[0] for r in rows] == variants
+    ov_default = [r for r in rows if r["variant"].startswith("openvino fused=False (default: ")]
+    if openvino:
+        assert len(ov_default) == 1 and ov_default[0]["precision"] in ("f32", "bf16", "f16")
+        assert ov_default[0]["variant"].endswith(f"(default: {ov_default[0]['precision']})")
+        assert 0 <= ov_default[0]["rel_err_vs_eager"] <= 5e-2
     for r in rows:
         assert (r["model"], r["batch"], r["size"], r["iters"]) == ("emo_1m", 1, 64, 2)
         assert r["threads"] == torch.get_num_threads() and r["device"] == env.cpu_model()
@@ -351,13 +358,23 @@ def test_bench_cpu_tiny(tmp_path, monkeypatch):
             "fused_speedup_per_round")), r
         assert r["ms_p20"] <= r["ms_p50"] <= r["ms_p80"]
         assert r["img_s"] == pytest.approx(1e3 / r["ms_p50"])
-        assert 0 <= r["rel_err_vs_eager"] <= 1e-4
+        if r not in ov_default:
+            assert r["precision"] == "f32" and 0 <= r["rel_err_vs_eager"] <= 1e-4, r
     fused = next(r for r in rows if r["variant"].startswith("fused=True"))
     assert fused["fused_speedup"] == fused["fused_speedup_per_round"] == 1.0
     md = (tmp_path / (stem + ".md")).read_text()
     assert md.startswith(doc["header"]) and "median of per-round ratios" in md
     for r in rows:
         assert f"| emo_1m | 1 | {r['variant']} | {r['ms_p50']:.1f} |" in md
+
+
+def test_bench_cpu_without_openvino(monkeypatch, capsys):
+    """An optional peer that does not import is left out with the reason printed, no crash."""
+    from bench import bench_cpu
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    v = bench_cpu.build("emo_1m", torch.randn(1, 3, 64, 64), False, False, 1, plan=False)
+    assert [k.split(" (")[0] for k in v] == ["eager fused=False", "fused=True"]
+    assert "openvino fused=False skipped: openvino is not importable" in capsys.readouterr().out
 
 
 def test_throughput_main_job_tiny(tmp_path, capsys):
