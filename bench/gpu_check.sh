@@ -207,9 +207,11 @@ EMO_KERNELS_CPU_JIT=$REST_JIT part tests-rest "${CAP_TESTS_REST:-120}" "$LOGS/te
 #    EMO-5M rows part 4 measured, into summary.txt beside them, so this run calibrates the model
 #    (last before the report: it needs no GPU, so the GPU parts run first)
 MODEL_ARGS=(--models emo_5m --batch 256 --dtypes bf16 --modes infer,train)
-[ $DRY = 1 ] && MODEL_ARGS=(--models emo_1m --batch 2 --dtypes bf16 --modes infer)
+# (dry run: two small blocks only -- compiling every D1 kernel takes minutes on 2 cores)
+[ $DRY = 1 ] && MODEL_ARGS=(--models emo_1m --batch 2 --dtypes bf16 --modes infer
+                            --only stage0.0,stage1.1,head)
 part gpu-model "${CAP_MODEL:-60}" "$LOGS/gpu_model.log" "$PY" -m bench.gpu_model "${MODEL_ARGS[@]}"
-grep -E "MODEL ESTIMATES|^model |^emo_" "$LOGS/gpu_model.log" | head -12 | tee -a "$SUMMARY"
+grep -E "MODEL ESTIMATES|^model |^emo_|^    ! " "$LOGS/gpu_model.log" | head -30 | tee -a "$SUMMARY"
 
 # 8 report
 if [ -s "$LOGS/ops.json" ]; then

@@ -1,58 +1,102 @@
 """A static cost MODEL of EMO on one H200 -- estimates, NOT measurements.
 
 ``python -m bench.gpu_model [--models emo_5m] [--batch 256] [--dtypes bf16,fp16]
-[--modes infer,train] [--json] [--kernels] [--blocks]``
+[--modes infer,train] [--json] [--kernels] [--blocks] [--only stage3.1,...]``
 
-It predicts a lower-bound GPU time per kernel, per block and per model for
+It predicts a lower-bound GPU time per kernel, per block and per model, for two executions
+per row (``mode`` ``infer`` or ``train``):
 
 * **eager** ``fused=False``: every aten op the model really calls (recorded on CPU with a
   ``TorchDispatchMode`` at batch 2 and 3 and extrapolated linearly to the batch; views and
   allocations dropped), each one a kernel that reads its inputs from and writes its outputs to
   DRAM; convolutions / matmuls on the tensor cores at a cuDNN/cuBLAS efficiency, depthwise on
   FP32 lanes at a cuDNN efficiency, activations on the SFU;
-* **fused** ``fused=True`` as the code stands on CUDA today: the torch glue the fused forward
-  calls (BatchNorm folding on every forward, LayerNorm, the qk conv, proj conv, adds) recorded
-  the same way, plus the Triton kernels of ``emo_kernels/backends/triton`` (the per-tap
-  recompute ``expand_dwconv_act`` and ``window_attention``) costed from their **compiled sm_90
-  code**: ``triton.compile(ASTSource(...), target=GPUTarget("cuda", 90, 32))`` with the
-  specialization a channels_last launch gets (stride-1 ints constexpr, ints divisible by 16 and
-  pointers marked 16-aligned), read with the bundled ``nvdisasm`` / ``cuobjdump``: registers,
-  local memory (spills), shared memory, and SASS instruction counts per loop body x trip count
-  (loops = backward branches; trip counts from the kernel source: taps k*k, input-channel
-  chunks ceil(Cin/BLOCK_K), ...). Each launch's totals = per-warp counts x 4 warps x programs
-  (HGMMA per warpgroup).
+* **fused, infer**: the GPU deployment of design D1 (gpu-design.md) as built in
+  ``emo_kernels/backends/triton/irmb_inference.py``: an ``emo.InferencePlan`` (BatchNorms
+  folded and weights laid out once, when the plan is made) replayed from a CUDA graph, so no
+  folding kernel and no host (Python / launch) time per forward. Per block: ``A0``
+  ``_ln_qk_attn_kernel`` (attention blocks: LN + qk + window attention -> o), ``K_A``
+  ``_expand_kernel`` (when there is an expansion: GEMM with the LN prologue, bias,
+  activation -> v), ``K_B`` ``_dwproj_kernel`` (depthwise + SiLU + skip + projection +
+  residual); the stem block's squeeze-excite runs K_B twice (``STORE_Z``, then
+  ``HAS_ZSCALE``) around its torch ops (mean, two linears, activations). The plan's torch ops
+  -- stem conv, that SE glue, the final LayerNorm + mean + Linear head -- are costed as eager
+  ops. The launches are recorded by running ``irmb_chain_triton`` itself on the meta device
+  (shapes only) with each kernel's ``kernel[grid](...)`` intercepted: grid, constexprs (the
+  launcher's ``tiles()`` with TRITON_INTERPRET unset), num_warps, argument dtypes, exactly as
+  the launchers pass them. The input is channels_last;
+* **fused, train**: the autograd-fused training path of today (not D1; a later issue): the
+  torch glue the fused forward calls (BatchNorm folding, LayerNorm, the qk conv, proj conv,
+  adds) and its backward recorded as for eager, plus the Triton training kernels
+  (``expand_dwconv_act``'s per-tap recompute ``_fwd_kernel`` with batch statistics,
+  ``_bn_apply``, ``_bwd_stats``, ``_bwd_dv``, the fp32 "ieee" GEMMs ``_gemm_gx`` / ``_gemm_gw``
+  on CUDA cores, ``window_attention`` forward and backward) and the launchers' small torch
+  reductions counted by reading ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
+
+Every Triton kernel is costed from its **compiled sm_90 code**: ``triton.compile(ASTSource(
+...), target=GPUTarget("cuda", 90, 32))`` with the specialization a real launch gets (ints
+equal to 1 constexpr, ints divisible by 16 marked, pointers 16-aligned; the launch's
+num_warps), several compiled at once (one worker process per core), read with the bundled
+``nvdisasm`` / ``cuobjdump``: registers, stack (spills), shared memory (a kernel over the sm_90
+limit of 227 KB cannot launch: flagged in ``warnings``), and SASS instruction counts per loop
+body x trip count (loops = backward branches; trip counts from the kernel source -- K_A:
+2 LN passes + the dot loop over ceil(Cin/BLOCK_K) chunks, K_B: ceil(Cmid/BLOCK_C) chunks
+with the k*k taps unrolled, A0: 2 LN passes + NH heads x ceil(C/BLOCK_K) chunks; a loop the
+compiler unrolled counts once). A launch's totals = per-warp counts x num_warps x programs
+(the grid), HGMMA per warpgroup. Compulsory DRAM bytes of a D1 launch: every distinct tensor
+argument read or written once (K_A e*(Cin + Cmid), K_B e*(Cmid + Cout [+ Cout residual]),
+A0 e*2C per pixel, plus weights).
 
 Bounds per kernel (``BOUNDS``): ``dot`` (tensor FLOPs / (peak x efficiency)), ``fp32`` (FP32
 lane instructions), ``issue`` (all warp instructions, 4 per clock per SM), ``sfu`` (MUFU lane
-ops), ``l2`` (bytes the kernel's loads/stores request, masked lanes included), ``dram``
-(compulsory bytes), ``launch`` (a floor per kernel). A kernel's time is the largest; a block's
-and the model's are sums (kernels run one after another). Constants: :data:`CONSTANTS`, each
-marked measured / architecture / assumption as in gpu-design.md.
+ops), ``l2`` (bytes the kernel's loads/stores request: 32 lanes x width per warp
+instruction, masked and predicated-off lanes included; a software-pipelined loop's async
+copies (LDGSTS) fetch trips - (stages - 1) times in the body, the prologue the rest),
+``dram`` (compulsory bytes), ``launch`` (a floor per kernel). A kernel's time is the
+largest; a block's and the model's are sums (kernels run one after another). Constants:
+:data:`CONSTANTS`, each marked measured / architecture / assumption as in gpu-design.md.
+``fused_ms_guarded_idle`` is the same sum with the guarded (``@P``) loads/stores moving no
+bytes: the low end of the ``l2`` bound (``fused_ms`` counts every lane: the high end) -- the
+K_B kernels load each tap's depthwise weights per warp under such a predicate, and the
+stem's 24-channel maps are loaded as 32/64-channel tiles with masked lanes.
 
-Approximations, stated: one compiled representative per distinct (kernel, constexpr set) --
-the first block with that set gives the integer specialization --, fp16 reuses the bf16 code;
-the eager kernels are recorded in fp32 and their bytes scaled to the element size; host
-(Python / launch) time is not counted (it would be hidden at batch 256 by eager, not by
-fused without CUDA graphs); L2 hits between eager kernels are not credited (so eager is a
-little pessimistic, see gpu-design.md's "10.0 with L2 hits"). **Training** (``train``):
-eager records the real autograd backward; fused records its glue's backward and costs the
-Triton training kernels (``_fwd_kernel`` with batch statistics, ``_bn_apply``, ``_bwd_stats``,
-``_bwd_dv``, the fp32 "ieee" GEMMs ``_gemm_gx`` / ``_gemm_gw`` on CUDA cores, window attention
-backward) from their SASS the same way, plus the launchers' small torch reductions counted by
-reading ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
+Approximations, stated: one compiled representative per distinct specialization; fp16
+reuses the bf16 code; the eager kernels are recorded in fp32 and their bytes scaled to the
+element size (the plan's torch ops are recorded in the row's dtype); no latency, occupancy
+or tail model beyond "a grid smaller than the chip uses that many SMs"; L1 hits are not
+credited (the D1 kernels' tap loads bypass L1: LDGSTS.BYPASS); L2 hits between eager kernels
+are not credited (so eager is a little pessimistic, see gpu-design.md's "10.0 with L2 hits");
+eager host time is not counted (hidden at batch 256).
 
-Where it lands against gpu-design.md (EMO-5M, 224, batch 256, bf16, first version): infer
-eager ~7.9 ms vs the note's ~11.3, fused ~44 ms vs ~36; train eager ~21 ms vs ~30.6, fused
-~176 ms vs ~193. Why: eager here is the recorded op list at DRAM speed with channels_last
-1x1 convs as single kernels and no extra layout copies (the note assumed more traffic per
-block); fused is bound by the ``l2`` bytes its loads request -- every LDG lane, masked lanes
-and the per-tap re-reads of x and of the weight tiles included (LDG.E.U16 scalar loads where
-Cin % 16 != 0) --, which overstates the traffic of masked lanes and understates L1 hits (the
-note used ~1.7 ms of L2 on s3.1, this model ~3.3 ms); the training GEMMs ``_gemm_gx/_gw`` are
-costed by instruction issue over the SMs their grid occupies (a grid of 3-324 programs uses
-at most that many SMs; no latency or spill model). A GPU run decides.
-These are **today's kernels**: the D1 design of gpu-design.md (issue #14's target, fused
-<= 3.8 ms) is **not built**, and nothing here says it is reached.
+**Where it lands** (EMO-5M, 224x224, batch 256, bf16), a MODEL, not a measurement:
+
+* infer: eager ~7.9 ms, fused (D1 under a CUDA graph) ~13.5 ms (~8.9 ms with guarded lanes
+  idle): fused is ~1.7x SLOWER than eager (0.58x its speed; 0.89x at the low end). Issue
+  #14's target -- fused <= 3.8 ms and >= 3x eager -- is **NOT met in the model**. Per block
+  (fused ms, bound): stem conv 0.05 (dram); stage0.1 1.46 (l2: the SE's two K_B passes
+  0.44 + 0.84, the fp32 copy and mean of z 0.18); stage1.0 0.64, stage1.1-1.2 0.47 each;
+  stage2.0 0.48, stage2.1-2.2 0.29 each; stage3.0 0.84; stage3.1-3.8 0.79 each; stage4.0
+  0.81; stage4.1-4.2 0.68 each; head 0.01; every block ``l2``-bound, in K_B. K_B of the
+  k=5 blocks (stages 3-4) is 0.60-0.67 ms each (l2; issue 0.32-0.37 ms, the high end of
+  every block), against eager's whole block 0.18-0.38 ms: its 25 tap tiles per Cmid chunk
+  are async copies that bypass L1 (2.4 GB of L2 requests per stage-3 block besides the
+  per-warp weight loads), its depthwise is issue-bound (~47k warp instructions per warp per
+  program) and, at 8 warps, computed twice (the FFMA count per warp equals the 4-warp
+  build's); it holds 255 registers and spills 168-232 B per thread; and its 251 KB of shared
+  memory (the pipeliner stages all 25 tap tiles) is over the sm_90 limit, so as compiled
+  it would not launch on an H200 (``warnings``). EMO-1M: eager ~3.9 ms, fused ~5.3 ms
+  (~3.9 ms low end).
+* train: eager ~21 ms, fused ~165 ms (today's training kernels; ~176 ms before the l2
+  count credited the pipelined copies' prologue; ``issue``-bound: the ``_gemm_gx/_gw``
+  GEMMs costed by instruction issue over the SMs their grid of 3-324 programs occupies).
+
+Against gpu-design.md: its eager ~11.3 ms assumed more traffic per block than the recorded
+op list at DRAM speed here; its D1 estimate of 3.4-3.6 ms assumed K_B's neighbour re-reads
+hit L1 and a depthwise at FP32-lane speed, which the compiled K_B does not give. The l2
+bandwidth and Triton dot efficiency are assumptions: the first GPU run calibrates them
+(``bench/gpu_check.sh`` prints this model's rows beside its measured ones; note that
+``bench/calibrate.py`` measures the plain ``fused=True`` model, not a CUDA-graph replay of
+an ``InferencePlan``).
 """
 import argparse
 import contextlib
@@ -73,8 +117,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 KIND = "model, not a measurement"
 BANNER = ("*** MODEL ESTIMATES, NOT MEASUREMENTS *** (bench/gpu_model.py: a static cost model "
           "of an H200 from compiled sm_90 code and stated constants; calibrate on a GPU)")
-NOTE = ("today's kernels (per-tap recompute expand_dwconv_act, per-forward BN folding); the D1 "
-        "design of gpu-design.md is not built")
+NOTE = {
+    "infer": ("fused infer = the D1 kernels of emo_kernels/backends/triton/irmb_inference.py "
+              "(K_A expand, K_B dw+proj, A0 LN+qk+attention) run by an InferencePlan (weights "
+              "folded once) replayed from a CUDA graph (no host time), plus the plan's torch "
+              "ops (stem conv, squeeze-excite glue, head)"),
+    "train": ("fused train = today's training kernels (per-tap recompute expand_dwconv_act "
+              "with batch statistics, fp32 backward GEMMs, window attention) + their recorded "
+              "torch glue, forward and backward; eager = the real autograd ops"),
+}
+# issue #14's target for the fused inference row, checked IN THE MODEL only
+TARGET = dict(row=("emo_5m", 256, 224, "infer"), fused_ms=3.8, speedup=3.0)
 
 # ----- machine constants (H200, one chip) ---------------------------------------------------
 CONSTANTS = [
@@ -92,6 +145,8 @@ CONSTANTS = [
     ("cublas_eff", 0.5, "fraction", "assumption", "cuDNN/cuBLAS 1x1 conv / bmm at EMO shapes"),
     ("cudnn_dw_eff", 0.5, "fraction", "assumption", "cuDNN depthwise vs FP32 lane peak"),
     ("kernel_floor", 2e-6, "s", "assumption", "least GPU time per kernel (launch + tail)"),
+    ("smem_per_block", 232448, "B", "architecture",
+     "sm_90 opt-in shared memory per block: a kernel asking more fails to launch"),
 ]
 C = {name: value for name, value, *_ in CONSTANTS}
 BOUNDS = ("dot", "fp32", "issue", "sfu", "l2", "dram", "launch")
@@ -117,22 +172,26 @@ class Kernel:
     issue: float = 0.0            # warp instructions (0: not modelled, elementwise via bytes)
     sfu: float = 0.0              # MUFU lane ops
     l2: float = 0.0               # bytes requested from L2
+    l2_guarded: float = 0.0       # of which by guarded (@P) instructions, all lanes counted
     dram: float = 0.0             # compulsory DRAM bytes
     count: int = 1                # launches
     sms: float = 0.0              # SMs the grid can occupy (0: all)
     detail: Dict = field(default_factory=dict)
 
-    def bounds(self):
+    def bounds(self, guarded_idle=False):
+        """Seconds per bound; ``guarded_idle``: guarded (@P) loads/stores move no bytes (the
+        low end of their range: a lane whose predicate is off makes no request)."""
         occ = C["sms"] / min(self.sms or C["sms"], C["sms"])  # a grid smaller than the chip
+        l2 = self.l2 - (self.l2_guarded if guarded_idle else 0.0)
         return {"dot": self.dot_flops / (C["tensor_peak"] * self.dot_eff) * occ,
                 "fp32": self.fp32 / _rate("fp32_lanes_per_clk") * occ,
                 "issue": self.issue / _rate("issue_per_clk") * occ,
                 "sfu": self.sfu / _rate("sfu_per_clk") * occ,
-                "l2": self.l2 / C["l2_bw"], "dram": self.dram / C["dram_bw"],
+                "l2": l2 / C["l2_bw"], "dram": self.dram / C["dram_bw"],
                 "launch": self.count * C["kernel_floor"]}
 
-    def time(self):
-        b = self.bounds()
+    def time(self, guarded_idle=False):
+        b = self.bounds(guarded_idle)
         k = max(b, key=b.get)
         return b[k], k
 
@@ -155,7 +214,8 @@ _LABEL = re.compile(r"^(\.L_x_\d+):")
 
 
 def parse_sass(text):
-    """[(address, opcode, operands)] and {label: address} of one kernel's nvdisasm output."""
+    """[(address, opcode, operands, guarded)] and {label: address} of one kernel's nvdisasm
+    output (guarded: the instruction has a ``@P`` predicate)."""
     instrs, labels, pending = [], {}, []
     for line in text.splitlines():
         m = _LABEL.match(line.strip())
@@ -168,7 +228,7 @@ def parse_sass(text):
             for lab in pending:
                 labels[lab] = addr
             pending = []
-            instrs.append((addr, m.group(3), m.group(4)))
+            instrs.append((addr, m.group(3), m.group(4), bool(m.group(2))))
     return instrs, labels
 
 
@@ -176,7 +236,7 @@ def sass_loops(instrs, labels):
     """Loops as (start, end) address ranges: a branch to an earlier address, sorted by start
     (outer loops first)."""
     loops = []
-    for addr, op, rest in instrs:
+    for addr, op, rest, _ in instrs:
         if op.startswith("BRA"):
             t = _TARGET.search(rest)
             if t and labels.get(t.group(1), addr) < addr:  # (not the trailing self-loop)
@@ -195,21 +255,28 @@ _FP32 = ("FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP", "FSET", "FCHK")
 _HGMMA = re.compile(r"HGMMA\.(\d+)x(\d+)x(\d+)")
 
 
-def count_sass(text, trips):
-    """Per-warp executed counts of one program: instructions weighted by the product of the trip
-    counts of their enclosing loops (``trips``: one per loop in order of loop start, outer
-    first; a missing one counts 1 trip). Returns issue, fp32, mufu, dot FLOPs (per program),
-    load/store bytes per warp (32 lanes x width, masked lanes included), loops, approx flag."""
+def count_sass(text, trips, warps=4, stages=3):
+    """Per-warp executed counts of one program of ``warps`` warps: instructions weighted by the
+    product of the trip counts of their enclosing loops (``trips``: one per loop in order of
+    loop start, outer first; a missing one counts 1 trip). Returns issue, fp32, mufu, dot FLOPs
+    (per program: HGMMA per warpgroup, HMMA per warp), load/store bytes per warp (32 lanes x
+    width, masked lanes included; those of guarded ``@P`` instructions also apart), loops,
+    approx flag. Bytes of the asynchronous copies (LDGSTS) of a loop software-pipelined over
+    ``stages`` stages: the prologue before the loop fetches the first ``stages - 1``
+    iterations' tiles, so the copies in the loop body fetch only ``trips - (stages - 1)``
+    times (the last iterations' are predicated off, still issued)."""
     instrs, labels = parse_sass(text)
     loops = sass_loops(instrs, labels)
     approx = len(loops) != len(trips)
-    out = dict(issue=0.0, fp32=0.0, mufu=0.0, dot_flops=0.0, ldst_bytes=0.0, hgmma=0.0,
-               loops=len(loops), static_instr=len(instrs), approx_trips=approx)
-    for addr, op, _ in instrs:
-        w = 1.0
+    out = dict(issue=0.0, fp32=0.0, mufu=0.0, dot_flops=0.0, ldst_bytes=0.0,
+               ldst_guarded_bytes=0.0, hgmma=0.0, loops=len(loops), static_instr=len(instrs),
+               approx_trips=approx)
+    for addr, op, _, guarded in instrs:
+        w, inner = 1.0, 1
         for i, (s, e) in enumerate(loops):
             if s <= addr <= e:
-                w *= trips[i] if i < len(trips) else 1
+                inner = trips[i] if i < len(trips) else 1
+                w *= inner
         out["issue"] += w
         base = op.split(".")[0]
         if base in _FP32:
@@ -217,14 +284,18 @@ def count_sass(text, trips):
         elif base == "MUFU":
             out["mufu"] += w
         elif base in ("LDG", "STG", "LDGSTS", "LD", "ST"):
-            out["ldst_bytes"] += w * 32 * _width(op)
+            fetched = w / inner * max(inner - (stages - 1), 0) if base == "LDGSTS" and \
+                inner > 1 else w
+            out["ldst_bytes"] += fetched * 32 * _width(op)
+            if guarded:
+                out["ldst_guarded_bytes"] += fetched * 32 * _width(op)
         m = _HGMMA.match(op)
         if m:
             mm, nn, kk = map(int, m.groups())
-            out["dot_flops"] += w * 2 * mm * nn * kk
+            out["dot_flops"] += w * 2 * mm * nn * kk * (warps // 4)
             out["hgmma"] += w
-        elif base == "HMMA":  # per warp (mma.sync m16n8k16): x 4 warps per program
-            out["dot_flops"] += w * 2 * 16 * 8 * 16 * 4
+        elif base == "HMMA":  # per warp (mma.sync m16n8k16)
+            out["dot_flops"] += w * 2 * 16 * 8 * 16 * warps
     return out
 
 
@@ -236,21 +307,93 @@ _EDA_IO = ("x_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr", "gz_p
 _WA_IO = ("Q", "K", "V", "KPAD", "O", "DO", "DQ", "DK", "DV")
 
 
-@functools.lru_cache(maxsize=None)
-def compiled(which, kname, dt, const_items, int_items):
-    """Compile one kernel for sm_90 (cached per kernel x specialization within a run) and read
-    its artifacts: registers, local memory (spills), shared memory, the SASS text."""
-    os.environ.pop("TRITON_INTERPRET", None)
+_MODULES = {"eda": "expand_dwconv_act", "wa": "window_attention", "d1": "irmb_inference"}
+
+
+@contextlib.contextmanager
+def _compiled_mode():
+    """TRITON_INTERPRET unset meanwhile: compile for sm_90, launchers pick GPU tiles."""
+    saved = os.environ.pop("TRITON_INTERPRET", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["TRITON_INTERPRET"] = saved
+
+
+_ARTS = {}   # compiled() results of this run, by key
+
+
+def _spec_key(which, kname, dt, const, ints, warps=4, ptrs=None):
+    """The compile key of one launch: what a real launch specializes on -- constexprs, each int
+    only as 1 (constexpr), divisible by 16 (marked) or neither, pointer element types (fp16
+    compiled as bf16: same code), num_warps."""
+    as_bf16 = lambda t: "bf16" if t == "fp16" else t  # noqa: E731
+    spec = lambda v: v if v == 1 else 16 if v % 16 == 0 else 2  # noqa: E731
+    return (which, kname, as_bf16(dt), tuple(sorted(const.items())),
+            tuple(sorted((n, spec(v)) for n, v in ints.items())), warps,
+            tuple(sorted((n, as_bf16(t)) for n, t in (ptrs or {}).items())))
+
+
+def precompile(keys):
+    """Compile the keys not compiled yet in worker processes, one per core (a k=5 K_B takes
+    ~15 s on one core), each given its share of the keys -- fresh processes without
+    TRITON_INTERPRET, so this works from a process whose kernels were imported interpreted
+    (the tests); what a worker did not return is compiled here afterwards."""
+    import pickle
+    todo = [k for k in dict.fromkeys(keys) if k not in _ARTS]
+    jobs = min(len(todo), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else os.cpu_count() or 1)
+    if jobs:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (root, os.environ.get("PYTHONPATH")) if p))
+        env.pop("TRITON_INTERPRET", None)
+        procs = []
+        for share in (todo[i::jobs] for i in range(jobs)):
+            p = subprocess.Popen([sys.executable, "-m", "bench.gpu_model", "--compile-worker"],
+                                 cwd=root, env=env, stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE)
+            p.stdin.write(pickle.dumps(share))
+            p.stdin.close()
+            procs.append(p)
+        for p in procs:
+            with contextlib.suppress(Exception):
+                _ARTS.update(pickle.loads(p.stdout.read()))
+            p.wait()
+    for k in todo:
+        compiled(*k)
+
+
+def _compile_worker():
+    """``--compile-worker``: compile the pickled keys on stdin, pickle {key: artifacts} out."""
+    import pickle
+    keys = pickle.loads(sys.stdin.buffer.read())
+    sys.stdout.buffer.write(pickle.dumps({k: _compile(k) for k in keys}))
+
+
+def compiled(*key):
+    """:func:`_compile` of a :func:`_spec_key`, once per run."""
+    if key not in _ARTS:
+        _ARTS[key] = _compile(key)
+    return _ARTS[key]
+
+
+def _compile(key):
+    """Compile one kernel of module ``which`` (:data:`_MODULES`) for sm_90 with ``num_warps``
+    and read its artifacts: registers, local memory and stack (spills), shared memory, the SASS
+    text. ``ptr_items``: (pointer argument, element type) of a recorded launch; other pointers
+    are ``dt`` (I/O) or fp32 by name."""
+    which, kname, dt, const_items, int_items, num_warps, ptr_items = key
+    import importlib
+
     import triton
+    import triton.language as tl
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    if which == "eda":
-        from emo_kernels.backends.triton import expand_dwconv_act as mod
-    else:
-        from emo_kernels.backends.triton import window_attention as mod
-    kernel = getattr(mod, kname)
-    import triton.language as tl
-    const = dict(const_items)
+    kernel = getattr(importlib.import_module("emo_kernels.backends.triton." + _MODULES[which]),
+                     kname)
+    const, ptrs = dict(const_items), dict(ptr_items)
     if "ACC_DT" in kernel.arg_names:
         const["ACC_DT"] = tl.float32
     ints = {n: v for n, v in int_items if n in kernel.arg_names}
@@ -261,9 +404,9 @@ def compiled(which, kname, dt, const_items, int_items):
     for i, n in enumerate(kernel.arg_names):
         if n in const:
             sig[n] = "constexpr"
-        elif n.endswith("_ptr") or n in _WA_IO or n in ("LSE", "DKPAD"):
+        elif n in ptrs or n.endswith("_ptr") or n in _WA_IO or n in ("LSE", "DKPAD"):
             io = n in _EDA_IO or n in _WA_IO
-            sig[n] = "*" + (dt if io else "fp32")
+            sig[n] = "*" + ptrs.get(n, dt if io else "fp32")
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif n in ("scale_hi", "scale_lo"):
             sig[n] = "fp32"
@@ -271,12 +414,12 @@ def compiled(which, kname, dt, const_items, int_items):
             sig[n] = "i32"
             if ints.get(n, 1) % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
-    target = GPUTarget("cuda", 90, 32)
-    try:
-        c = triton.compile(ASTSource(kernel, sig, const, attrs), target=target,
-                           options=dict(num_warps=4))
-    except Exception:  # noqa: BLE001  (an older triton's attrs format: compile unspecialized)
-        c = triton.compile(ASTSource(kernel, sig, const), target=target, options=dict(num_warps=4))
+    target, opts = GPUTarget("cuda", 90, 32), dict(num_warps=num_warps)
+    with _compiled_mode():
+        try:
+            c = triton.compile(ASTSource(kernel, sig, const, attrs), target=target, options=opts)
+        except Exception:  # noqa: BLE001  (an older triton's attrs format: unspecialized)
+            c = triton.compile(ASTSource(kernel, sig, const), target=target, options=opts)
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(c.asm["cubin"])
         f.flush()
@@ -284,26 +427,62 @@ def compiled(which, kname, dt, const_items, int_items):
                               text=True, check=True).stdout
         res = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True,
                              text=True).stdout
-    regs = re.search(r"REG:(\d+)", res)
-    local = re.search(r"LOCAL:(\d+)", res)
-    return dict(sass=sass, regs=int(regs.group(1)) if regs else None,
-                local=int(local.group(1)) if local else None,
-                shared=int(getattr(c.metadata, "shared", 0) or 0),
+    usage = {k: int(v) for k, v in re.findall(r"\b(REG|STACK|LOCAL):(\d+)", res)}
+    return dict(sass=sass, regs=usage.get("REG"), local=usage.get("LOCAL"),
+                stack=usage.get("STACK"), shared=int(getattr(c.metadata, "shared", 0) or 0),
                 spills=bool(re.search(r"\b(LDL|STL)\b", sass)))
 
 
-def triton_kernel(block, which, kname, dt, const, ints, trips, programs, dram, label=None):
-    art = compiled(which, kname, "bf16" if dt == "fp16" else dt, tuple(sorted(const.items())),
-                   tuple(sorted(ints.items())))
-    n = count_sass(art["sass"], trips)
-    warps = 4
+def _fit_trips(trips, loops):
+    """The source-order trip counts matched to the ``loops`` the compiler kept. A loop with
+    compile-time bounds may be gone from the SASS: one trip folded away (those go first), or
+    fully unrolled by the pipeliner (the last ones: the dot loops of K_A, A0's channel chunks),
+    its body then in the code once per trip, so counted once."""
+    fit = list(trips)
+    while len(fit) > loops and 1 in fit:
+        fit.remove(1)
+    return fit[:loops]
+
+
+_COLLECT = None   # a list while precompile_rows() collects the compile keys
+
+
+def precompile_rows(specs, size=224, only=None):
+    """Compile, in parallel (:func:`precompile`), every Triton kernel the fused rows ``specs``
+    ((model, batch, dtype, mode), ...) cost: a first pass collects their compile keys."""
+    global _COLLECT
+    _COLLECT = []
+    try:
+        for model_name, batch, dt, mode in specs:
+            kernels_for(model_name, batch, dt, mode, True, size, only)
+        keys = _COLLECT
+    finally:
+        _COLLECT = None
+    precompile(keys)
+
+
+def triton_kernel(block, which, kname, dt, const, ints, trips, programs, dram, label=None,
+                  warps=4, ptrs=None):
+    key = _spec_key(which, kname, dt, const, ints, warps, ptrs)
+    if _COLLECT is not None:
+        _COLLECT.append(key)
+        return Kernel(label or kname, block)
+    art = compiled(*key)
+    loops = len(sass_loops(*parse_sass(art["sass"])))
+    source_trips, trips = list(trips), _fit_trips(trips, loops)
+    n = count_sass(art["sass"], trips, warps)
     k = Kernel(label or kname, block, dot_flops=n["dot_flops"] * programs,
                dot_eff=C["triton_dot_eff"], fp32=n["fp32"] * 32 * warps * programs,
                issue=n["issue"] * warps * programs, sfu=n["mufu"] * 32 * warps * programs,
-               l2=n["ldst_bytes"] * warps * programs, dram=dram, sms=programs,
-               detail=dict(kernel=kname, programs=programs, trips=list(trips),
-                           regs=art["regs"], local_bytes=art["local"], spills=art["spills"],
-                           shared=art["shared"], sass_instr=n["static_instr"],
+               l2=n["ldst_bytes"] * warps * programs,
+               l2_guarded=n["ldst_guarded_bytes"] * warps * programs, dram=dram, sms=programs,
+               detail=dict(kernel=kname, programs=programs, warps=warps, trips=list(trips),
+                           source_trips=source_trips,
+                           regs=art["regs"], local_bytes=art["local"],
+                           stack_bytes=art["stack"], spills=art["spills"],
+                           shared=art["shared"],
+                           shared_over_limit=art["shared"] > C["smem_per_block"],
+                           sass_instr=n["static_instr"],
                            loops=n["loops"], approx_trips=n["approx_trips"],
                            hgmma=n["hgmma"] > 0, const={a: str(b) for a, b in const.items()}))
     return k
@@ -349,10 +528,12 @@ class Recorder(TorchDispatchMode):
         name = func.overloadpacket.__name__
         if self.paused or getattr(func, "is_view", False) or name in _SKIP:
             return out
-        moved = 0
+        moved = nbytes = 0
         for t in list(_tensors(args)) + list(_tensors(kwargs or {})) + list(_tensors(out)):
             moved += t.numel() * (1 if t.is_floating_point() else t.element_size() / 2)
-        rec = dict(block=self.block, op=name, el=moved, dot=0.0, dw=0.0, sfu=0.0, fp32=0.0)
+            nbytes += t.numel() * t.element_size()
+        rec = dict(block=self.block, op=name, el=moved, bytes=nbytes, dot=0.0, dw=0.0, sfu=0.0,
+                   fp32=0.0)
         outs = list(_tensors(out))
         if name == "convolution" and outs:
             fl, dw = _conv_flops(args, outs[0])
@@ -473,11 +654,156 @@ def recorded(model_name, batch, mode, fused, size=224):
     return out
 
 
-def torch_kernel(op, e):
+def torch_kernel(op, e=None):
+    """A recorded torch op as one kernel; its bytes: elements x ``e`` (recorded in fp32, scaled
+    to the row's dtype), or with ``e=None`` the recorded bytes (recorded in the row's dtype)."""
     dw = op["dw"]
+    nbytes = op["bytes"] if e is None else op["el"] * e
     return Kernel(op["op"], op["block"], dot_flops=op["dot"], dot_eff=C["cublas_eff"],
                   fp32=op["fp32"] + dw / 2 / C["cudnn_dw_eff"], sfu=op["sfu"],
-                  l2=op["el"] * e, dram=op["el"] * e)
+                  l2=nbytes, dram=nbytes)
+
+
+# ----- the D1 inference path: an InferencePlan replayed from a CUDA graph ---------------------
+_D1_KERNELS = ("_expand_kernel", "_dwproj_kernel", "_ln_qk_attn_kernel")
+_TL_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+
+def _constexprs(kernel):
+    """The ``tl.constexpr`` parameters of a Triton kernel (jitted or interpreted)."""
+    import inspect
+
+    import triton.language as tl
+    params = inspect.signature(getattr(kernel, "fn", kernel)).parameters
+    return {n for n, p in params.items() if p.annotation is tl.constexpr}
+
+
+class _Launch:
+    """Stands for one Triton kernel of irmb_inference: ``kernel[grid](...)`` records the launch
+    (grid, arguments by name, constexprs and num_warps as the launcher passes them)."""
+
+    def __init__(self, kernel, name, rec):
+        self.kernel, self.name, self.rec = kernel, name, rec
+
+    def __getitem__(self, grid):
+        def launch(*args, **kw):
+            named = dict(zip(self.kernel.arg_names, args))
+            named.update(kw)
+            self.rec.ops.append(dict(block=self.rec.block, op="TRITON", d1=dict(
+                kernel=self.name, grid=tuple(grid), args=named,
+                constexprs=_constexprs(self.kernel))))
+        return launch
+
+
+@functools.lru_cache(maxsize=None)
+def recorded_plan(model_name, batch, dt, size=224):
+    """The GPU inference deployment, recorded at ``batch`` in ``dt`` on the meta device (shapes
+    only, nothing computed): ``emo.InferencePlan`` of the eval model -- the stem conv (BN
+    folded), ``irmb_chain_triton`` over the prepared blocks (each Triton launch recorded by
+    :class:`_Launch`, the squeeze-excite's torch ops by the :class:`Recorder`), the final
+    LayerNorm + mean + Linear head. The weights are prepared before recording (once per plan):
+    no folding or layout op is counted. The input is channels_last."""
+    import emo
+    from emo.inference import _blocks
+    from emo_kernels.backends.triton import irmb_inference as d1
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+    model = emo.create_model(model_name, fused=True).eval().to(device="meta", dtype=dtype)
+    names = {id(m): n for n, m in model.named_modules()}
+    labels = [names[id(b)] for b in _blocks(model)[1]]
+    plan = emo.InferencePlan(model)
+    rec = Recorder()
+    saved = {n: getattr(d1, n) for n in (*_D1_KERNELS, "run_block")}
+    order = iter(labels)
+
+    def run_block(x, pb):
+        rec.block = next(order)
+        return saved["run_block"](x, pb)
+
+    x = torch.empty(batch, 3, size, size, device="meta", dtype=dtype,
+                    memory_format=torch.channels_last)
+    try:
+        for n in _D1_KERNELS:
+            setattr(d1, n, _Launch(saved[n], n, rec))
+        with _compiled_mode():
+            d1.irmb_chain_triton(x.new_empty(1, plan.chain.in_channels, 8, 8), plan.chain, [0])
+            del rec.ops[:]    # the chain's weights are prepared (once per plan); now record
+            d1.run_block = run_block
+            with torch.no_grad(), rec:
+                rec.block = "stage0.0"
+                w, b, stride, padding = plan.stem
+                y = torch.nn.functional.conv2d(x, w, b, stride, padding)
+                rec.paused = True  # cuDNN returns channels_last here, the meta kernel does not
+                y = y.contiguous(memory_format=torch.channels_last)
+                rec.paused = False
+                feats = d1.irmb_chain_triton(y, plan.chain, plan.ends)
+                rec.block = "head"
+                plan.forward_head(feats[-1])
+    finally:
+        for n, f in saved.items():
+            setattr(d1, n, f)
+    return rec.ops
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+def d1_trips(name, c):
+    """Trip counts of a D1 kernel's loops in source order (outer first), from its source:
+    K_A: two LayerNorm passes and the dot loop over ceil(CIN/BLOCK_K) channel chunks; K_B:
+    ceil(CMID/BLOCK_C) Cmid chunks (its own BLOCK_N channels with STORE_Z), the k*k taps
+    unrolled; A0: two LayerNorm passes, then NH heads x ceil(C/BLOCK_K) chunks."""
+    if name == "_expand_kernel":
+        nk = _ceil(c["CIN"], c["BLOCK_K"])
+        return [nk, nk, nk] if c["LN"] else [nk]
+    if name == "_dwproj_kernel":
+        return [_ceil(c["BLOCK_N"] if c["STORE_Z"] else c["CMID"], c["BLOCK_C"])]
+    nk = _ceil(c["C"], c["BLOCK_K"])
+    return ([nk, nk] if c["HAS_LN"] else []) + [c["NH"], nk]
+
+
+_D1_LABEL = {"_expand_kernel": "K_A expand", "_dwproj_kernel": "K_B dw+proj",
+             "_ln_qk_attn_kernel": "A0 LN+qk+attention"}
+
+
+def _d1_launch(launch):
+    """A recorded D1 launch's (constexprs, ints, num_warps, pointer element types, compulsory
+    DRAM bytes: every distinct tensor argument read or written once -- x/v/out and the
+    weights: K_A e*(Cin+Cmid), K_B e*(Cmid + Cout [+ Cout residual]), A0 e*2C per pixel)."""
+    args = dict(launch["args"])
+    warps = args.pop("num_warps", 4)
+    const, ints, ptrs, tensors = {}, {}, {}, {}
+    for n, v in args.items():
+        if isinstance(v, torch.Tensor):
+            ptrs[n] = _TL_NAMES[v.dtype]
+            tensors[id(v)] = v.numel() * v.element_size()
+        elif n in launch["constexprs"]:
+            if n != "ACC_DT":  # (compiled() sets it: fp32 accumulation)
+                const[n] = v
+        else:
+            ints[n] = v
+    return const, ints, warps, ptrs, sum(tensors.values())
+
+
+def d1_kernel(block, launch, dt):
+    """One recorded D1 launch costed from its compiled sm_90 code with the launch's
+    specialization (:func:`_spec_key`; pointers 16-aligned) and num_warps; programs from the
+    grid; trip counts :func:`d1_trips`; DRAM bytes :func:`_d1_launch`."""
+    name = launch["kernel"]
+    const, ints, warps, ptrs, dram = _d1_launch(launch)
+    mode = "".join(f" {n}" for n in ("LN", "STORE_Z", "HAS_ZSCALE") if const.get(n))
+    return triton_kernel(block, "d1", name, dt, const, ints, d1_trips(name, const),
+                         math.prod(launch["grid"]), dram, label=_D1_LABEL[name] + mode,
+                         warps=warps, ptrs=ptrs)
+
+
+def plan_kernels(model_name, batch, dt, size=224, only=None):
+    """The fused inference row: the D1 kernels of each recorded launch plus the plan's torch
+    ops (stem conv, squeeze-excite glue, head), no host time (a CUDA graph replays it);
+    ``only``: those blocks' kernels."""
+    return [d1_kernel(op["block"], op["d1"], dt) if "d1" in op else torch_kernel(op)
+            for op in recorded_plan(model_name, batch, dt, size)
+            if only is None or op["block"] in only]
 
 
 # ----- the Triton kernels of one op call ----------------------------------------------------
@@ -562,10 +888,15 @@ def wa_kernels(block, call, batch, dt, e, backward=False):
 
 
 # ----- rows -------------------------------------------------------------------------------
-def kernels_for(model_name, batch, dt, mode, fused, size=224):
+def kernels_for(model_name, batch, dt, mode, fused, size=224, only=None):
+    """The kernels of one execution; ``only``: those blocks' (names as in ``blocks``)."""
+    if fused and mode == "infer":
+        return plan_kernels(model_name, batch, dt, size, only)
     e = ESIZE[dt]
     out = []
     for op in recorded(model_name, batch, mode, fused, size):
+        if only is not None and op["block"] not in only:
+            continue
         if "triton" in op:
             call, bwd = op["triton"], op["op"] == "TRITON_BWD"
             fn = eda_kernels if call["op"] == "eda" else wa_kernels
@@ -591,27 +922,58 @@ def _summary(kernels):
     return total * 1e3, max(per_bound, key=per_bound.get), blocks, per_bound
 
 
-def row(model_name, batch, dt, mode, size=224, kernels=False):
-    eager = kernels_for(model_name, batch, dt, mode, False, size)
-    fused = kernels_for(model_name, batch, dt, mode, True, size)
+def warnings_for(kernels):
+    """What in the compiled code would fail or spills: one line per kernel specialization, with
+    the blocks that launch it."""
+    found = {}
+    for k in kernels:
+        d = k.detail
+        if not d:
+            continue
+        what = (k.name, d["kernel"], str(d["const"]))
+        if d["shared_over_limit"]:
+            found.setdefault(("smem",) + what, (
+                [], f"{d['shared']} B of shared memory > {C['smem_per_block']:.0f} (sm_90 "
+                    "limit): the launch fails (OutOfResources)"))[0].append(k.block)
+        if d["spills"] or d["stack_bytes"]:
+            found.setdefault(("spill",) + what, (
+                [], f"{d['regs']} registers, {d['stack_bytes']} B stack per thread "
+                    "(spills)"))[0].append(k.block)
+    return [f"{k[1]} ({','.join(blocks)}): {msg}" for k, (blocks, msg) in found.items()]
+
+
+def _top(kernels, n=15):
+    return [_kdict(k) for k in sorted(kernels, key=lambda k: -k.time()[0])[:n]]
+
+
+def row(model_name, batch, dt, mode, size=224, kernels=False, only=None):
+    """One row; ``only``: a set of block names -- a partial row of those blocks only."""
+    precompile_rows([(model_name, batch, dt, mode)], size, only)
+    eager = kernels_for(model_name, batch, dt, mode, False, size, only)
+    fused = kernels_for(model_name, batch, dt, mode, True, size, only)
     e_ms, e_bound, e_blocks, _ = _summary(eager)
     f_ms, f_bound, f_blocks, f_per = _summary(fused)
     r = dict(kind=KIND, model=model_name, batch=batch, dtype=dt, mode=mode, size=size,
              eager_ms=round(e_ms, 3), fused_ms=round(f_ms, 3),
              binding_bound=f_bound, eager_binding_bound=e_bound,
-             fused_over_eager=round(f_ms / e_ms, 2),
+             fused_over_eager=round(f_ms / e_ms, 2), eager_over_fused=round(e_ms / f_ms, 2),
+             fused_ms_guarded_idle=round(sum(k.time(True)[0] for k in fused) * 1e3, 3),
              eager_kernels=sum(k.count for k in eager), fused_kernels=sum(k.count for k in fused),
              fused_ms_by_bound={b: round(v * 1e3, 3) for b, v in f_per.items() if v},
-             note=NOTE + ("; train backward: eager's real autograd ops, fused: today's Triton "
-                          "backward kernels costed from their SASS + recorded glue backward"
-                          if mode == "train" else ""))
+             warnings=warnings_for(fused), note=NOTE[mode])
+    if only is not None:
+        r["only_blocks"] = sorted(only)
+    elif (model_name, batch, size, mode) == TARGET["row"]:
+        r["target"] = dict(fused_ms_max=TARGET["fused_ms"], eager_over_fused_min=TARGET["speedup"],
+                           met_in_model=f_ms <= TARGET["fused_ms"]
+                           and e_ms / f_ms >= TARGET["speedup"])
     r["blocks"] = {b: dict(eager_ms=round(e_blocks.get(b, {}).get("ms", 0.0), 4),
                            eager_bound=e_blocks.get(b, {}).get("bound"),
                            fused_ms=round(v["ms"], 4), fused_bound=v["bound"],
                            fused_kernels=v["kernels"]) for b, v in f_blocks.items()}
     if kernels:
         r["kernels"] = {"fused": [_kdict(k) for k in fused if k.detail],
-                        "eager_top": [_kdict(k) for k in sorted(eager, key=lambda k: -k.time()[0])[:15]]}
+                        "fused_top": _top(fused), "eager_top": _top(eager)}
     return r
 
 
@@ -620,7 +982,8 @@ def _kdict(k):
     return dict(name=k.name, block=k.block, us=round(t * 1e6, 2), bound=b,
                 bounds_us={n: round(v * 1e6, 2) for n, v in k.bounds().items()},
                 dot_gflop=round(k.dot_flops / 1e9, 3), dram_mb=round(k.dram / 1e6, 3),
-                l2_mb=round(k.l2 / 1e6, 3), **k.detail)
+                l2_mb=round(k.l2 / 1e6, 3), l2_guarded_mb=round(k.l2_guarded / 1e6, 3),
+                **k.detail)
 
 
 def constants_table():
@@ -630,6 +993,8 @@ def constants_table():
 
 
 def main(argv=None):
+    if argv is None and sys.argv[1:] == ["--compile-worker"]:
+        return _compile_worker()
     ap = argparse.ArgumentParser(description=BANNER)
     ap.add_argument("--models", default="emo_1m,emo_2m,emo_5m,emo_6m")
     ap.add_argument("--batch", type=int, default=256)
@@ -639,9 +1004,15 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="one JSON object per row")
     ap.add_argument("--kernels", action="store_true", help="per-kernel detail (fused, eager top 15)")
     ap.add_argument("--blocks", action="store_true", help="per-block table (human output)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated block names (stage0.0 = stem conv, stage3.1, head, "
+                         "...): partial rows of those blocks only (a quick look; the dry run)")
     a = ap.parse_args(argv)
-    rows = [row(m, a.batch, dt, mode, a.size, a.kernels)
-            for m in a.models.split(",") for dt in a.dtypes.split(",") for mode in a.modes.split(",")]
+    specs = [(m, a.batch, dt, mode) for m in a.models.split(",") for dt in a.dtypes.split(",")
+             for mode in a.modes.split(",")]
+    only = None if a.only is None else set(a.only.split(","))
+    precompile_rows(specs, a.size, only)  # every row's kernels at once: the most parallel
+    rows = [row(*spec, a.size, a.kernels, only) for spec in specs]
     if a.json:
         for r in rows:
             if not a.kernels and not a.blocks:
@@ -650,13 +1021,24 @@ def main(argv=None):
         return 0
     print(BANNER)
     print(f"Rows: {a.size}x{a.size}, batch {a.batch}, channels_last; lower-bound GPU ms per batch "
-          f"(host time not counted). {NOTE}.\n")
+          f"(host time not counted)." + ("" if only is None else
+                                         f" PARTIAL rows: blocks {a.only} only."))
+    for mode in a.modes.split(","):
+        print(f"{mode}: {NOTE[mode]}.")
+    print()
     print(constants_table() + "\n")
     print(f"{'model':8} {'dtype':5} {'mode':5} {'eager ms':>9} {'fused ms':>9} {'fused/eager':>11}"
           f"  fused binding bound  (eager bound)")
     for r in rows:
+        t = r.get("target")
+        target = "" if t is None else (
+            f"  target fused <= {t['fused_ms_max']} ms and >= {t['eager_over_fused_min']:g}x "
+            f"eager: {'met' if t['met_in_model'] else 'NOT met'} in the model")
         print(f"{r['model']:8} {r['dtype']:5} {r['mode']:5} {r['eager_ms']:9.2f} {r['fused_ms']:9.2f} "
-              f"{r['fused_over_eager']:10.2f}x  {r['binding_bound']:19}  ({r['eager_binding_bound']})")
+              f"{r['fused_over_eager']:10.2f}x  {r['binding_bound']:19}  ({r['eager_binding_bound']})"
+              f"{target}")
+        for w in r["warnings"]:
+            print(f"    ! {w}")
         if a.blocks:
             for b, v in r["blocks"].items():
                 print(f"    {b:12} eager {v['eager_ms']:8.3f} ms ({v['eager_bound']})   fused "
@@ -664,8 +1046,9 @@ def main(argv=None):
         if a.kernels:
             for k in r["kernels"]["fused"]:
                 print(f"    {k['block']:12} {k['name'][:44]:44} {k['us']:9.1f} us {k['bound']:6} "
-                      f"regs {k['regs']} local {k['local_bytes']} smem {k['shared']} "
-                      f"HGMMA {k['hgmma']} trips {k['trips']}{' (approx)' if k['approx_trips'] else ''}")
+                      f"{k['programs']} x {k['warps']} warps, regs {k['regs']} stack "
+                      f"{k['stack_bytes']} smem {k['shared']} HGMMA {k['hgmma']} trips "
+                      f"{k['trips']}{' (approx)' if k['approx_trips'] else ''}")
     print("\n" + BANNER)
     return 0
 
