@@ -79,24 +79,25 @@ def test_emo_block(i, dtype):
 @pytest.fixture
 def small_tiles(monkeypatch):
     """16-wide tiles everywhere: every channel / pixel / head loop runs several times with a
-    ragged last tile."""
+    ragged last tile; output columns split as on a GPU (a second accumulator for the rest,
+    or a grid of column tiles)."""
     from emo_kernels.backends.triton import irmb_inference as mod
-    small = {"expand": dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4),
-             "dwproj": dict(BLOCK_P=16, BLOCK_C=16, BLOCK_N=16, num_warps=4),
-             "attn": dict(BLOCK_D=None, BLOCK_K=16, num_warps=4)}
 
     def tiles(kind, **shape):
-        t = dict(small[kind])
+        if kind == "expand":
+            return dict(BLOCK_M=16, BLOCK_N=16, BLOCK_K=16, num_warps=4)
         if kind == "attn":
-            t["BLOCK_D"] = max(16, 1 << (shape["d"] - 1).bit_length())
-        return t
+            return dict(BLOCK_D=max(16, 1 << (shape["d"] - 1).bit_length()), BLOCK_K=16,
+                        num_warps=4)
+        n, n2 = (16, 0) if shape.get("store_z") else mod._split_cols(shape["nout"], 16)
+        return dict(BLOCK_P=16, BLOCK_C=16, BLOCK_N=n, BLOCK_N2=n2, num_warps=4)
     monkeypatch.setattr(mod, "tiles", tiles)
 
 
 @pytest.mark.parametrize("cfg", [
     (1, 40, 72, 40, 9, 10, 5, 1, "gelu", True, True, 20),   # attention: 2 heads, 3 chunks
-    (1, 24, 40, 36, 13, 13, 3, 2, "silu", False, False, 0),  # stride 2, ragged channels
-    (2, 20, 50, 20, 10, 12, 5, 1, "gelu", True, True, 0),    # LN prologue over 2 chunks
+    (1, 24, 40, 36, 13, 13, 3, 2, "silu", False, False, 0),  # stride 2, 3 column tiles
+    (2, 20, 50, 20, 10, 12, 5, 1, "gelu", True, True, 0),    # LN over 2 chunks, 16 + 16 cols
     (2, 24, 24, 24, 9, 7, 3, 1, "none", False, False, -1),   # squeeze-excite
 ], ids=["attn", "stride2", "ln", "se"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)

@@ -18,15 +18,18 @@ Per non-attention iRMB, two kernels:
   tiles), channel tiles fastest: the programs that read the same x rows run together, so x
   comes from DRAM once. Reads x (+ the weights), writes v: e*(Cin + Cmid) bytes per pixel.
 * ``_dwproj_kernel`` (K_B) -- out = (silu(dw_kxk(v) + b_dw) [+ v]) @ W_proj^T [+ x]: a program
-  owns BLOCK_P output pixels and BLOCK_N output channels; per Cmid chunk of BLOCK_C it builds
-  the k*k shifted tiles of v (neighbour re-reads hit L1/L2), FP32 FMAs, + folded bias, SiLU,
-  + the centre tap for the inner skip, casts to the dot dtype and accumulates the projection
-  with ``tl.dot``; epilogue + residual, one store. Reads v (once from DRAM) and x (residual),
-  writes out: e*(Cmid + 2 Cout) bytes per pixel; z never touches memory. Two more modes for
-  the stem block's squeeze-excite (a global mean over z sits between the depthwise and the
-  projection): ``STORE_Z`` writes z instead of projecting, ``HAS_ZSCALE`` multiplies z by a
-  per-(image, channel) scale before the projection (the depthwise is recomputed: 24 channels).
-  Grid (Cout tiles, pixel tiles), Cout tiles fastest (Cout <= 256 is one tile).
+  owns BLOCK_P output pixels of the flattened B*Ho*Wo (no per-image tail tiles) and all Cout
+  output channels, in one power-of-two accumulator or two (160 = 128 + 32, 288 = 256 + 32), so
+  the depthwise is computed once per pixel; per Cmid chunk of BLOCK_C it builds the k*k
+  shifted tiles of v (neighbour re-reads hit L1/L2; a loop over the kernel rows, not unrolled,
+  so that k rather than k*k tiles are in flight), FP32 FMAs, + folded bias, SiLU, + the output
+  pixel's v for the inner skip, casts to the dot dtype and accumulates the projection with
+  ``tl.dot``; epilogue + residual, one store. Reads v (once from DRAM) and x (residual),
+  writes out: e*(Cmid + 2 Cout) bytes per pixel; z never touches memory. One warpgroup per
+  program (4 warps): with more, the warpgroups would split the projection's columns and each
+  compute the same depthwise tile. For the stem block's squeeze-excite (a global mean over z
+  sits between the depthwise and the projection) ``STORE_Z`` writes z instead; K_A then
+  projects z scaled per image and channel (``HAS_XSCALE``).
 
 Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue) and K_B:
 
@@ -128,13 +131,15 @@ def _ln_apply(xa, k, k_ok, mean, rstd, lnw_ptr, lnb_ptr, HAS_LNB: tl.constexpr,
 
 # ----------------------------------------------------------------------------------- K_A
 @triton.jit
-def _expand_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, cst_ptr, v_ptr, M,
+def _expand_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, cst_ptr, xs_ptr, v_ptr, M, HW,
                    CIN: tl.constexpr, CMID: tl.constexpr, LN: tl.constexpr,
-                   HAS_LNB: tl.constexpr, HAS_B: tl.constexpr, ACT: tl.constexpr,
+                   HAS_LNB: tl.constexpr, HAS_B: tl.constexpr, HAS_XSCALE: tl.constexpr,
+                   ACT: tl.constexpr,
                    NATIVE_DOT: tl.constexpr, ACC_DT: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """v[m, n] = act(sum_k y[m, k] w[k, n] + b[n]), y = LN(x) or x; x (M, CIN), w (CIN, CMID)
-    (W_exp transposed), v (M, CMID), all row-major."""
+    """v[m, n] = act(sum_k y[m, k] w[k, n] + b[n]), y = LN(x), x, or (HAS_XSCALE) x[m, k] *
+    xs[m // HW, k] (the squeeze-excite's per-image channel scale); x (M, CIN), w (CIN, CMID)
+    (a 1x1 weight transposed), v (M, CMID), all row-major."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -152,6 +157,10 @@ def _expand_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, cst_ptr, v_ptr, M,
         if LN:
             xa = _ln_apply(xa, k, k_ok, mean, rstd, lnw_ptr, lnb_ptr, HAS_LNB,
                            ACC_DT).to(x_ptr.dtype.element_ty)
+        if HAS_XSCALE:
+            xs = tl.load(xs_ptr + (m // HW).to(tl.int64)[:, None] * CIN + k[None, :],
+                         mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+            xa = (xa.to(ACC_DT) * xs.to(ACC_DT)).to(x_ptr.dtype.element_ty)
         wa = tl.load(w_ptr + k[:, None] * CMID + n[None, :], mask=k_ok[:, None] & n_ok[None, :],
                      other=0.0)
         acc = _dot(xa, wa, acc, NATIVE_DOT, ACC_DT)
@@ -164,28 +173,43 @@ def _expand_kernel(x_ptr, lnw_ptr, lnb_ptr, w_ptr, b_ptr, cst_ptr, v_ptr, M,
 
 # ----------------------------------------------------------------------------------- K_B
 @triton.jit
-def _dwproj_kernel(v_ptr, wdw_ptr, bdw_ptr, wp_ptr, zs_ptr, x_ptr, out_ptr, H, W, HO, WO, NPT,
+def _store_cols(acc, x_ptr, out_ptr, opix, p_ok, n, NOUT: tl.constexpr, SKIP: tl.constexpr,
+                ACC_DT: tl.constexpr):
+    """Epilogue of one accumulator: + the residual x (SKIP), one store of columns n."""
+    o_ok = p_ok[:, None] & (n < NOUT)[None, :]
+    if SKIP:
+        acc += tl.load(x_ptr + opix[:, None] * NOUT + n[None, :], mask=o_ok,
+                       other=0.0).to(ACC_DT)
+    tl.store(out_ptr + opix[:, None] * NOUT + n[None, :], acc.to(out_ptr.dtype.element_ty),
+             mask=o_ok)
+
+
+@triton.jit
+def _dwproj_kernel(v_ptr, wdw_ptr, bdw_ptr, wp_ptr, x_ptr, out_ptr, M, H, W, HO, WO,
                    CMID: tl.constexpr, COUT: tl.constexpr, K: tl.constexpr,
                    STRIDE: tl.constexpr, PAD: tl.constexpr, SKIP: tl.constexpr,
-                   HAS_BDW: tl.constexpr, STORE_Z: tl.constexpr, HAS_ZSCALE: tl.constexpr,
+                   HAS_BDW: tl.constexpr, STORE_Z: tl.constexpr, HAS_N2: tl.constexpr,
                    NATIVE_DOT: tl.constexpr, ACC_DT: tl.constexpr, BLOCK_P: tl.constexpr,
-                   BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr):
-    """out[b, o, n] = sum_c z[b, o, c] wp[c, n] (+ x[b, o, n] if SKIP), z = silu(sum_taps
-    v[b, i(o, tap), c] wdw[tap, c] + bdw[c]) (+ v[b, o, c] if SKIP) (* zs[b, c]);
-    v (B, H, W, CMID), wdw (K*K, CMID), wp (CMID, COUT), out (B, HO, WO, COUT); with STORE_Z
-    out is z (B, HO, WO, CMID) and the program's BLOCK_N channels are mid channels."""
+                   BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N2: tl.constexpr):
+    """out[o, n] = sum_c z[o, c] wp[c, n] (+ x[o, n] if SKIP) over the flattened output pixels
+    o of (B, HO, WO), z = silu(sum_taps v[i(o, tap), c] wdw[tap, c] + bdw[c]) (+ v[o, c] if
+    SKIP); v (B, H, W, CMID), wdw (K*K, CMID), wp (CMID, COUT), out (B, HO, WO, COUT).
+
+    Output channels: columns [pid_n * BLOCK_N, + BLOCK_N) in one accumulator and, with HAS_N2
+    (one program covers all of COUT = BLOCK_N + a remainder), [BLOCK_N, + BLOCK_N2) in a
+    second: 160 = 128 + 32, 288 = 256 + 32 -- no depthwise recompute per output tile and
+    little masked work. With STORE_Z, z itself is stored and the program's channels are the
+    mid channels [pid_n * BLOCK_N, + BLOCK_N) (BLOCK_C == BLOCK_N)."""
     pid_n = tl.program_id(0)
-    pid = tl.program_id(1)
-    b = (pid // NPT).to(tl.int64)
-    p = (pid % NPT) * BLOCK_P + tl.arange(0, BLOCK_P)
-    p_ok = p < HO * WO
-    oh = p // WO
-    ow = p % WO
-    vimg = v_ptr + b * H * W * CMID
-    NOUT: tl.constexpr = CMID if STORE_Z else COUT
+    p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+    p_ok = p < M
+    b = p // (HO * WO)
+    r = p % (HO * WO)
+    oh = r // WO
+    ow = r % WO
+    vbase = b.to(tl.int64) * (H * W)
+    opix = p.to(tl.int64)
     n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < NOUT
-    opix = (b * HO * WO + p).to(tl.int64)
     if STORE_Z:
         c_lo = pid_n * BLOCK_N
         c_hi = c_lo + BLOCK_N
@@ -193,43 +217,46 @@ def _dwproj_kernel(v_ptr, wdw_ptr, bdw_ptr, wp_ptr, zs_ptr, x_ptr, out_ptr, H, W
         c_lo = 0
         c_hi = CMID
         acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=ACC_DT)
+        if HAS_N2:
+            n2 = BLOCK_N + tl.arange(0, BLOCK_N2)
+            acc2 = tl.zeros([BLOCK_P, BLOCK_N2], dtype=ACC_DT)
     for c0 in range(c_lo, c_hi, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < CMID
         d = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-        centre = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-        for tap in tl.static_range(K * K):
-            ih = oh * STRIDE - PAD + tap // K
-            iw = ow * STRIDE - PAD + tap % K
-            ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            vv = tl.load(vimg + (ih * W + iw).to(tl.int64)[:, None] * CMID + c[None, :],
-                         mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
-            wd = tl.load(wdw_ptr + tap * CMID + c, mask=c_ok, other=0.0).to(ACC_DT)
-            d += vv * wd[None, :]
-            if tap == (K * K) // 2:
-                centre = vv
+        for kh in range(K):  # not unrolled: K taps' tiles in flight, not K*K (registers)
+            ih = oh * STRIDE - PAD + kh
+            row_ok = p_ok & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(K):
+                iw = ow * STRIDE - PAD + kw
+                ok = row_ok & (iw >= 0) & (iw < W)
+                vv = tl.load(v_ptr + (vbase + ih * W + iw)[:, None] * CMID + c[None, :],
+                             mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
+                wd = tl.load(wdw_ptr + (kh * K + kw) * CMID + c, mask=c_ok,
+                             other=0.0).to(ACC_DT)
+                d += vv * wd[None, :]
         if HAS_BDW:
             d += tl.load(bdw_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
         z = _silu(d)
-        if SKIP:  # stride 1: the centre tap's pixel is the output pixel
-            z += centre
-        if HAS_ZSCALE:
-            z *= tl.load(zs_ptr + b * CMID + c[None, :], mask=p_ok[:, None] & c_ok[None, :],
-                         other=0.0).to(ACC_DT)
+        if SKIP:  # stride 1: the output pixel is the input pixel (an L1 hit: the centre tap)
+            z += tl.load(v_ptr + opix[:, None] * CMID + c[None, :],
+                         mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
         if STORE_Z:
             tl.store(out_ptr + opix[:, None] * CMID + c[None, :],
                      z.to(out_ptr.dtype.element_ty), mask=p_ok[:, None] & c_ok[None, :])
         else:
+            zc = z.to(wp_ptr.dtype.element_ty)
             wp = tl.load(wp_ptr + c[:, None] * COUT + n[None, :],
-                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
-            acc = _dot(z.to(wp_ptr.dtype.element_ty), wp, acc, NATIVE_DOT, ACC_DT)
+                         mask=c_ok[:, None] & (n < COUT)[None, :], other=0.0)
+            acc = _dot(zc, wp, acc, NATIVE_DOT, ACC_DT)
+            if HAS_N2:
+                wp2 = tl.load(wp_ptr + c[:, None] * COUT + n2[None, :],
+                              mask=c_ok[:, None] & (n2 < COUT)[None, :], other=0.0)
+                acc2 = _dot(zc, wp2, acc2, NATIVE_DOT, ACC_DT)
     if not STORE_Z:
-        o_ok = p_ok[:, None] & n_ok[None, :]
-        if SKIP:
-            acc += tl.load(x_ptr + opix[:, None] * COUT + n[None, :], mask=o_ok,
-                           other=0.0).to(ACC_DT)
-        tl.store(out_ptr + opix[:, None] * COUT + n[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=o_ok)
+        _store_cols(acc, x_ptr, out_ptr, opix, p_ok, n, COUT, SKIP, ACC_DT)
+        if HAS_N2:
+            _store_cols(acc2, x_ptr, out_ptr, opix, p_ok, n2, COUT, SKIP, ACC_DT)
 
 
 # ----------------------------------------------------------------------------------- A0
@@ -304,10 +331,23 @@ def _p2(n, lo, hi):
     return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
+def _split_cols(n, cap):
+    """(BLOCK_N, BLOCK_N2) for n output columns: one power-of-two tile, or the largest one
+    below n plus a second for the rest (160 = 128 + 32, 288 = 256 + 32: little masked work,
+    one program for all columns); (cap, 0) when n > 2 * cap (a grid over column tiles)."""
+    n1 = min(cap, max(16, 1 << (max(int(n), 1).bit_length() - 1)))
+    rest = n - n1
+    if rest <= 0:
+        return n1, 0
+    if rest > cap:
+        return cap, 0
+    return n1, _p2(rest, 16, cap)
+
+
 def tiles(kind, **shape):
     """Tile sizes and warps of one launch, per shape class (GPU), or few large programs
-    (interpreter). ``kind``: "expand" (m, cin, cmid), "dwproj" (npix, cmid, nout, k),
-    "attn" (c, d)."""
+    (interpreter). ``kind``: "expand" (m, cin, cmid), "dwproj" (npix, cmid, nout, k,
+    store_z), "attn" (c, d)."""
     interp = interpreted()
     if kind == "expand":
         if interp:
@@ -317,12 +357,18 @@ def tiles(kind, **shape):
         return dict(BLOCK_M=128, BLOCK_N=bn, BLOCK_K=_p2(shape["cin"], 16, 64),
                     num_warps=8 if bn >= 128 else 4)
     if kind == "dwproj":
+        if shape.get("store_z"):  # the program's mid channels are its output channels
+            bc = _p2(shape["cmid"], 16, 512 if interp else 64)
+            return dict(BLOCK_P=_p2(shape["npix"], 16, 256) if interp else 64, BLOCK_C=bc,
+                        BLOCK_N=bc, BLOCK_N2=0, num_warps=4)
+        bn, bn2 = _split_cols(shape["nout"], 512 if interp else 256)
         if interp:
             return dict(BLOCK_P=_p2(shape["npix"], 16, 256), BLOCK_C=_p2(shape["cmid"], 16, 512),
-                        BLOCK_N=_p2(shape["nout"], 16, 512), num_warps=4)
-        bn = _p2(shape["nout"], 16, 256 if shape["nout"] > 128 else 128)
-        bc = 32 if shape["k"] == 5 else 64
-        return dict(BLOCK_P=64, BLOCK_C=bc, BLOCK_N=bn, num_warps=8 if bn >= 256 else 4)
+                        BLOCK_N=bn, BLOCK_N2=bn2, num_warps=4)
+        # one warpgroup (M = 64 rows per wgmma): more warps would split the projection's N
+        # and make every warpgroup compute the same depthwise tile
+        return dict(BLOCK_P=64, BLOCK_C=32 if shape["k"] >= 5 else 64, BLOCK_N=bn,
+                    BLOCK_N2=bn2, num_warps=4)
     if kind == "attn":
         return dict(BLOCK_D=_p2(shape["d"], 16, 1 << 30),
                     BLOCK_K=_p2(shape["c"], 16, 512 if interp else 64), num_warps=4)
@@ -361,8 +407,9 @@ def _is_nhwc(t):
     return t.is_contiguous(memory_format=torch.channels_last)
 
 
-def expand(x, w_t, b, act, cst, ln_weight=None, ln_bias=None):
-    """K_A: v = act(LN?(x) @ w_t + b); x (B, Cin, H, W) channels_last, w_t (Cin, Cmid)."""
+def expand(x, w_t, b, act, cst, ln_weight=None, ln_bias=None, xscale=None):
+    """K_A: v = act(LN?(x) @ w_t + b); x (B, Cin, H, W) channels_last, w_t (Cin, Cmid);
+    ``xscale`` (B, Cin): x scaled per image and channel first (the squeeze-excite)."""
     assert _is_nhwc(x) and w_t.is_contiguous()
     B, cin, H, W = x.shape
     cmid = w_t.shape[1]
@@ -374,17 +421,18 @@ def expand(x, w_t, b, act, cst, ln_weight=None, ln_bias=None):
     grid = (triton.cdiv(cmid, t["BLOCK_N"]), triton.cdiv(M, t["BLOCK_M"]))
     ln = ln_weight is not None
     _expand_kernel[grid](x, ln_weight if ln else cst, ln_bias if ln_bias is not None else cst,
-                         w_t, b if b is not None else cst, cst, v, M, CIN=cin, CMID=cmid,
-                         LN=ln, HAS_LNB=ln_bias is not None, HAS_B=b is not None,
-                         ACT=ACT_CODES[act], NATIVE_DOT=_native_dot(x.dtype),
-                         ACC_DT=_tl_acc(x.dtype), **t)
+                         w_t, b if b is not None else cst, cst,
+                         xscale if xscale is not None else cst, v, M, H * W, CIN=cin,
+                         CMID=cmid, LN=ln, HAS_LNB=ln_bias is not None, HAS_B=b is not None,
+                         HAS_XSCALE=xscale is not None, ACT=ACT_CODES[act],
+                         NATIVE_DOT=_native_dot(x.dtype), ACC_DT=_tl_acc(x.dtype), **t)
     return v
 
 
-def dwproj(v, wdw_t, b_dw, wp_t, k, stride, skip, x=None, zscale=None, store_z=False):
+def dwproj(v, wdw_t, b_dw, wp_t, k, stride, skip, x=None, store_z=False):
     """K_B on v (B, Cmid, H, W) channels_last: the projected block output (B, Cout, Ho, Wo)
     (+ x when ``skip``), or z (B, Cmid, Ho, Wo) with ``store_z``; wdw_t (k*k, Cmid), wp_t
-    (Cmid, Cout), zscale (B, Cmid) or None."""
+    (Cmid, Cout)."""
     assert _is_nhwc(v) and wdw_t.is_contiguous()
     B, cmid, H, W = v.shape
     HO, WO = dw_out_size(H, k, stride), dw_out_size(W, k, stride)
@@ -394,18 +442,15 @@ def dwproj(v, wdw_t, b_dw, wp_t, k, stride, skip, x=None, zscale=None, store_z=F
         return out
     if skip:  # the inner skip (centre tap), and the residual x unless z is stored
         assert stride == 1 and (store_z or (_is_nhwc(x) and x.shape == out.shape))
-    t = tiles("dwproj", npix=HO * WO, cmid=cmid, nout=nout, k=k)
-    npt = triton.cdiv(HO * WO, t["BLOCK_P"])
-    if store_z:  # a program's mid channels are its output channels: BLOCK_C == BLOCK_N
-        t["BLOCK_C"] = t["BLOCK_N"]
-    grid = (triton.cdiv(nout, t["BLOCK_N"]), B * npt)
-    _dwproj_kernel[grid](v, wdw_t, b_dw if b_dw is not None else wdw_t,
-                         wdw_t if wp_t is None else wp_t, zscale if zscale is not None else wdw_t,
-                         x if skip and not store_z else v, out, H, W, HO, WO, npt, CMID=cmid,
-                         COUT=nout if wp_t is None else wp_t.shape[1], K=k, STRIDE=stride,
-                         PAD=dw_padding(k, stride), SKIP=bool(skip), HAS_BDW=b_dw is not None,
-                         STORE_Z=store_z, HAS_ZSCALE=zscale is not None,
-                         NATIVE_DOT=_native_dot(v.dtype), ACC_DT=_tl_acc(v.dtype), **t)
+    M = B * HO * WO
+    t = tiles("dwproj", npix=M, cmid=cmid, nout=nout, k=k, store_z=store_z)
+    n_tiles = 1 if t["BLOCK_N2"] else triton.cdiv(nout, t["BLOCK_N"])
+    _dwproj_kernel[(n_tiles, triton.cdiv(M, t["BLOCK_P"]))](
+        v, wdw_t, b_dw if b_dw is not None else wdw_t, wdw_t if wp_t is None else wp_t,
+        x if skip and not store_z else v, out, M, H, W, HO, WO, CMID=cmid, COUT=nout, K=k,
+        STRIDE=stride, PAD=dw_padding(k, stride), SKIP=bool(skip), HAS_BDW=b_dw is not None,
+        STORE_Z=store_z, HAS_N2=t["BLOCK_N2"] > 0, NATIVE_DOT=_native_dot(v.dtype),
+        ACC_DT=_tl_acc(v.dtype), **t)
     return out
 
 
@@ -468,7 +513,8 @@ def prepare_block(args, kw, dtype, device):
 
 def run_block(x, pb):
     """One prepared block on x (channels_last): A0 (attention) or K_A's LayerNorm prologue,
-    K_A (if there is an expansion), K_B (twice around the squeeze-excite's global mean)."""
+    K_A (if there is an expansion), K_B; with a squeeze-excite K_B writes z, torch computes
+    the per-image channel scale from its global mean, and K_A projects the scaled z."""
     y, ln = x, pb["ln_w"] is not None
     if pb["attn"]:
         y = ln_qk_attention(x, pb["ln_w"], pb["ln_b"], pb["w_qk"], pb["b_qk"], pb["head_dim"],
@@ -483,10 +529,10 @@ def run_block(x, pb):
     w1, b1, w2, b2, se_act = pb["se"]
     z = dwproj(*common, x=x, store_z=True)
     acc = acc_dtype(x.dtype)
-    m = z.to(acc).mean((2, 3))
+    m = z.mean((2, 3), dtype=acc)
     s = _ACTS[se_act](torch.nn.functional.linear(m, w1.to(acc), b1.to(acc)))
     s = torch.sigmoid(torch.nn.functional.linear(s, w2.to(acc), b2.to(acc)))
-    return dwproj(*common, x=x, zscale=s.contiguous())
+    return expand(z, pb["w_proj_t"], None, "none", pb["cst"], xscale=s.contiguous())
 
 
 def nhwc(x):
