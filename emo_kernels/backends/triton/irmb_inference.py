@@ -19,13 +19,15 @@ Per non-attention iRMB, two kernels:
   comes from DRAM once. Reads x (+ the weights), writes v: e*(Cin + Cmid) bytes per pixel.
 * ``_dwproj_kernel`` (K_B) -- out = (silu(dw_kxk(v) + b_dw) [+ v]) @ W_proj^T [+ x]: a program
   owns BLOCK_P output pixels and BLOCK_N output channels; per Cmid chunk of BLOCK_C it builds
-  the k*k shifted tiles of v (neighbour re-reads hit L1/L2), FP32 FMAs, + folded bias, SiLU,
-  + the centre tap for the inner skip, casts to the dot dtype and accumulates the projection
-  with ``tl.dot``; epilogue + residual, one store. Reads v (once from DRAM) and x (residual),
-  writes out: e*(Cmid + 2 Cout) bytes per pixel; z never touches memory. Two more modes for
-  the stem block's squeeze-excite (a global mean over z sits between the depthwise and the
-  projection): ``STORE_Z`` writes z instead of projecting, ``HAS_ZSCALE`` multiplies z by a
-  per-(image, channel) scale before the projection (the depthwise is recomputed: 24 channels).
+  the k*k shifted tiles of v (neighbour re-reads hit L1/L2; a loop over the kernel rows, not
+  unrolled, so that k rather than k*k tiles are in flight: the unrolled 5x5 spilled), FP32
+  FMAs, + folded bias, SiLU, + the output pixel's v for the inner skip, casts to the dot dtype
+  and accumulates the projection with ``tl.dot``; epilogue + residual, one store. Reads v
+  (once from DRAM) and x (residual), writes out: e*(Cmid + 2 Cout) bytes per pixel; z never
+  touches memory. Two more modes for the stem block's squeeze-excite (a global mean over z
+  sits between the depthwise and the projection): ``STORE_Z`` writes z instead of projecting,
+  ``HAS_ZSCALE`` multiplies z by a per-(image, channel) scale before the projection (the
+  depthwise is recomputed: 24 channels).
   Grid (Cout tiles, pixel tiles), Cout tiles fastest (Cout <= 256 is one tile).
 
 Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue) and K_B:
@@ -44,7 +46,9 @@ Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue)
 
 Tile sizes are chosen per shape class by :func:`tiles` (no autotuning: the launches must be
 deterministic to be captured in a CUDA graph; the choice is what ``bench.gpu_model`` favours
-and the compile tests check for spills). The interpreter gets few, large programs.
+and tests/backends/test_triton_artifacts.py checks in the compiled code of EMO-5M's launches:
+no spills, shared memory that fits, HGMMA / HMMA dots, 128-bit channel accesses). The
+interpreter gets few, large programs.
 """
 import math
 
@@ -197,22 +201,22 @@ def _dwproj_kernel(v_ptr, wdw_ptr, bdw_ptr, wp_ptr, zs_ptr, x_ptr, out_ptr, H, W
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < CMID
         d = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-        centre = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-        for tap in tl.static_range(K * K):
-            ih = oh * STRIDE - PAD + tap // K
-            iw = ow * STRIDE - PAD + tap % K
-            ok = p_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            vv = tl.load(vimg + (ih * W + iw).to(tl.int64)[:, None] * CMID + c[None, :],
-                         mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
-            wd = tl.load(wdw_ptr + tap * CMID + c, mask=c_ok, other=0.0).to(ACC_DT)
-            d += vv * wd[None, :]
-            if tap == (K * K) // 2:
-                centre = vv
+        for kh in range(K):  # not unrolled: K taps' tiles in flight, not K*K (registers)
+            ih = oh * STRIDE - PAD + kh
+            row_ok = p_ok & (ih >= 0) & (ih < H)
+            for kw in tl.static_range(K):
+                iw = ow * STRIDE - PAD + kw
+                ok = row_ok & (iw >= 0) & (iw < W)
+                vv = tl.load(vimg + (ih * W + iw).to(tl.int64)[:, None] * CMID + c[None, :],
+                             mask=ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
+                wd = tl.load(wdw_ptr + (kh * K + kw) * CMID + c, mask=c_ok, other=0.0).to(ACC_DT)
+                d += vv * wd[None, :]
         if HAS_BDW:
             d += tl.load(bdw_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
         z = _silu(d)
-        if SKIP:  # stride 1: the centre tap's pixel is the output pixel
-            z += centre
+        if SKIP:  # stride 1: the centre tap's pixel is the output pixel (an L1 hit)
+            z += tl.load(vimg + p.to(tl.int64)[:, None] * CMID + c[None, :],
+                         mask=p_ok[:, None] & c_ok[None, :], other=0.0).to(ACC_DT)
         if HAS_ZSCALE:
             z *= tl.load(zs_ptr + b * CMID + c[None, :], mask=p_ok[:, None] & c_ok[None, :],
                          other=0.0).to(ACC_DT)
