@@ -4,7 +4,9 @@
 #      + triton 3.6 + numpy >= 2.4 ...); the package is NOT installed into it (the GPU machine
 #      runs the checkout through PYTHONPATH, as bench/gpu_check.sh does);
 #   2. on that stack: the Triton kernels in the interpreter, opcheck and torch.compile of the
-#      ops, the sm_80/sm_90 compiles of every kernel in every dtype, the backend rules;
+#      ops, the sm_80/sm_90 compiles of every kernel in every dtype, the compiled code of the
+#      irmb_inference launches (spills, shared memory, HGMMA/HMMA, 128-bit accesses), the
+#      backend rules;
 #   3. a simulated bare GPU machine: bench/gpu_check.sh --dry-run with only those packages,
 #      no network (unshare -n), pip replaced by a stub; fails if the script installs or
 #      downloads anything (the package list must be unchanged afterwards).
@@ -22,7 +24,8 @@ echo "gpu_stack: $($G -c 'import torch, triton, numpy; print("torch", torch.__ve
 # the CPU and CUDA extensions are not built for this stack: their backends' tests opt out
 EMO_KERNELS_SKIP_CPU_BUILD=1 EMO_KERNELS_SKIP_CUDA_BUILD=1 \
   $G -m pytest -q -p no:cacheprovider tests/ops/test_expand_dwconv_act.py tests/ops/test_window_attention.py \
-  tests/backends/test_triton_compile.py tests/backends/test_dispatch.py tests/backends/test_measured.py
+  tests/backends/test_triton_compile.py tests/backends/test_triton_artifacts.py \
+  tests/backends/test_dispatch.py tests/backends/test_measured.py
 
 # 3. the simulated bare GPU machine
 before=$($G -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort)

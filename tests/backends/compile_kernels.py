@@ -7,22 +7,35 @@ dot shapes, accumulator dtypes such as triton 3.6's fp64 ``tl.dot`` needing ``ou
 for every kernel in every dtype, fp64 included, and every constexpr branch the launchers use.
 It needs no driver: triton ships ptxas.
 
+The irmb_inference kernels are compiled exactly as their launchers launch them: the launchers
+run on meta tensors (shapes only) of EMO-5M's blocks with the kernels replaced by recorders
+(:func:`emo_launches`), and each recorded launch is specialized by triton's own launch-time
+rule (:func:`launch_spec`: ints equal to 1 constexpr, ints divisible by 16 and 16-byte aligned
+pointers marked), with the launch's tile sizes and ``num_warps`` (``irmb_inference.tiles``).
+tests/backends/kernel_artifacts.py reads the compiled code of those launches.
+
 Usage: python tests/backends/compile_kernels.py [--archs 80,90] [--dtypes fp16,bf16,fp32,fp64] [-j N]
 Prints one line per arch and "compiled N kernels"; exits non-zero on the first failure.
 """
 import argparse
+import contextlib
+import functools
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
 
 os.environ.pop("TRITON_INTERPRET", None)
 
+import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from triton._C.libtriton import native_specialize_impl  # noqa: E402  (the launcher's own rule)
 from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.backends.nvidia.compiler import CUDABackend  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import emo_kernels.backends.triton.expand_dwconv_act as EDA  # noqa: E402
+import emo_kernels.backends.triton.irmb_inference as IR  # noqa: E402
 import emo_kernels.backends.triton.window_attention as WA  # noqa: E402
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
@@ -99,6 +112,112 @@ def wa_cases(dt):
     return out
 
 
+# ----- irmb_inference: the launches themselves ------------------------------------------------
+IR_KERNELS = ("_expand_kernel", "_dwproj_kernel", "_ln_qk_attn_kernel")
+LAUNCH_OPTIONS = ("num_warps", "num_stages", "num_ctas", "maxnreg")
+TORCH_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32,
+                "fp64": torch.float64}
+# EMO-5M's iRMBs (0 the stem block, 1-3 stage 1, 4-6 stage 2, 7-15 stage 3, 16-18 stage 4)
+# compiled in every dtype: every kernel and every constexpr branch EMO-5M's launches take (the
+# stem block's squeeze-excite pair; expansion without / with the LayerNorm prologue, SiLU /
+# GELU; depthwise k3 and k5, stride 2, the skip; the attention kernel)
+IR_BLOCKS = (0, 1, 7, 8)
+
+
+def launch_spec(kernel, args, kwargs):
+    """What ``kernel[grid](*args, **kwargs)`` compiles, specialized by triton's own launch rule
+    (``native_specialize_impl``, as the generated binder calls it): (kernel name, signature,
+    constexprs, attrs, options). Ints equal to 1 become constexpr, ints divisible by 16 and
+    pointers at 16-byte aligned addresses get ``tt.divisibility`` 16. Tensors may be meta
+    tensors: an allocation's base is 256-byte aligned on CUDA, so a pointer is aligned when its
+    storage offset is a multiple of 16 bytes."""
+    values = dict(zip(kernel.arg_names, args), **{k: v for k, v in kwargs.items()
+                                                  if k not in LAUNCH_OPTIONS})
+    sig, const, attrs = {}, {}, {}
+    for i, p in enumerate(kernel.params):
+        v = values[p.name]
+        if p.is_constexpr:
+            sig[p.name], const[p.name] = "constexpr", v
+            continue
+        align = not p.do_not_specialize_on_alignment
+        if isinstance(v, torch.Tensor):
+            align = align and v.storage_offset() * v.element_size() % 16 == 0
+        ty, spec = native_specialize_impl(CUDABackend, v, p.is_const, not p.do_not_specialize,
+                                          align)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            const[p.name] = spec
+        elif spec:
+            attrs[(i,)] = CUDABackend.parse_attr(spec)
+    return (kernel.__name__, sig, const, attrs,
+            {k: v for k, v in kwargs.items() if k in LAUNCH_OPTIONS})
+
+
+class _Recorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](...)`` records the launch."""
+
+    def __init__(self, kernel, out):
+        self.kernel, self.out = kernel, out
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.out.append(launch_spec(self.kernel, args, kwargs))
+
+
+@contextlib.contextmanager
+def recording(out):
+    """Within: the irmb_inference kernels' launches append :func:`launch_spec` tuples to ``out``
+    instead of running."""
+    saved = {n: getattr(IR, n) for n in IR_KERNELS}
+    try:
+        for n, k in saved.items():
+            setattr(IR, n, _Recorder(k, out))
+        yield out
+    finally:
+        for n, k in saved.items():
+            setattr(IR, n, k)
+
+
+def emo_launches(dt, blocks=None, model="emo_5m", batch=256, size=224):
+    """The distinct irmb_inference launches of ``model``'s fused inference (``batch`` images of
+    ``size`` x ``size``, dtype ``dt``) as :func:`launch_spec` tuples, each with the index of the
+    first iRMB that launches it: the real launchers (``prepare_block`` / ``run_block``, the
+    GPU branch of ``tiles``) run on meta tensors, recording the iRMBs ``blocks`` (all if
+    None)."""
+    from emo.inference import _blocks, block_args, stem_args
+    from emo.model import CONFIGS, EMO
+    dtype, meta = TORCH_DTYPES[dt], torch.device("meta")
+    net = EMO(**CONFIGS[model]).eval()
+    stages, irmbs = _blocks(net)
+    w, _, stride, pad = stem_args(stages[0][0])
+    h = (size + 2 * pad[0] - w.shape[2]) // stride[0] + 1
+    x = torch.empty(batch, h, h, w.shape[0], dtype=dtype, device=meta).permute(0, 3, 1, 2)
+    seen = {}
+    for i, blk in enumerate(irmbs):
+        args, kw = block_args(blk)
+        to_meta = lambda t: t.to(meta) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        pb = IR.prepare_block([to_meta(a) for a in args], {k: to_meta(v) for k, v in kw.items()},
+                              dtype, meta)
+        rec = []
+        with recording(rec):
+            x = IR.run_block(x, pb)
+        if blocks is None or i in blocks:
+            for spec in rec:
+                seen.setdefault(repr(spec), (i,) + spec)
+    return list(seen.values())
+
+
+@functools.lru_cache(maxsize=None)
+def ir_cases(dt):
+    return emo_launches(dt, IR_BLOCKS)
+
+
+def compile_spec(spec, arch):
+    """Compile one :func:`launch_spec` tuple for sm_``arch``."""
+    name, sig, const, attrs, options = spec
+    return triton.compile(ASTSource(getattr(IR, name), sig, const, attrs),
+                          target=GPUTarget("cuda", arch, 32), options=options)
+
+
 def jobs(archs, dtypes):
     for arch in archs:
         for dt in dtypes:
@@ -106,23 +225,28 @@ def jobs(archs, dtypes):
                 yield ("eda", i, arch, dt)
             for i, _ in enumerate(wa_cases(dt)):
                 yield ("wa", i, arch, dt)
+            for i, _ in enumerate(ir_cases(dt)):
+                yield ("ir", i, arch, dt)
 
 
 def compile_one(job):
     which, i, arch, dt = job
-    if which == "eda":
-        kernel, const = eda_cases(dt)[i]
-        sig = _eda_sig(kernel, dt, const)
+    if which == "ir":
+        spec = ir_cases(dt)[i][1:]
+        name, const = spec[0], spec[2]
+        build = functools.partial(compile_spec, spec, arch)
     else:
-        kernel, const = wa_cases(dt)[i]
-        sig = _wa_sig(kernel, dt, const)
-    try:
-        compiled = triton.compile(ASTSource(kernel, sig, const),
+        kernel, const = (eda_cases if which == "eda" else wa_cases)(dt)[i]
+        sig = (_eda_sig if which == "eda" else _wa_sig)(kernel, dt, const)
+        name = kernel.__name__
+        build = functools.partial(triton.compile, ASTSource(kernel, sig, const),
                                   target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4))
+    try:
+        compiled = build()
     except Exception as e:  # noqa: BLE001  (report which kernel, then fail)
-        return f"FAILED sm_{arch} {dt} {kernel.__name__} {const}: {type(e).__name__}: {e}"
+        return f"FAILED sm_{arch} {dt} {name} {const}: {type(e).__name__}: {e}"
     if not compiled.asm.get("cubin"):
-        return f"FAILED sm_{arch} {dt} {kernel.__name__}: no cubin"
+        return f"FAILED sm_{arch} {dt} {name}: no cubin"
     return None
 
 

@@ -47,7 +47,9 @@ Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue)
 
 Tile sizes are chosen per shape class by :func:`tiles` (no autotuning: the launches must be
 deterministic to be captured in a CUDA graph; the choice is what ``bench.gpu_model`` favours
-and the compile tests check for spills). The interpreter gets few, large programs.
+and tests/backends/test_triton_artifacts.py checks in the compiled code of EMO-5M's launches:
+no spills, shared memory that fits, HGMMA / HMMA dots, 128-bit channel accesses). The
+interpreter gets few, large programs.
 """
 import math
 
