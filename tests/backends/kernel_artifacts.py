@@ -16,14 +16,11 @@ Usage: python tests/backends/kernel_artifacts.py [--archs 90,80] [--dtype bf16] 
 import argparse
 import json
 import os
-import re
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 import compile_kernels as ck  # (the script's folder is on sys.path; it drops TRITON_INTERPRET)
-from bench.gpu_model import _tool, parse_sass
+from bench.gpu_model import disassemble, parse_sass
 
 _MEM = ("LDG", "LDGSTS", "STG")
 
@@ -32,7 +29,7 @@ def sass_facts(sass):
     """Spill (LDL/STL), HGMMA and HMMA instruction counts and the global memory opcodes with
     their counts, of one kernel's ``nvdisasm -c`` output."""
     out = dict(spills=0, hgmma=0, hmma=0, memory={})
-    for addr, op, _ in parse_sass(sass)[0]:
+    for _addr, op, _operands, _guarded in parse_sass(sass)[0]:
         base = op.split(".")[0]
         if base in ("LDL", "STL"):
             out["spills"] += 1
@@ -48,14 +45,8 @@ def artifacts(job):
     (block, *spec), arch = job
     name, sig, const, attrs, options = spec
     compiled = ck.compile_spec(spec, arch)
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(compiled.asm["cubin"])
-        f.flush()
-        sass = subprocess.run([_tool("nvdisasm"), "-c", f.name], capture_output=True,
-                              text=True, check=True).stdout
-        res = subprocess.run([_tool("cuobjdump"), "-res-usage", f.name], capture_output=True,
-                             text=True, check=True).stdout
-    usage = {k.lower(): int(v) for k, v in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res)}
+    sass, usage = disassemble(compiled.asm["cubin"])
+    usage = {k.lower(): v for k, v in usage.items()}
     params = [(i, p.name, sig[p.name]) for i, p in enumerate(getattr(ck.IR, name).params)
               if not p.is_constexpr]
     return dict(

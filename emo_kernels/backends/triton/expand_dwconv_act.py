@@ -83,6 +83,7 @@ import triton
 import triton.language as tl
 
 from . import interpreted
+from .irmb_inference import _act as _act_fwd  # one activation for every Triton kernel
 
 from ...formulas import ACT_CODES as ACTS  # noqa: E402
 from ...formulas import (acc_dtype, bn_scale_shift, dw_out_size, dw_padding,  # noqa: E402
@@ -103,17 +104,6 @@ def _tile(NT, H, W, CMID, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     p_ok = p < H * W
     c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
     return pid, b, p, p_ok, p // W, p % W, c, c < CMID
-
-
-@triton.jit
-def _act_fwd(u, c_ptr, ACT: tl.constexpr):
-    if ACT == 1:
-        r = u / (1.0 + tl.exp(-u))
-    elif ACT == 2:
-        r = 0.5 * u * (1.0 + tl.math.erf(u * tl.load(c_ptr)))
-    else:
-        r = u
-    return r
 
 
 @triton.jit

@@ -59,7 +59,7 @@ import triton.language as tl
 
 from . import interpreted
 from ...formulas import ACT_CODES, acc_dtype, dw_out_size, dw_padding
-from .window_attention import window_geometry
+from .window_attention import _window_tokens, window_geometry
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -271,16 +271,7 @@ def _ln_qk_attn_kernel(x_ptr, lnw_ptr, lnb_ptr, wqk_ptr, bqk_ptr, cst_ptr, o_ptr
     """One strided window: o = softmax(q k^T * scale) @ y per head, y = LN(x) (zero at padded
     pixels), [q, k] = y @ wqk^T + bqk; x, o (B, H, W, C); wqk (2C, C) row-major; scale =
     cst_ptr[2]."""
-    pid = tl.program_id(0)
-    nw = N1 * N2
-    b = (pid // nw).to(tl.int64)
-    a = (pid % nw) // N2
-    bw = pid % N2
-    tok = tl.arange(0, BLOCK_L)
-    row = (tok // WS) * N1 + a
-    col = (tok % WS) * N2 + bw
-    valid = tok < WS * WS
-    in_map = valid & (row < H) & (col < W)
+    b, row, col, valid, in_map = _window_tokens(tl.program_id(0), H, W, N1, N2, WS, BLOCK_L)
     pix = b * H * W + tl.where(in_map, row * W + col, 0).to(tl.int64)
     rows = x_ptr + pix * C
     if HAS_LN:
@@ -369,8 +360,10 @@ def tiles(kind, **shape):
                         BLOCK_N=bn, BLOCK_N2=bn2, num_warps=4)
         # one warpgroup (M = 64 rows per wgmma): more warps would split the projection's N
         # and make every warpgroup compute the same depthwise tile
-        return dict(BLOCK_P=64, BLOCK_C=32 if shape["k"] >= 5 else 64, BLOCK_N=bn,
-                    BLOCK_N2=bn2, num_warps=4)
+        # accumulators over 256 columns leave little room: a narrower depthwise chunk (the
+        # sm_80 compile of a 64 x 288 accumulator spilled with 32 channels)
+        bc = 64 if shape["k"] < 5 else 32 if bn + bn2 <= 256 else 16
+        return dict(BLOCK_P=64, BLOCK_C=bc, BLOCK_N=bn, BLOCK_N2=bn2, num_warps=4)
     if kind == "attn":
         return dict(BLOCK_D=_p2(shape["d"], 16, 1 << 30),
                     BLOCK_K=_p2(shape["c"], 16, 512 if interp else 64), num_warps=4)
