@@ -26,6 +26,12 @@ EMO_KERNELS_SKIP_CPU_BUILD=1 EMO_KERNELS_SKIP_CUDA_BUILD=1 \
   $G -m pytest -q -p no:cacheprovider tests/ops/test_expand_dwconv_act.py tests/ops/test_window_attention.py \
   tests/backends/test_triton_compile.py tests/backends/test_triton_artifacts.py \
   tests/backends/test_dispatch.py tests/backends/test_measured.py
+# the triton irmb_inference kernels in this stack's interpreter: every EMO block in fp32, the
+# 16-wide tiles, the chain runner and the whole EMO-1M/2M plans (every dtype runs in the main
+# suite; here the interpreter of triton 3.6 is the subject)
+EMO_KERNELS_SKIP_CPU_BUILD=1 EMO_KERNELS_SKIP_CUDA_BUILD=1 \
+  $G -m pytest -q -p no:cacheprovider tests/ops/test_irmb_inference_triton.py \
+  -k "float32 or small_tiles or chain or whole_model or nchw"
 
 # 3. the simulated bare GPU machine
 before=$($G -m pip list --format=freeze --disable-pip-version-check 2>/dev/null | sort)
