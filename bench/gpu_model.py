@@ -18,8 +18,9 @@ per row (``mode`` ``infer`` or ``train``):
   ``_ln_qk_attn_kernel`` (attention blocks: LN + qk + window attention -> o), ``K_A``
   ``_expand_kernel`` (when there is an expansion: GEMM with the LN prologue, bias,
   activation -> v), ``K_B`` ``_dwproj_kernel`` (depthwise + SiLU + skip + projection +
-  residual); the stem block's squeeze-excite runs K_B twice (``STORE_Z``, then
-  ``HAS_ZSCALE``) around its torch ops (mean, two linears, activations). The plan's torch ops
+  residual); the stem block's squeeze-excite runs K_B with ``STORE_Z`` (z written), its torch
+  ops (mean, two linears, activations), then K_A projecting z scaled per image and channel
+  (``HAS_XSCALE``). The plan's torch ops
   -- stem conv, that SE glue, the final LayerNorm + mean + Linear head -- are costed as eager
   ops. The launches are recorded by running ``irmb_chain_triton`` itself on the meta device
   (shapes only) with each kernel's ``kernel[grid](...)`` intercepted: grid, constexprs (the
@@ -70,24 +71,27 @@ eager host time is not counted (hidden at batch 256).
 
 **Where it lands** (EMO-5M, 224x224, batch 256, bf16), a MODEL, not a measurement:
 
-* infer: eager ~7.9 ms, fused (D1 under a CUDA graph) ~4.7 ms (~3.8 ms with guarded lanes
-  idle): fused ~1.7x faster than eager (2.1x at the low end). Issue #14's target -- fused
-  <= 3.8 ms and >= 3x eager (here: <= 2.6 ms) -- is **NOT met in the model**. Per block
-  (fused ms, bound): stem conv 0.05 (dram); stage0.1 0.35 (l2: K_B writing z 0.18, K_A
-  projecting the scaled z 0.12, the squeeze-excite's torch ops); stage1.0 0.42 (issue: K_A
-  0.25 over 3.2 M pixels with Cin = 24); stage1.1-1.2 0.26 each; stage2.0 0.32; stage2.1-2.2
-  0.17 each; stage3.0 0.33 (issue: K_A with the LayerNorm prologue 0.24, the statistics
-  recomputed per 128-channel output tile); stage3.1-3.8 0.23 each (A0 0.05, K_A 0.06, K_B
-  0.11, against eager's 0.38); stage4.0 0.23; stage4.1-4.2 0.16 each; head 0.01. K_B binds
-  on ``l2``: its k*k tap tiles are async copies that bypass L1, so every neighbour re-read
-  is an L2 request (the 2.5 ms of D2 in gpu-design.md needs shared-memory halos, which
-  Triton does not express). No compiled kernel spills or exceeds shared memory
-  (``warnings`` empty; tests/backends/test_triton_artifacts.py asserts it). Tile sweeps
-  (BLOCK_N 256 / BLOCK_M 64 for K_A, BLOCK_C 16 / 64, 128 pixels at 8 warps for K_B) moved
-  the stage-1/3/4 total by at most 3 % or made it worse. EMO-1M: eager ~3.9 ms, fused
-  ~2.2 ms (~1.9 ms low end). (The first D1 build, before K_B owned all output channels of
-  64 flattened pixels with one warpgroup, modelled ~13.5 ms: 25 unrolled taps spilled,
-  overflowed shared memory and, at 8 warps, computed the depthwise twice.)
+* infer: eager ~7.9 ms, fused (D1 under a CUDA graph) ~8.9 ms (~5.2 ms with guarded lanes
+  idle): fused ~1.13x SLOWER than eager (0.88x its speed; 1.5x faster at the low end).
+  Issue #14's target -- fused <= 3.8 ms and >= 3x eager (here: <= 2.6 ms) -- is **NOT met
+  in the model**. Per block (fused ms, all ``l2``-bound but stage1.0's K_A): stem conv 0.05;
+  stage0.1 0.61 (K_B writing z 0.44, K_A projecting the scaled z 0.12); stage1.0 0.63;
+  stage1.1-1.2 0.48 each; stage2.0 0.45; stage2.1-2.2 0.28 each; stage3.0 0.58; stage3.1-3.8
+  0.50 each (A0 0.05, K_A 0.06, K_B 0.39, against eager's whole block 0.38); stage4.0 0.41;
+  stage4.1-4.2 0.32 each; head 0.01. **K_B binds**: its k*k tap tiles are asynchronous
+  copies that bypass L1 (LDGSTS.BYPASS), so every neighbour re-read of v is an L2 request
+  -- k^2 times v's bytes (25x for the k=5 blocks) -- where cuDNN's depthwise reads v once
+  (eager is costed at its DRAM bytes); and each tap's depthwise weights are copied per warp
+  under a predicate (the gap to the low end). gpu-design.md's D1 estimate (3.4-3.6 ms)
+  assumed those re-reads hit L1; the fix is a halo tile of v in shared memory, which Triton
+  does not express (design D2, the CUDA issue #16), or plain L1-cached loads, which this
+  model does not credit (an assumption to measure first). No compiled kernel spills or
+  exceeds shared memory (``warnings`` empty; tests/backends/test_triton_artifacts.py asserts
+  it). Tile sweeps (K_A BLOCK_N 256 / BLOCK_M 64; K_B BLOCK_C 16 / 64, 128 pixels at 8
+  warps) changed stage-1/3/4 totals by at most a few % or made them worse. EMO-1M: eager
+  ~3.9 ms, fused ~4.0 ms (~2.5 ms low end). (The first D1 build, before K_B owned all output
+  channels of 64 flattened pixels with one warpgroup, modelled ~13.5 ms: 25 unrolled taps
+  spilled, overflowed shared memory and, at 8 warps, computed the depthwise twice.)
 * train: eager ~21 ms, fused ~165 ms (today's training kernels; ~176 ms before the l2
   count credited the pipelined copies' prologue; ``issue``-bound: the ``_gemm_gx/_gw``
   GEMMs costed by instruction issue over the SMs their grid of 3-324 programs occupies).
@@ -759,13 +763,14 @@ def _ceil(a, b):
 def d1_trips(name, c):
     """Trip counts of a D1 kernel's loops in source order (outer first), from its source:
     K_A: two LayerNorm passes and the dot loop over ceil(CIN/BLOCK_K) channel chunks; K_B:
-    ceil(CMID/BLOCK_C) Cmid chunks (its own BLOCK_N channels with STORE_Z), the k*k taps
-    unrolled; A0: two LayerNorm passes, then NH heads x ceil(C/BLOCK_K) chunks."""
+    ceil(CMID/BLOCK_C) Cmid chunks (its own BLOCK_N channels with STORE_Z), in each a loop over
+    the K kernel rows (the K taps of a row unrolled); A0: two LayerNorm passes, then NH heads
+    x ceil(C/BLOCK_K) chunks."""
     if name == "_expand_kernel":
         nk = _ceil(c["CIN"], c["BLOCK_K"])
         return [nk, nk, nk] if c["LN"] else [nk]
     if name == "_dwproj_kernel":
-        return [_ceil(c["BLOCK_N"] if c["STORE_Z"] else c["CMID"], c["BLOCK_C"])]
+        return [_ceil(c["BLOCK_N"] if c["STORE_Z"] else c["CMID"], c["BLOCK_C"]), c["K"]]
     nk = _ceil(c["C"], c["BLOCK_K"])
     return ([nk, nk] if c["HAS_LN"] else []) + [c["NH"], nk]
 
@@ -799,7 +804,7 @@ def d1_kernel(block, launch, dt):
     grid; trip counts :func:`d1_trips`; DRAM bytes :func:`_d1_launch`."""
     name = launch["kernel"]
     const, ints, warps, ptrs, dram = _d1_launch(launch)
-    mode = "".join(f" {n}" for n in ("LN", "STORE_Z", "HAS_ZSCALE") if const.get(n))
+    mode = "".join(f" {n}" for n in ("LN", "STORE_Z", "HAS_XSCALE") if const.get(n))
     return triton_kernel(block, "d1", name, dt, const, ints, d1_trips(name, const),
                          math.prod(launch["grid"]), dram, label=_D1_LABEL[name] + mode,
                          warps=warps, ptrs=ptrs)

@@ -73,7 +73,7 @@ def _d1_ops(model="emo_1m", batch=256):
 def test_plan_records_the_d1_launches_per_block():
     """The fused infer row records what an InferencePlan runs (meta device, no compute): the
     stem conv; per block A0 (attention), K_A (expansion), K_B -- the stem block K_B STORE_Z,
-    its squeeze-excite torch ops, K_B HAS_ZSCALE --; the head; launches as the launchers pass
+    its squeeze-excite torch ops, K_A projecting z with HAS_XSCALE --; the head; launches as the launchers pass
     them (tiles() of a GPU: num_warps, blocks; grid), no weight preparation op."""
     import emo
     from emo_kernels.backends.triton import irmb_inference as d1
@@ -87,7 +87,7 @@ def test_plan_records_the_d1_launches_per_block():
             kernels.setdefault(o["block"], []).append(o["d1"]["kernel"])
     torch_ops = {o["op"] for o in ops if "d1" not in o and o["block"] not in ("stage0.0", "head")}
     assert torch_ops <= {"_to_copy", "mean", "addmm", "silu", "sigmoid", "mul"}, torch_ops
-    assert kernels["stage0.1"] == ["_dwproj_kernel", "_dwproj_kernel"]
+    assert kernels["stage0.1"] == ["_dwproj_kernel", "_expand_kernel"]
     model = emo.create_model("emo_1m", fused=True)
     names = [n for n, m in model.named_modules() if isinstance(m, emo.iRMB)]
     assert sorted(kernels) == sorted(names)
@@ -98,7 +98,7 @@ def test_plan_records_the_d1_launches_per_block():
                 "_dwproj_kernel"]
             assert kernels[n] == want, (n, kernels[n])
     stem = [o["d1"] for o in ops if o["block"] == "stage0.1" and "d1" in o]
-    assert stem[0]["args"]["STORE_Z"] and stem[1]["args"]["HAS_ZSCALE"]
+    assert stem[0]["args"]["STORE_Z"] and stem[1]["args"]["HAS_XSCALE"]
     # the launch of stage3.1's K_A: M = B*14*14 pixels, tiles() as on a GPU
     ka = next(o["d1"] for o in ops if o["block"] == "stage3.1" and "d1" in o
               and o["d1"]["kernel"] == "_expand_kernel")
@@ -144,7 +144,8 @@ def test_d1_kernels_costed_from_compiled_sm90_code():
         c["M"] * (c["CIN"] + c["CMID"]) + c["CIN"] * c["CMID"] + c["CMID"] + 2 * c["CIN"]) + 3 * 4
     kb = ks[("stage2.1", "_dwproj_kernel")].detail
     c = launches[("stage2.1", "_dwproj_kernel")]["args"]
-    assert kb["trips"] == [-(-c["CMID"] // c["BLOCK_C"])] and kb["loops"] == 1
+    # the Cmid chunks, and in each the loop over the kernel rows (a row's taps unrolled)
+    assert kb["trips"] == [-(-c["CMID"] // c["BLOCK_C"]), c["K"]] and kb["loops"] == 2
 
 
 def test_json_rows(monkeypatch, capsys):
