@@ -9,7 +9,10 @@ GPU kernel backend, family, shape class) it records every measured case's speedu
 torch path (same case, mode, dtype, layout and batch; CUDA-event medians) and ``speedup_min``,
 the smallest: ``auto`` picks the kernel for that class only when ``speedup_min`` exceeds
 ``emo_kernels.measured.MIN_SPEEDUP``. A backend with a failed or erroring GPU test gets no rows
-at all (a kernel not shown correct on this GPU is never picked, however fast).
+at all, and an (op, backend) gets rows only when at least one GPU test of that op on that
+backend passed (its test file ``test_<op>...`` and the backend in the test's id): a kernel not
+shown correct on this GPU -- its tests failed, or never ran because the test part was cut
+short -- is never picked, however fast.
 bench/gpu_check.sh runs this at its end; a session commits the file into emo_kernels/ with the
 run's results.
 """
@@ -26,8 +29,8 @@ GPU_KERNEL_BACKENDS = ("triton", "cuda")
 
 
 def failed_backends(junit_path):
-    """Backends named in the id of a failed or erroring test of the junit XML; with no file
-    (the tests did not run) every GPU kernel backend counts as failed."""
+    """Backends named in the id (class name or name) of a failed or erroring test of the junit
+    XML; with no file (the tests did not run) every GPU kernel backend counts as failed."""
     if not junit_path:
         return set(GPU_KERNEL_BACKENDS)
     try:
@@ -37,9 +40,32 @@ def failed_backends(junit_path):
     bad = set()
     for case in root.iter("testcase"):
         if case.find("failure") is not None or case.find("error") is not None:
-            name = case.get("name", "")
-            bad |= {b for b in GPU_KERNEL_BACKENDS if re.search(rf"\b{b}\b", name)}
+            where = f'{case.get("classname", "")} {case.get("name", "")}'
+            bad |= {b for b in GPU_KERNEL_BACKENDS if _named(b, where)}
     return bad
+
+
+def _named(backend, text):
+    """The backend as a word of a test id (underscores separate: test_irmb_inference_triton)."""
+    return re.search(rf"(?<![A-Za-z0-9]){backend}(?![A-Za-z0-9])", text) is not None
+
+
+def verified(junit_path):
+    """(op, backend) pairs with at least one passed GPU test in the junit XML: a test of the
+    op's file (``test_<op>`` in its class name) whose id names the backend."""
+    try:
+        root = ET.parse(junit_path).getroot() if junit_path else None
+    except (OSError, ET.ParseError):
+        root = None
+    ok = set()
+    for case in (root.iter("testcase") if root is not None else ()):
+        if any(case.find(t) is not None for t in ("failure", "error", "skipped")):
+            continue
+        where = f'{case.get("classname", "")} {case.get("name", "")}'
+        for op in re.findall(r"test_([a-z]+(?:_[a-z]+)*?)(?:_triton|_cuda)?(?:\.py)?(?=[\s.]|$)",
+                             case.get("classname", "").replace(".", " ")):
+            ok |= {(op, b) for b in GPU_KERNEL_BACKENDS if _named(b, where)}
+    return ok
 
 
 def _median_ms(b):
@@ -48,8 +74,10 @@ def _median_ms(b):
     return ms if ms is not None else b["stats"]["median"] * 1e3
 
 
-def table(bench_rows, failed, commit=""):
-    """The table's rows from pytest-benchmark rows (see the module docstring)."""
+def table(bench_rows, failed, commit="", verified_pairs=None):
+    """The table's rows from pytest-benchmark rows (see the module docstring);
+    ``verified_pairs``: the (op, backend) pairs shown correct (:func:`verified`), None: not
+    checked."""
     torch_ms, kernel = {}, defaultdict(list)
     meta = {}
     for b in bench_rows:
@@ -60,7 +88,8 @@ def table(bench_rows, failed, commit=""):
                info["batch"], info.get("family"), info.get("shape_class"))
         if info["provider"] == "torch":
             torch_ms[key] = _median_ms(b)
-        elif info["provider"] in GPU_KERNEL_BACKENDS and info["provider"] not in failed:
+        elif info["provider"] in GPU_KERNEL_BACKENDS and info["provider"] not in failed and (
+                verified_pairs is None or (info["op"], info["provider"]) in verified_pairs):
             kernel[key].append((info["provider"], _median_ms(b)))
         meta = {k: info.get(k) for k in ("device_name", "torch", "triton", "cuda")}
     groups = defaultdict(list)
@@ -98,7 +127,7 @@ def main(argv=None):
         except (OSError, ValueError) as e:
             print(f"measured: skipping {path}: {e}", file=sys.stderr)
     failed = failed_backends(a.junit)
-    out = table(rows, failed, a.commit)
+    out = table(rows, failed, a.commit, verified(a.junit))
     for r in out:
         r["date"] = a.date
     doc = dict(about="GPU measurements that let auto pick a GPU kernel "

@@ -122,11 +122,11 @@ def _bench(provider, ms, case="Cin48-Cmid96-56x56-k3-s1-silu-skip", cls="k3-s1-b
     return dict(name=f"x[{provider}]", extra_info=info, stats=dict(median=ms / 1e3))
 
 
-def _junit(tmp_path, failed=()):
+def _junit(tmp_path, failed=(), ops=("expand_dwconv_act", "irmb_inference")):
     cases = "".join(
-        f'<testcase classname="t" name="test_x[{b}-fp32]">'
+        f'<testcase classname="tests.ops.test_{op}" name="test_x[{b}-fp32]">'
         + ('<failure message="x"/>' if b in failed else "") + "</testcase>"
-        for b in ("triton", "cuda"))
+        for b in ("triton", "cuda") for op in ops)
     p = tmp_path / "j.xml"
     p.write_text(f'<testsuites><testsuite name="pytest">{cases}</testsuite></testsuites>')
     return str(p)
@@ -151,6 +151,27 @@ def test_bench_measured_writes_the_table_auto_reads(tmp_path, on_fake_h200):
     assert all(r["commit"] == "abc" and r["torch"] == "2.11.0" for r in table["rows"])
     # no junit file (the GPU tests did not run): no kernel may be picked
     assert writer.failed_backends(None) == {"triton", "cuda"}
+    # the op's GPU tests did not run (a part cut short): no rows for it, however fast
+    assert writer.main([str(src), "--junit", _junit(tmp_path, ops=("window_attention",)),
+                        "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"] == []
+
+
+def test_junit_attribution(tmp_path):
+    """A failure in a backend's own test file (test_irmb_inference_triton) fails that backend;
+    only a passed (not skipped) test of an op's file on a backend verifies the pair."""
+    from bench import measured as writer
+    cases = ('<testcase classname="tests.ops.test_irmb_inference_triton" name="test_a[x]"/>'
+             '<testcase classname="tests.ops.test_irmb_inference_triton" name="test_b[y]">'
+             '<failure message="x"/></testcase>'
+             '<testcase classname="tests.ops.test_expand_dwconv_act" name="test_c[cuda-k3]">'
+             '<skipped message="x"/></testcase>'
+             '<testcase classname="tests.ops.test_window_attention" name="test_d[cuda-fp32]"/>')
+    p = tmp_path / "j.xml"
+    p.write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+    assert writer.failed_backends(str(p)) == {"triton"}
+    assert writer.verified(str(p)) == {("irmb_inference", "triton"), ("window_attention", "cuda")}
+    assert writer.verified(None) == set()
 
 
 def test_bench_measured_irmb_inference_rows_let_auto_pick_triton(tmp_path, on_fake_h200,
