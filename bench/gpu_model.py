@@ -88,8 +88,9 @@ eager host time is not counted (hidden at batch 256).
   model does not credit (an assumption to measure first). No compiled kernel spills or
   exceeds shared memory (``warnings`` empty; tests/backends/test_triton_artifacts.py asserts
   it). Tile sweeps (K_A BLOCK_N 256 / BLOCK_M 64; K_B BLOCK_C 16 / 64, 128 pixels at 8
-  warps) changed stage-1/3/4 totals by at most a few % or made them worse. EMO-1M: eager
-  ~3.9 ms, fused ~4.0 ms (~2.5 ms low end). (The first D1 build, before K_B owned all output
+  warps) changed stage-1/3/4 totals by at most a few % or made them worse -- run while the
+  model still missed K_B's kernel-row loop, so not re-checked against the corrected
+  model. EMO-1M: eager ~3.9 ms, fused ~4.0 ms (~2.5 ms low end). (The first D1 build, before K_B owned all output
   channels of 64 flattened pixels with one warpgroup, modelled ~13.5 ms: 25 unrolled taps
   spilled, overflowed shared memory and, at 8 warps, computed the depthwise twice.)
 * train: eager ~21 ms, fused ~165 ms (today's training kernels; ~176 ms before the l2

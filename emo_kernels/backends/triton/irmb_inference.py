@@ -46,10 +46,10 @@ Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue)
   ~16 MB per batch of 256), about 4 us at DRAM speed per block.
 
 Tile sizes are chosen per shape class by :func:`tiles` (no autotuning: the launches must be
-deterministic to be captured in a CUDA graph; the choice is what ``bench.gpu_model`` favours
-and tests/backends/test_triton_artifacts.py checks in the compiled code of EMO-5M's launches:
-no spills, shared memory that fits, HGMMA / HMMA dots, 128-bit channel accesses). The
-interpreter gets few, large programs.
+deterministic to be captured in a CUDA graph; ``bench.gpu_model``'s sweeps (before its K_B
+trip-count fix) found no tile choice much better, and tests/backends/test_triton_artifacts.py
+checks in the compiled code of EMO-5M's launches: no spills, shared memory that fits, HGMMA /
+HMMA dots, 128-bit channel accesses). The interpreter gets few, large programs.
 """
 import math
 
@@ -561,8 +561,10 @@ def irmb_inference_triton_op(
 
 
 @irmb_inference_triton_op.register_fake
-def _(x, w_exp, b_exp, w_dw, b_dw, w_proj, *rest):
-    stride, k = rest[9], w_dw.shape[-1]
+def _(x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk, se_reduce_weight,
+      se_reduce_bias, se_expand_weight, se_expand_bias, act, stride, skip, eps, head_dim,
+      window_size, scale, se_act):
+    k = w_dw.shape[-1]
     B, _, H, W = x.shape
     out = nhwc_empty(x, B, w_proj.shape[0], dw_out_size(H, k, stride), dw_out_size(W, k, stride))
     return out if _is_nhwc(x) else out.contiguous()
