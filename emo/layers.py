@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from emo_kernels.distributed import batch_norm_sync
 from emo_kernels.formulas import (bn_scale_shift, dw_padding, fold_affine,
                                   fold_affine_into_next_1x1)
 
@@ -124,19 +125,78 @@ def _is_frozen_bn(m):
 
 
 def _sync_bn_syncs(m):
-    """SyncBatchNorm in training inside an initialised process group: its own forward
-    exchanges batch statistics across processes, so it must run as a module."""
-    return (isinstance(m, nn.SyncBatchNorm) and m.training and torch.distributed.is_available()
-            and torch.distributed.is_initialized())
+    """SyncBatchNorm in training inside an initialised process group: its batch statistics are
+    the group's (the fused ops take the group as ``bn_process_group``)."""
+    return (isinstance(m, (nn.SyncBatchNorm, SyncBatchNorm)) and m.training
+            and torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+def sync_bn_group(m):
+    """The process group whose batch a syncing SyncBatchNorm normalises over (its own, or the
+    default group, as ``nn.SyncBatchNorm`` picks), or None when it does not synchronise."""
+    if not _sync_bn_syncs(m):
+        return None
+    return m.process_group if m.process_group is not None else torch.distributed.group.WORLD
+
+
+class SyncBatchNorm(nn.BatchNorm2d):
+    """A BatchNorm2d whose batch statistics in training, inside an initialised process group,
+    are those of the whole group (``process_group``, or the default group), on any device and
+    any torch.distributed backend: PyTorch's ``nn.SyncBatchNorm`` takes accelerator tensors
+    only, and DistributedDataParallel refuses it on CPU. Computed by
+    ``emo_kernels.distributed.batch_norm_sync`` (torch ops; its backward all-reduces the
+    gradient sums as ``nn.SyncBatchNorm``'s does); outside a process group or in eval it is
+    ``nn.BatchNorm2d``. Same state dict. Made by ``convert_sync_batchnorm``; on CUDA PyTorch's
+    own conversion serves as well (the fused path treats both alike)."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, process_group=None, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+        self.process_group = process_group
+
+    def forward(self, x):
+        if not _sync_bn_syncs(self):
+            return super().forward(x)
+        self._check_input_dim(x)
+        args = batch_norm_args(self)
+        return batch_norm_sync(x, args["running_mean"], args["running_var"], self.weight,
+                               self.bias, args["momentum"], self.eps, sync_bn_group(self))
+
+
+def convert_sync_batchnorm(module, process_group=None):
+    """Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, with this package's ``SyncBatchNorm``
+    (which also runs on CPU tensors, e.g. DistributedDataParallel over gloo): every
+    ``nn.BatchNorm2d`` (or ``nn.SyncBatchNorm``) of ``module`` becomes one, weights, buffers and
+    ``requires_grad`` kept. Under either conversion a fused EMO normalises its depthwise
+    BatchNorms inside the fused op with the group's statistics. Returns the converted module
+    (``module`` itself, changed in place, when it is not a BatchNorm)."""
+    if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not isinstance(
+            module, SyncBatchNorm) and type(module).forward in (nn.BatchNorm2d.forward,
+                                                                nn.SyncBatchNorm.forward):
+        out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group)
+        if module.affine:
+            with torch.no_grad():
+                out.weight = module.weight
+                out.bias = module.bias
+        out.running_mean = module.running_mean
+        out.running_var = module.running_var
+        out.num_batches_tracked = module.num_batches_tracked
+        out.training = module.training
+        return out
+    for name, child in module.named_children():
+        module.add_module(name, convert_sync_batchnorm(child, process_group))
+    return module
 
 
 def norm_kind(m):
     """Classify a norm module of an EMO block for the fused path:
 
     * ``identity``  -- nn.Identity (e.g. after ``reparameterize()``);
-    * ``batchnorm`` -- nn.BatchNorm2d or nn.SyncBatchNorm, or a subclass that keeps their
-      forward (affine or not, with or without running statistics, any momentum), except a
-      SyncBatchNorm that synchronises (training with torch.distributed initialised);
+    * ``batchnorm`` -- nn.BatchNorm2d, nn.SyncBatchNorm (this package's too), or a subclass
+      that keeps their forward (affine or not, with or without running statistics, any
+      momentum); a SyncBatchNorm that synchronises (training with torch.distributed
+      initialised) passes its process group to the ops (``batch_norm_args``);
     * ``frozen_bn`` -- a frozen BatchNorm (see ``_is_frozen_bn``);
     * ``layernorm`` -- EMO's LayerNorm2d;
     * ``unknown``   -- anything else, and any norm with forward hooks (they must fire): the
@@ -148,7 +208,8 @@ def norm_kind(m):
     if t is nn.Identity:
         return IDENTITY
     if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-        if t.forward not in (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward) or _sync_bn_syncs(m):
+        if t.forward not in (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward,
+                             SyncBatchNorm.forward):
             return UNKNOWN  # e.g. timm's BatchNormAct2d (an activation inside)
         return BATCHNORM
     if _is_frozen_bn(m):
@@ -198,7 +259,8 @@ def fold_bn_into_next_1x1(bn, weight, bias):
 def batch_norm_args(bn):
     """The ``F.batch_norm`` arguments ``bn.forward`` would use now, as keyword arguments of the
     emo_kernels ops (bn_weight, bn_bias, running_mean, running_var, bn_training, momentum, eps),
-    for a ``batchnorm``-kind norm. Like ``bn.forward`` it counts the batch
+    for a ``batchnorm``-kind norm, plus ``bn_process_group`` for a SyncBatchNorm that
+    synchronises (``sync_bn_group``). Like ``bn.forward`` it counts the batch
     (``num_batches_tracked``) in training: call it once per forward."""
     momentum = 0.0 if bn.momentum is None else bn.momentum
     if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
@@ -206,10 +268,14 @@ def batch_norm_args(bn):
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
     use_running = not bn.training or bn.track_running_stats
-    return dict(bn_weight=bn.weight, bn_bias=bn.bias,
+    args = dict(bn_weight=bn.weight, bn_bias=bn.bias,
                 running_mean=bn.running_mean if use_running else None,
                 running_var=bn.running_var if use_running else None,
                 bn_training=bn_uses_batch_stats(bn), momentum=momentum, eps=bn.eps)
+    group = sync_bn_group(bn)
+    if group is not None:
+        args["bn_process_group"] = group
+    return args
 
 
 # ----- tracers ---------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ Arguments
              bn_weight, bn_bias, bn_training, momentum, eps)``: in training it uses batch
              statistics and updates the running stats in place, exactly like nn.BatchNorm2d.
              Their dtype: x's, or float32 with fp16/bf16 x (mixed precision, as under autocast).
+    bn_process_group  a torch.distributed ProcessGroup or None: in training, the batch
+             statistics are those of the union of the batches of the group's processes, as
+             ``nn.SyncBatchNorm`` computes them (emo_kernels/distributed.py: the statistics and,
+             in backward, the input gradient's sums are all-reduced; the BatchNorm's own
+             gradients stay local). Ignored outside BatchNorm training and for a group of one.
 Returns z: (B, Cmid, Ho, Wo), Ho = floor((H + 2*pad - k)/stride) + 1.
 
 Backends (emo_kernels/backends/): ``torch`` (the reference), ``cpu`` (C++, inference, k in
@@ -30,6 +35,7 @@ about e*(Cin*H*W + 6*Cmid*H*W). A fused kernel reads x and the weights and write
 e*(Cin*H*W + Cmid*Ho*Wo).
 """
 from .. import dispatch
+from ..distributed import check_group
 from ..formulas import dw_out_size
 from ._checks import (ACTS, bn_dtypes, check_bool, check_channels, check_choice, check_int_in,
                       check_number, check_tensor, check_weight_1x1)
@@ -49,7 +55,8 @@ def _validate_bn(x, cmid, bn):
 
 
 def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
-              running_mean, running_var, bn_training, momentum=0.1, eps=1e-6):
+              running_mean, running_var, bn_training, momentum=0.1, eps=1e-6,
+              bn_process_group=None):
     check_tensor("x", x, dim=4)
     cin = x.shape[1]
     check_channels("x", cin)
@@ -59,6 +66,7 @@ def _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias
     check_bool("bn_training", bn_training)
     check_number("momentum", momentum)
     check_number("eps", eps)
+    check_group(bn_process_group)
     if w_exp is None:
         if act != "none":
             raise ValueError(f"w_exp=None (identity expansion) needs act='none', got act={act!r}")
@@ -93,12 +101,14 @@ def z_shape(x, w_dw, stride):
 
 def expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1, skip=False,
                       bn_weight=None, bn_bias=None, running_mean=None, running_var=None,
-                      bn_training=False, momentum=0.1, eps=1e-6):
+                      bn_training=False, momentum=0.1, eps=1e-6, bn_process_group=None):
     """See the module docstring."""
     _validate(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip, bn_weight, bn_bias,
-              running_mean, running_var, bn_training, momentum, eps)
+              running_mean, running_var, bn_training, momentum, eps, bn_process_group)
     kwargs = dict(act=act, stride=stride, skip=skip, bn_weight=bn_weight, bn_bias=bn_bias,
                   running_mean=running_mean, running_var=running_var, bn_training=bn_training,
                   momentum=momentum, eps=eps)
+    if bn_process_group is not None and bn_training:  # backends without it keep their signature
+        kwargs["bn_process_group"] = bn_process_group
     fn = dispatch.resolve(OP, x, w_exp, b_exp, w_dw, b_dw, **kwargs)
     return fn(x, w_exp, b_exp, w_dw, b_dw, **kwargs)

@@ -13,6 +13,7 @@ this is the composition the fused kernels must reproduce.
 """
 import torch.nn.functional as F
 
+from ..distributed import batch_norm_sync
 from ..formulas import dw_padding
 
 
@@ -28,7 +29,8 @@ def activation(x, act):
 
 def expand_dwconv_act_ref(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
                           skip=False, bn_weight=None, bn_bias=None, running_mean=None,
-                          running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+                          running_var=None, bn_training=False, momentum=0.1, eps=1e-6,
+                          bn_process_group=None):
     if w_exp is None:
         v = x
     else:
@@ -43,7 +45,11 @@ def expand_dwconv_act_ref(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", strid
         if stats is not None:
             bn_weight = None if bn_weight is None else bn_weight.to(stats.dtype)
             bn_bias = None if bn_bias is None else bn_bias.to(stats.dtype)
-        p = F.batch_norm(p, running_mean, running_var, bn_weight, bn_bias,
-                         training=bn_training, momentum=momentum, eps=eps)
+        if bn_training and bn_process_group is not None:  # SyncBatchNorm
+            p = batch_norm_sync(p, running_mean, running_var, bn_weight, bn_bias, momentum, eps,
+                                bn_process_group)
+        else:
+            p = F.batch_norm(p, running_mean, running_var, bn_weight, bn_bias,
+                             training=bn_training, momentum=momentum, eps=eps)
     d = F.silu(p)
     return v + d if skip else d

@@ -151,31 +151,6 @@ def test_hooked_norm_fires_and_matches():
     assert rel_err(b, a) <= 1e-5
 
 
-def test_sync_bn_in_process_group_runs_its_own_forward(monkeypatch):
-    """In training with torch.distributed initialised, SyncBatchNorm's forward (which
-    exchanges the batch statistics) runs for every depthwise norm: those blocks run the
-    reference computation (DDP then sees every parameter used)."""
-    ref, fused = _pair("sync_bn")
-    ref.train(), fused.train()
-    calls = []
-
-    def fake_sync_forward(self, x):  # what one process of a synced group would compute
-        calls.append(self)
-        return nn.BatchNorm2d.forward(self, x)
-
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(nn.SyncBatchNorm, "forward", fake_sync_forward)
-    x = torch.randn(2, 3, 64, 64)
-    a = ref(x)
-    n_ref = len(calls)
-    calls.clear()
-    b = fused(x)
-    assert len(calls) == n_ref == sum(isinstance(m, nn.SyncBatchNorm) for m in fused.modules())
-    assert rel_err(b, a) <= 1e-5
-    b.sum().backward()
-    assert all(p.grad is not None for p in fused.parameters())
-
-
 def test_reparameterize_frozen_bn():
     ref, fused = _pair("timm_freeze")
     x = torch.randn(2, 3, 64, 64)

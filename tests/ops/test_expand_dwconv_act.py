@@ -431,7 +431,7 @@ def test_opcheck(bn_training):
     args = (a("x"), a("w_exp").flatten(1).detach().requires_grad_(True), a("b_exp"), a("w_dw"),
             a("b_dw"), a("bn_weight"), a("bn_bias"), "silu", 1, True, bn_training, 1e-6, True)
     torch.library.opcheck(mod.expand_dwconv_act_triton_op, args)
-    z, p, mean, rstd, _ = mod.expand_dwconv_act_triton_op(*args)
+    z, p, mean, rstd, _, _ = mod.expand_dwconv_act_triton_op(*args)
     gz = torch.randn_like(z)
     bargs = (gz, args[0].detach(), args[1].detach(), args[2].detach(), args[3].detach(), p.detach(),
              mean.detach(), rstd.detach(), None if args[5] is None else args[5].detach(),

@@ -45,7 +45,8 @@ def _common_reason(tensors):
 
 def expand_dwconv_act_can_run(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
                               skip=False, bn_weight=None, bn_bias=None, running_mean=None,
-                              running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+                              running_var=None, bn_training=False, momentum=0.1, eps=1e-6,
+                              bn_process_group=None):
     if bn_training:
         return "the cpu backend does not run BatchNorm in training mode (batch statistics)"
     if w_dw.shape[-1] not in (1, 3, 5, 7):

@@ -26,6 +26,9 @@ _DIMS = (0, 2, 3)
 
 
 def can_run_expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw=None, **kwargs):
+    if kwargs.get("bn_process_group") is not None:
+        return ("the cuda backend does not all-reduce BatchNorm statistics across processes "
+                "(bn_process_group, SyncBatchNorm); the torch and triton backends do")
     return device_reason(x, w_exp, b_exp, w_dw, b_dw, kwargs.get("bn_weight"),
                          kwargs.get("bn_bias"), kwargs.get("running_mean"),
                          kwargs.get("running_var"))

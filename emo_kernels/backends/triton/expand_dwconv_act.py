@@ -75,6 +75,11 @@ eager autograd keeps x, u (act input), v (dwconv input), p (BN input) and the BN
 input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x (e bytes) and p
 (fp32, 4 bytes): e*Cin*H*W + 4*Cmid*Ho*Wo = 15.3 MB (x is kept by the previous layer anyway).
 Backward FLOPs: 1 expansion (recompute) + 2 GEMMs of the expansion size + k^2 taps.
+
+SyncBatchNorm (``bn_process_group``): the forward all-reduces the per-channel (count, mean, M2)
+between ``_fwd`` and ``_bn_apply``; the backward all-reduces S1, S2 and the count between
+``_bwd_stats`` and ``_bwd_dv`` (the input gradient's coefficients), while the BatchNorm's and
+the depthwise bias's gradients stay this process's sums (DDP averages parameter gradients).
 """
 import math
 
@@ -85,6 +90,7 @@ import triton.language as tl
 from . import interpreted
 from .irmb_inference import _act as _act_fwd  # one activation for every Triton kernel
 
+from ...distributed import all_reduce_sum, group_key, merge_moments, resolve_group  # noqa: E402
 from ...formulas import ACT_CODES as ACTS  # noqa: E402
 from ...formulas import (acc_dtype, bn_scale_shift, dw_out_size, dw_padding,  # noqa: E402
                          fold_affine, update_running_stats)
@@ -435,10 +441,12 @@ def _dummy(device, acc):
 
 
 def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training,
-            eps, save):
-    """Returns (z, p, mean, rstd, var); p is saved (ACC dtype) when ``save`` or BN training;
+            eps, save, bn_group=""):
+    """Returns (z, p, mean, rstd, var, n); p is saved (ACC dtype) when ``save`` or BN training;
     mean, rstd and the biased variance are the batch statistics when ``bn_training`` (else
-    empty). The running-stat update is the caller's (functional op)."""
+    empty), over the process group ``bn_group`` names (SyncBatchNorm: the per-channel moments
+    are all-reduced between the depthwise kernel and the normalisation kernel); n is their
+    count (0-d). The running-stat update is the caller's (functional op)."""
     B, cin, H, W = x.shape
     cmid = w_dw.shape[0]
     k = w_dw.shape[-1]
@@ -474,10 +482,11 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
                       K=k, STRIDE=stride, PAD=pad, HAS_BDW=b_dw is not None,
                       STORE_Z=not bn_training, STORE_P=store_p, STATS=bool(bn_training), **common)
     if not bn_training:
-        return z, p, *(torch.empty(0, dtype=acc, device=dev) for _ in range(3))
-    # Chan merge of the per-tile statistics
+        return z, p, *(torch.empty(0, dtype=acc, device=dev) for _ in range(4))
+    # Chan merge of the per-tile statistics, then of the processes' (SyncBatchNorm)
     n = B * Ho * Wo
-    if n < 2:
+    group = resolve_group(bn_group)
+    if n < 2 and group is None:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size "
                          f"{(B, cmid, Ho, Wo)}")
     cnt = torch.full((NT,), float(BP), dtype=acc, device=dev)
@@ -485,13 +494,17 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     cnt = cnt.repeat(B)[:, None]
     mean = (pmean * cnt).sum(0) / n
     m2 = (pm2 + cnt * (pmean - mean) ** 2).sum(0)
-    var = m2 / n
+    N, mean, m2 = merge_moments(n, mean, m2, group)
+    if group is not None and float(N) < 2:
+        raise ValueError(f"Expected more than 1 value per channel when training, got {int(N)} "
+                         f"in the process group")
+    var = m2 / N
     rstd = torch.rsqrt(var + eps)
     gamma = bn_weight.to(acc).contiguous() if bn_weight is not None else torch.ones(cmid, dtype=acc, device=dev)
     beta = bn_bias.to(acc).contiguous() if bn_bias is not None else torch.zeros(cmid, dtype=acc, device=dev)
     _bn_apply_kernel[grid](x, wexp, bexp, cst, p, mean, rstd, gamma, beta, z,
                            cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(), **common)
-    return z, p, mean, rstd, var
+    return z, p, mean, rstd, var, N
 
 
 def _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip):
@@ -509,13 +522,15 @@ def _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip):
     if out_memory_format(x) is not torch.channels_last:
         z = z.contiguous()
     acc = acc_dtype(x.dtype)
-    return (z, *(torch.empty(0, dtype=acc, device=x.device) for _ in range(4)))
+    return (z, *(torch.empty(0, dtype=acc, device=x.device) for _ in range(5)))
 
 
 def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,
-             bn_training):
+             bn_training, bn_group=""):
     """Returns (gx, g_w_exp, g_b_exp, g_w_dw, g_b_dw, g_bn_weight, g_bn_bias) with None for
-    absent inputs. w_exp is (Cmid, Cin) or None; p as saved by ``forward``."""
+    absent inputs. w_exp is (Cmid, Cin) or None; p as saved by ``forward``. Under a process
+    group (SyncBatchNorm) the sums that the input gradient needs are the group's; the
+    BatchNorm's and the depthwise bias's gradients are this process's sums."""
     B, cin, H, W = x.shape
     cmid = w_dw.shape[0]
     k = w_dw.shape[-1]
@@ -546,10 +561,15 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
                             ACC_DT=_tl_acc(x.dtype))
     S1, S2, S3 = (t.clone() for t in s.sum(1))  # distinct tensors: op outputs may not alias
     n = B * Ho * Wo
-    if bn_training:  # gp = gamma*rstd*(gq - S1/n - xhat*S2/n)
+    if bn_training:  # gp = gamma*rstd*(gq - S1/N - xhat*S2/N), sums and N over the group
+        group = resolve_group(bn_group)
+        N, G1, G2 = n, S1, S2
+        if group is not None:
+            N = all_reduce_sum(torch.tensor(float(n), dtype=acc, device=dev), group)
+            G1, G2 = all_reduce_sum(torch.stack([S1, S2]), group)
         ca = gamma * rstd
-        cb = -ca * S1 / n
-        cc = -ca * S2 / n
+        cb = -ca * G1 / N
+        cc = -ca * G2 / N
         g_bdw = ca * S1 + cb * n + cc * S3
         g_bnw = S2.to(bn_weight.dtype) if bn_weight is not None else None
         g_bnb = S1.to(bn_bias.dtype) if bn_bias is not None else None
@@ -603,16 +623,18 @@ def expand_dwconv_act_triton_op(
         x: Tensor, w_exp: Optional[Tensor], b_exp: Optional[Tensor], w_dw: Tensor,
         b_dw: Optional[Tensor], bn_weight: Optional[Tensor], bn_bias: Optional[Tensor],
         act: str, stride: int, skip: bool, bn_training: bool, eps: float,
-        save: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(z, p, mean, rstd, var). w_exp is (Cmid, Cin) or None. BatchNorm only in training mode
-    (the wrapper folds eval-mode BN into w_dw/b_dw); p is saved for backward when ``save``."""
+        save: bool, bn_group: str = "") -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(z, p, mean, rstd, var, n). w_exp is (Cmid, Cin) or None. BatchNorm only in training
+    mode (the wrapper folds eval-mode BN into w_dw/b_dw); p is saved for backward when ``save``;
+    ``bn_group`` names the process group of a SyncBatchNorm ('' for none:
+    emo_kernels/distributed.py)."""
     return forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip,
-                   bn_training, eps, save)
+                   bn_training, eps, save, bn_group)
 
 
 @expand_dwconv_act_triton_op.register_fake
 def _(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training, eps,
-      save):
+      save, bn_group=""):
     B, _, H, W = x.shape
     cmid, k = w_dw.shape[0], w_dw.shape[-1]
     Ho, Wo = dw_out_size(H, k, stride), dw_out_size(W, k, stride)
@@ -621,7 +643,8 @@ def _(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_tra
                     memory_format=out_memory_format(x))
     p = x.new_empty((B, cmid, Ho, Wo) if (save or bn_training) else (0,), dtype=acc)
     stat = (cmid,) if bn_training else (0,)
-    return z, p, *(x.new_empty(stat, dtype=acc) for _ in range(3))
+    return (z, p, *(x.new_empty(stat, dtype=acc) for _ in range(3)),
+            x.new_empty(() if bn_training else (0,), dtype=acc))
 
 
 @torch.library.custom_op("emo_kernels::expand_dwconv_act_triton_backward", mutates_args=())
@@ -629,17 +652,17 @@ def expand_dwconv_act_triton_backward_op(
         gz: Tensor, x: Tensor, w_exp: Optional[Tensor], b_exp: Optional[Tensor], w_dw: Tensor,
         p: Tensor, mean: Tensor, rstd: Tensor, bn_weight: Optional[Tensor],
         bn_bias: Optional[Tensor], act: str, stride: int, skip: bool,
-        bn_training: bool) -> List[Tensor]:
+        bn_training: bool, bn_group: str = "") -> List[Tensor]:
     """[gx, g_w_exp, g_b_exp, g_w_dw, g_b_dw (ACC dtype), g_bn_weight, g_bn_bias]; an empty
     tensor stands for the gradient of an absent (None) input."""
     grads = backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act,
-                     stride, skip, bn_training)
+                     stride, skip, bn_training, bn_group)
     return [g if g is not None else x.new_empty(0) for g in grads]
 
 
 @expand_dwconv_act_triton_backward_op.register_fake
 def _(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,
-      bn_training):
+      bn_training, bn_group=""):
     def like(t):
         return torch.empty_like(t) if t is not None else x.new_empty(0)
     bn = bn_training
@@ -651,14 +674,14 @@ def _(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride,
 
 def _setup_context(ctx, inputs, output):
     (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training,
-     _eps, _save) = inputs
-    _z, p, mean, rstd, _var = output
+     _eps, _save, bn_group) = inputs
+    _z, p, mean, rstd, _var, _n = output
     ctx.save_for_backward(x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias)
-    ctx.cfg = (act, stride, skip, bn_training)
+    ctx.cfg = (act, stride, skip, bn_training, bn_group)
     ctx.b_dw_dtype = None if b_dw is None else b_dw.dtype
 
 
-def _backward(ctx, gz, _gp, _gmean, _grstd, _gvar):
+def _backward(ctx, gz, _gp, _gmean, _grstd, _gvar, _gn):
     x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias = ctx.saved_tensors
     if p.numel() == 0 and x.numel() > 0:
         raise RuntimeError("expand_dwconv_act_triton: backward needs p, which the forward did "
@@ -674,7 +697,7 @@ def _backward(ctx, gz, _gp, _gmean, _grstd, _gvar):
             gbd.to(ctx.b_dw_dtype) if ctx.b_dw_dtype is not None else None,
             gbw if (bn_training and bn_weight is not None) else None,
             gbb if (bn_training and bn_bias is not None) else None,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 expand_dwconv_act_triton_op.register_autograd(_backward, setup_context=_setup_context)
@@ -682,7 +705,8 @@ expand_dwconv_act_triton_op.register_autograd(_backward, setup_context=_setup_co
 
 def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", stride=1,
                              skip=False, bn_weight=None, bn_bias=None, running_mean=None,
-                             running_var=None, bn_training=False, momentum=0.1, eps=1e-6):
+                             running_var=None, bn_training=False, momentum=0.1, eps=1e-6,
+                             bn_process_group=None):
     """The ``triton`` backend of ``emo_kernels.expand_dwconv_act`` (arguments validated there).
 
     Eval-mode BatchNorm (running stats, bn_training=False) is folded here into w_dw / b_dw
@@ -702,10 +726,11 @@ def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", st
         bn_weight = bn_bias = running_mean = running_var = None
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias))
-    z, p, mean, _rstd, var = torch.ops.emo_kernels.expand_dwconv_act_triton(
+    group = group_key(bn_process_group) if bn_training else ""
+    z, p, mean, _rstd, var, n = torch.ops.emo_kernels.expand_dwconv_act_triton(
         x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, int(stride), bool(skip),
-        bool(bn_training), float(eps), save)
+        bool(bn_training), float(eps), save, group)
     if bn_training and running_mean is not None:  # as F.batch_norm: unbiased var for the update
-        update_running_stats(running_mean, running_var, mean, var, p.numel() // p.shape[1],
-                             momentum)
+        update_running_stats(running_mean, running_var, mean, var,
+                             n if group else p.numel() // p.shape[1], momentum)
     return z
