@@ -26,13 +26,14 @@ per row (``mode`` ``infer`` or ``train``):
   (shapes only) with each kernel's ``kernel[grid](...)`` intercepted: grid, constexprs (the
   launcher's ``tiles()`` with TRITON_INTERPRET unset), num_warps, argument dtypes, exactly as
   the launchers pass them. The input is channels_last;
-* **fused, train**: the autograd-fused training path of today (not D1; a later issue): the
-  torch glue the fused forward calls (BatchNorm folding, LayerNorm, the qk conv, proj conv,
-  adds) and its backward recorded as for eager, plus the Triton training kernels
-  (``expand_dwconv_act``'s per-tap recompute ``_fwd_kernel`` with batch statistics,
-  ``_bn_apply``, ``_bwd_stats``, ``_bwd_dv``, the fp32 "ieee" GEMMs ``_gemm_gx`` / ``_gemm_gw``
-  on CUDA cores, ``window_attention`` forward and backward) and the launchers' small torch
-  reductions counted by reading ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
+* **fused, train**: the autograd-fused training path of today: the torch glue the fused
+  forward calls (BatchNorm folding, LayerNorm, the qk conv, proj conv, adds) and its backward
+  recorded as for eager, plus the Triton training kernels (``expand_dwconv_act``'s forward:
+  K_A ``_expand_kernel`` writing v once, B1 ``_fwd_kernel`` the depthwise pass with batch
+  statistics, B2 ``_bn_apply``; its backward: ``_bwd_stats``, ``_bwd_dv``, the fp32 "ieee"
+  GEMMs ``_gemm_gx`` / ``_gemm_gw`` on CUDA cores; ``window_attention`` forward and
+  backward) and the launchers' small torch reductions counted by reading
+  ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
 
 Every Triton kernel is costed from its **compiled sm_90 code**: ``triton.compile(ASTSource(
 ...), target=GPUTarget("cuda", 90, 32))`` with the specialization a real launch gets (ints
@@ -129,9 +130,10 @@ NOTE = {
               "(K_A expand, K_B dw+proj, A0 LN+qk+attention) run by an InferencePlan (weights "
               "folded once) replayed from a CUDA graph (no host time), plus the plan's torch "
               "ops (stem conv, squeeze-excite glue, head)"),
-    "train": ("fused train = today's training kernels (per-tap recompute expand_dwconv_act "
-              "with batch statistics, fp32 backward GEMMs, window attention) + their recorded "
-              "torch glue, forward and backward; eager = the real autograd ops"),
+    "train": ("fused train = today's training kernels (expand_dwconv_act: K_A expand, B1 "
+              "depthwise with batch statistics, B2 BatchNorm apply; fp32 backward GEMMs; window "
+              "attention) + their recorded torch glue, forward and backward; eager = the real "
+              "autograd ops"),
 }
 # issue #14's target for the fused inference row, checked IN THE MODEL only
 TARGET = dict(row=("emo_5m", 256, 224, "infer"), fused_ms=3.8, speedup=3.0)
@@ -310,7 +312,8 @@ def _pow2(n, lo, hi):
     return max(lo, min(hi, 1 << max(int(n) - 1, 0).bit_length()))
 
 
-_EDA_IO = ("x_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr", "gz_ptr", "gx_ptr")
+_EDA_IO = ("x_ptr", "v_ptr", "p_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr",
+           "gz_ptr", "gx_ptr")
 _WA_IO = ("Q", "K", "V", "KPAD", "O", "DO", "DQ", "DK", "DV")
 
 
@@ -825,6 +828,29 @@ def _glue(block, n):
     return Kernel("triton launcher glue", block, count=n)
 
 
+def expand_kernel(block, batch, cin, cmid, H, W, act, dt, has_bias):
+    """K_A (``irmb_inference._expand_kernel``) as ``irmb_inference.expand`` launches it for an
+    NHWC (batch, cin, H, W) input: recorded on the meta device, costed by :func:`d1_kernel`."""
+    from types import SimpleNamespace
+
+    from emo_kernels.backends.triton import irmb_inference as d1
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
+    rec = SimpleNamespace(ops=[], block=block)
+    saved = d1._expand_kernel
+    meta = dict(device="meta", dtype=dtype)
+    try:
+        d1._expand_kernel = _Launch(saved, "_expand_kernel", rec)
+        with _compiled_mode():
+            d1.expand(torch.empty(batch, cin, H, W, memory_format=torch.channels_last, **meta),
+                      torch.empty(cin, cmid, **meta),
+                      torch.empty(cmid, **meta) if has_bias else None, act,
+                      torch.empty(4, **meta))
+    finally:
+        d1._expand_kernel = saved
+    (op,) = rec.ops
+    return d1_kernel(block, op["d1"], dt)
+
+
 def eda_kernels(block, call, batch, dt, e, backward=False):
     """The Triton expand_dwconv_act launches of one call (forward, or its backward)."""
     cin, cmid, H, W, Ho, Wo, k, s = (call[n] for n in ("cin", "cmid", "H", "W", "Ho", "Wo", "k", "stride"))
@@ -840,20 +866,26 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
     nk = -(-cin // bk)
     x_b, z_b = batch * cin * H * W * e, batch * cmid * Ho * Wo * e
     w_b = (cin * cmid + cmid * (k * k + 2)) * e
-    trips = [k * k, nk] if call["has_exp"] else [k * k]
     bn = call["bn_training"]
     out = []
-    if not backward:
-        out.append(triton_kernel(
-            block, "eda", "_fwd_kernel", dt,
-            dict(**conv, HAS_BDW=call["has_bdw"], STORE_Z=not bn, STORE_P=bn or call["train"],
-                 STATS=bn, **common), ints, trips, progs,
-            x_b + w_b + (z_b if not bn else 0) + (2 * z_b if bn or call["train"] else 0),
-            label="expand_dwconv_act fwd (per-tap recompute)"))
+    if not backward:  # K_A writes v once (stem: v = x), B1 reads it, B2 applies the BatchNorm
+        v_b = batch * cmid * H * W * e if call["has_exp"] else x_b
+        if call["has_exp"]:
+            out.append(expand_kernel(block, batch, cin, cmid, H, W, call["act"], dt,
+                                     call["has_bexp"]))
+        fwd = dict(K=k, STRIDE=s, PAD=conv["PAD"], HAS_BDW=call["has_bdw"], SKIP=call["skip"],
+                   STORE_Z=not bn, STORE_P=True, STATS=bn, BLOCK_P=bp, BLOCK_C=bc)
+        ints_v = dict(CMID=cmid, H=H, W=W, HO=Ho, WO=Wo, NT=nt, svb=cmid * H * W, svc=1,
+                      svh=W * cmid, svw=cmid, szb=cmid * Ho * Wo, szc=1, szh=Wo * cmid,
+                      szw=cmid)
+        out.append(triton_kernel(block, "eda", "_fwd_kernel", dt, fwd, ints_v, [k * k], progs,
+                                 v_b + w_b + z_b + (0 if bn else z_b),
+                                 label="expand_dwconv_act B1 dw (v from K_A)"))
         if bn:
-            out.append(triton_kernel(block, "eda", "_bn_apply_kernel", dt, common, ints,
-                                     [nk] if call["skip"] and call["has_exp"] else [], progs,
-                                     2 * z_b + z_b + (x_b if call["skip"] else 0)))
+            bn_c = dict(SKIP=call["skip"], BLOCK_P=bp, BLOCK_C=bc)
+            out.append(triton_kernel(block, "eda", "_bn_apply_kernel", dt, bn_c, ints_v, [],
+                                     progs, 2 * z_b + (v_b if call["skip"] else 0),
+                                     label="expand_dwconv_act B2 BN+SiLU(+skip)"))
         out.append(_glue(block, TRITON_GLUE["eda_train_fwd" if call["train"] else "eda_infer"]))
         return out
     ints_bwd = dict(CMID=cmid, HO=Ho, WO=Wo, NT=nt, sgb=cmid * Ho * Wo, sgc=1, sgh=Wo * cmid,

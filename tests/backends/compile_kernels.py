@@ -40,7 +40,8 @@ import emo_kernels.backends.triton.window_attention as WA  # noqa: E402
 
 DTYPES = ("fp16", "bf16", "fp32", "fp64")
 # pointer arguments that carry the op's dtype; every other pointer is the accumulator dtype
-EDA_IO = ("x_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr", "gz_ptr", "gx_ptr")
+EDA_IO = ("x_ptr", "v_ptr", "p_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr", "gz_ptr",
+          "gx_ptr")
 WA_IO = ("Q", "K", "V", "KPAD", "O", "DO", "DQ", "DK", "DV")
 WA_ACC = ("LSE", "DKPAD")
 WA_FLOATS = ("scale_hi", "scale_lo")
@@ -88,12 +89,13 @@ def eda_cases(dt):
     common = dict(HAS_EXP=has_exp, HAS_BEXP=has_exp, ACT=act, SKIP=skip, NATIVE_DOT=native,
                   **blocks)
     conv = dict(K=k, STRIDE=s, PAD=-(-(k - s) // 2))
+    b1 = dict(SKIP=skip, BLOCK_P=64, BLOCK_C=32, ACC_DT=blocks["ACC_DT"])
     return [
         (EDA._fwd_kernel, dict(**conv, HAS_BDW=True, STORE_Z=True, STORE_P=True, STATS=False,
-                               **common)),
+                               **b1)),
         (EDA._fwd_kernel, dict(**conv, HAS_BDW=False, STORE_Z=False, STORE_P=True, STATS=True,
-                               **common)),
-        (EDA._bn_apply_kernel, common),
+                               **b1)),
+        (EDA._bn_apply_kernel, b1),
         (EDA._bwd_stats_kernel, dict(BLOCK_P=64, BLOCK_C=32, ACC_DT=blocks["ACC_DT"])),
         (EDA._bwd_dv_kernel, dict(**conv, **common)),
         (EDA._gemm_gx_kernel, blocks),

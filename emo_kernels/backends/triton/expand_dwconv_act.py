@@ -6,61 +6,29 @@ kernels, their launch helpers and, at the end, the torch.library custom ops
 functions and autograd registration. ``expand_dwconv_act_triton`` is the function the
 ``triton`` backend of ``emo_kernels.expand_dwconv_act`` calls.
 
-Forward scheme: recompute the expansion per depthwise tap
-----------------------------------------------------------
-A program owns BLOCK_P output pixels (flattened Ho*Wo of one image) x BLOCK_C mid channels.
-For each of the k*k taps it loads the x pixels under that tap (BLOCK_P x Cin, zero outside),
-computes u = x @ w_exp^T + b_exp with ``tl.dot`` (fp32 accumulation; fp64 for fp64 inputs),
-v = act(u), zeroes v at padded positions (the padding is on v, not x) and accumulates
-v * w_dw[tap]. The centre tap (stride 1) is kept for the inner skip, so ``z = silu(p) + v``
-needs no extra work. v never touches memory; x is read k*k times but the re-reads of
-neighbouring pixels hit L1/L2 (compulsory DRAM traffic: x once + z once).
-
-Alternatives considered (Triton has no explicit shared memory):
-* stage each program's haloed v tile in a per-program global scratch that stays in L2:
-  expansion once per halo pixel (factor ((T-1)s+k)^2 / (T^2 s^2) instead of k^2/s^2) but
-  it needs an intra-program barrier between scratch write and read (tl.debug_barrier) and
-  an L2 round trip of the halo tile per program;
-* expand the haloed tile in registers and build the taps with ``tl.gather``: the same FLOPs
-  as the scratch scheme, but unverified here on Triton 3.6 and in the interpreter, and the
-  power-of-two padding of a halo tile wastes up to half the lanes.
-Per-tap recompute was chosen because it is the simplest correct scheme, needs no barrier,
-runs unchanged in the interpreter and on Triton 3.6-3.8, and is DRAM-optimal; its price is
-expansion FLOPs x k^2/s^2 (table below).
-
-FLOPs and DRAM bytes per image, EMO-5M at 224x224, fp16 (e = 2 bytes), MAC = 2 FLOP,
-computed from ``emo.emo_5m()``'s modules (no GPU in this task: arithmetic, not measurements):
-  eager     FLOP 2*Cin*Cmid*H*W + 2*Cmid*Ho*Wo*k^2; bytes: conv1x1 (x in, u out), act (u in,
-            v out), dwconv (v in, p out), silu (p in, d out), skip add (v, d in, z out)
-  recompute (this module) FLOP 2*Cin*Cmid*Ho*Wo*k^2 + 2*Cmid*Ho*Wo*k^2; bytes e*(Cin*H*W +
-            Cmid*Ho*Wo) (x re-reads under neighbouring taps hit cache)
-  halo8     staged 8x8-output tiles: expansion on ((8-1)s+k)^2 pixels per tile, same DRAM bytes
-            plus an L2 round trip of the halo tile (not counted)
-
-    block             Cin->Cmid  k s  H x W  |  GFLOP eager recompute halo8 | MB eager fused
-    stage0.1 (stem)     24->24   3 1 112x112 |        0.005   0.005   0.005 |   3.6    1.2
-    stage1.0            24->96   3 2 112x112 |        0.063   0.135   0.071 |  12.0    1.2
-    stage1.1-2 (x2)     48->96   3 1  56x56  |        0.034   0.266   0.051 |   6.3    0.9
-    stage2.0            48->288  3 2  56x56  |        0.091   0.199   0.132 |   8.9    0.8
-    stage2.1-2 (x2)     72->216  3 1  28x28  |        0.027   0.223   0.053 |   3.5    0.5
-    stage3.0            72->576  5 2  28x28  |        0.071   0.412   0.125 |   4.4    0.3
-    stage3.1-8 (x8) *  160->640  5 1  14x14  |        0.046   1.010   0.124 |   2.6    0.3
-    stage4.0           160->1280 5 2  14x14  |        0.083   0.505   0.151 |   2.4    0.2
-    stage4.1-2 (x2) * 288->1152 5 1   7x7   |        0.035   0.816   0.098 |   1.2    0.1
-    total per image (19 blocks)               |        0.88   11.94    1.88  |  73.9    9.2
-    (* attention blocks: their value projection + dwconv also go through this op)
-Per-tap recompute cuts DRAM bytes 8x (74 -> 9 MB/image) but multiplies the expansion FLOPs:
-5x over the non-attention blocks (0.44 -> 2.2 GFLOP) and 22x on the k=5 stride-1 attention
-value paths (0.35 -> 8.1 GFLOP). With fp16/bf16 (tensor-core dots, fp32 accumulation) the
-extra FLOPs are cheap next to the saved bytes on an H200; in fp32 (exact "ieee" dots, no
-TF32, to meet the 1e-5 tolerance) the k=5 stride-1 blocks are compute-bound. The halo scheme
-(1.9 GFLOP total) is the follow-up for those; it was not attempted here for lack of a GPU to
-validate its barrier/scratch traffic.
+Forward: v written once, then the depthwise pass (no per-tap recompute)
+-----------------------------------------------------------------------
+Inference (nothing saved, no batch statistics) is ``irmb_inference``'s K_A + K_B(STORE_Z).
+Training (something saved for backward, or BatchNorm with batch statistics):
+1. K_A (``irmb_inference._expand_kernel``): v = act(x @ w_exp^T + b_exp), a tensor-core GEMM
+   over the flattened B*H*W pixels, v written once (channels_last, x's dtype). The stem
+   (identity expansion) reads x as v.
+2. B1 ``_fwd_kernel``: per (output tile of BLOCK_P pixels, BLOCK_C channels): p = dwconv(v) +
+   b_dw (zero padding on v), stored in x's dtype; with BatchNorm, per-tile (mean, M2) of p in
+   the ACC dtype; without, z = silu(p) (+ v) directly.
+3. With BatchNorm: the host merges the tiles' moments (Chan), and across the processes of a
+   SyncBatchNorm (all-reduce), then B2 ``_bn_apply_kernel``: z = silu(BN(p)) (+ v).
+Reads and writes per image (element size e, fp16/bf16 2, fp32 4): K_A e*(Cin*H*W + Cmid*H*W);
+B1 e*(Cmid*H*W + Cmid*Ho*Wo) (+ e*Cmid*Ho*Wo for z without BatchNorm); B2 e*(2 Cmid*Ho*Wo +
+Cmid*H*W with the skip). v is transient: freed when the forward returns.
+(Until issue #15 the training forward recomputed the expansion under every depthwise tap:
+k^2/s^2 x the expansion FLOPs, 22x on the k=5 stride-1 attention value paths.)
 
 Backward (no v saved; v/u recomputed once per input pixel)
 -----------------------------------------------------------
-Saved: x, the weights, p (pre-norm dwconv output, ACC dtype) and, with BatchNorm training,
-the per-channel batch mean and rstd. Kernels:
+Saved: x, the weights, p (pre-norm dwconv output, x's dtype: e*Cmid*Ho*Wo bytes per image, as
+eager autocast keeps the BatchNorm input) and, with BatchNorm training, the per-channel batch
+mean and rstd (ACC dtype). Kernels:
 1. ``_bwd_stats``: per output tile partial sums of gq = gz * silu'(q), gq * xhat and xhat
    (q = BN(p) or p) -> g_bn_bias, g_bn_weight, g_b_dw and the BN backward coefficients.
 2. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
@@ -72,8 +40,9 @@ the per-channel batch mean and rstd. Kernels:
    sum_{b,i} gu[b,c,i] x[b,k,i].
 Saved for backward per image, EMO-5M 224x224 fp16, summed over the 19 blocks using this op:
 eager autograd keeps x, u (act input), v (dwconv input), p (BN input) and the BN output (SiLU
-input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x (e bytes) and p
-(fp32, 4 bytes): e*Cin*H*W + 4*Cmid*Ho*Wo = 15.3 MB (x is kept by the previous layer anyway).
+input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x and p, both in x's
+dtype: e*(Cin*H*W + Cmid*Ho*Wo) (x is kept by the previous layer anyway). The whole model's
+bytes, both paths: ``python -m bench.saved_memory``.
 Backward FLOPs: 1 expansion (recompute) + 2 GEMMs of the expansion size + k^2 taps.
 
 SyncBatchNorm (``bn_process_group``): the forward all-reduces the per-channel (count, mean, M2)
@@ -165,41 +134,36 @@ def _expand_at(x_ptr, xoff, ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
 
 # ----------------------------------------------------------------------------------- forward
 @triton.jit
-def _fwd_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, bdw_ptr, cst_ptr, z_ptr, p_ptr,
-                pmean_ptr, pm2_ptr,
-                CIN, CMID, H, W, HO, WO, NT,
-                sxb, sxc, sxh, sxw, szb, szc, szh, szw,
+def _fwd_kernel(v_ptr, wdw_ptr, bdw_ptr, z_ptr, p_ptr, pmean_ptr, pm2_ptr,
+                CMID, H, W, HO, WO, NT,
+                svb, svc, svh, svw, szb, szc, szh, szw,
                 K: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
-                HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, HAS_BDW: tl.constexpr,
-                ACT: tl.constexpr, SKIP: tl.constexpr, STORE_Z: tl.constexpr,
-                STORE_P: tl.constexpr, STATS: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                ACC_DT: tl.constexpr):
+                HAS_BDW: tl.constexpr, SKIP: tl.constexpr, STORE_Z: tl.constexpr,
+                STORE_P: tl.constexpr, STATS: tl.constexpr,
+                BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DT: tl.constexpr):
+    """B1 (the training forward's depthwise pass) on v, the expansion output K_A wrote once:
+    p = dwconv(v) + b_dw (zero padding) for an output tile; stores p and/or, with per-tile
+    BatchNorm statistics, or z = silu(p) (+ v) when no BatchNorm follows."""
     pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
-
+    cv = c[None, :].to(tl.int64) * svc
     acc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-    vc = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-    # a runtime loop over taps (not static_range): 25 unrolled k=5 taps of dot + erf took
-    # ~100 s to compile for sm_90
     for tap in range(K * K):
         kh = tap // K
         kw = tap % K
         ih = oh * STRIDE - PAD + kh
         iw = ow * STRIDE - PAD + kw
         ok = o_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
-        u = _expand_at(x_ptr, xoff, ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
-                       HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
-        v = tl.where(ok[:, None], _act_fwd(u, cst_ptr, ACT), 0.0)
+        voff = b * svb + ih.to(tl.int64) * svh + iw.to(tl.int64) * svw
+        v = tl.load(v_ptr + voff[:, None] + cv, mask=ok[:, None] & c_ok[None, :],
+                    other=0.0).to(ACC_DT)
         wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
         acc += v * wt[None, :]
-        if SKIP:  # keep the centre tap: v at the output pixel (stride 1)
-            vc = tl.where(tap == PAD * K + PAD, v, vc)
     if HAS_BDW:
         acc += tl.load(bdw_ptr + c, mask=c_ok, other=0.0).to(ACC_DT)[None, :]
     m2d = o_ok[:, None] & c_ok[None, :]
-    if STORE_P:  # p: contiguous (B, CMID, HO*WO), ACC dtype
-        tl.store(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], acc, mask=m2d)
+    if STORE_P:  # p: contiguous (B, CMID, HO*WO), x's dtype (fp16/bf16) or the ACC dtype
+        tl.store(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None],
+                 acc.to(p_ptr.dtype.element_ty), mask=m2d)
     if STATS:  # per-tile mean and sum of squared deviations (Chan merge on the host)
         cnt = tl.sum(o_ok.to(ACC_DT), axis=0)
         tmean = tl.sum(tl.where(m2d, acc, 0.0), axis=0) / cnt
@@ -208,26 +172,25 @@ def _fwd_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, bdw_ptr, cst_ptr, z_ptr, p_p
         tl.store(pm2_ptr + pid * CMID + c, tl.sum(dev * dev, axis=0), mask=c_ok)
     if STORE_Z:
         d = acc / (1.0 + tl.exp(-acc))
-        if SKIP:
-            d += vc
+        if SKIP:  # stride 1: v at the output pixel
+            d += tl.load(v_ptr + (b * svb + oh.to(tl.int64) * svh + ow.to(tl.int64) * svw)[:, None]
+                         + cv, mask=m2d, other=0.0).to(ACC_DT)
         zoff = b * szb + c[None, :].to(tl.int64) * szc + oh[:, None].to(tl.int64) * szh \
             + ow[:, None].to(tl.int64) * szw
         tl.store(z_ptr + zoff, d.to(z_ptr.dtype.element_ty), mask=m2d)
 
 
 @triton.jit
-def _bn_apply_kernel(x_ptr, wexp_ptr, bexp_ptr, cst_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr,
-                     beta_ptr, z_ptr,
-                     CIN, CMID, H, W, HO, WO, NT,
-                     sxb, sxc, sxh, sxw, szb, szc, szh, szw,
-                     HAS_EXP: tl.constexpr, HAS_BEXP: tl.constexpr, ACT: tl.constexpr,
-                     SKIP: tl.constexpr, NATIVE_DOT: tl.constexpr,
-                     BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
+def _bn_apply_kernel(v_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, z_ptr,
+                     CMID, HO, WO, NT,
+                     svb, svc, svh, svw, szb, szc, szh, szw,
+                     SKIP: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
                      ACC_DT: tl.constexpr):
-    """z = silu(BN(p)) (+ v, recomputed at the output pixel: stride 1 when SKIP)."""
+    """B2: z = silu(BN(p)) (+ v at the output pixel: stride 1 when SKIP)."""
     pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
     m2d = o_ok[:, None] & c_ok[None, :]
-    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
+    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d,
+                other=0.0).to(ACC_DT)
     mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
     rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)
     gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)
@@ -235,10 +198,8 @@ def _bn_apply_kernel(x_ptr, wexp_ptr, bexp_ptr, cst_ptr, p_ptr, mean_ptr, rstd_p
     q = (p - mean[None, :]) * rstd[None, :] * gamma[None, :] + beta[None, :]
     d = q / (1.0 + tl.exp(-q))
     if SKIP:
-        xoff = b * sxb + oh.to(tl.int64) * sxh + ow.to(tl.int64) * sxw
-        u = _expand_at(x_ptr, xoff, o_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
-                       HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
-        d += _act_fwd(u, cst_ptr, ACT)
+        d += tl.load(v_ptr + (b * svb + oh.to(tl.int64) * svh + ow.to(tl.int64) * svw)[:, None]
+                     + c[None, :].to(tl.int64) * svc, mask=m2d, other=0.0).to(ACC_DT)
     zoff = b * szb + c[None, :].to(tl.int64) * szc + oh[:, None].to(tl.int64) * szh \
         + ow[:, None].to(tl.int64) * szw
     tl.store(z_ptr + zoff, d.to(z_ptr.dtype.element_ty), mask=m2d)
@@ -253,7 +214,8 @@ def _bwd_stats_kernel(gz_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
     """Per-tile partial sums of gq, gq*xhat and xhat (gq = gz * silu'(q), q = BN(p))."""
     pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
     m2d = o_ok[:, None] & c_ok[None, :]
-    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d, other=0.0)
+    p = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + o[:, None], mask=m2d,
+                other=0.0).to(ACC_DT)
     g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + oh[:, None].to(tl.int64) * sgh
                 + ow[:, None].to(tl.int64) * sgw, mask=m2d, other=0.0).to(ACC_DT)
     mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)
@@ -320,7 +282,7 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
                     + oh[:, None].to(tl.int64) * sgh + ow[:, None].to(tl.int64) * sgw,
                     mask=mk, other=0.0).to(ACC_DT)
         pp = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
-                     mask=mk, other=0.0)
+                     mask=mk, other=0.0).to(ACC_DT)
         xhat = (pp - mean) * rstd
         q = xhat * gamma + beta
         gp = tl.where(mk, ca * (g * _silu_grad(q)) + cb + cc * xhat, 0.0)
@@ -442,7 +404,7 @@ def _dummy(device, acc):
 
 def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_training,
             eps, save, bn_group=""):
-    """Returns (z, p, mean, rstd, var, n); p is saved (ACC dtype) when ``save`` or BN training;
+    """Returns (z, p, mean, rstd, var, n); p is saved (x's dtype) when ``save`` or BN training;
     mean, rstd and the biased variance are the batch statistics when ``bn_training`` (else
     empty), over the process group ``bn_group`` names (SyncBatchNorm: the per-channel moments
     are all-reduced between the depthwise kernel and the normalisation kernel); n is their
@@ -454,33 +416,26 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     Ho, Wo = dw_out_size(H, k, stride), dw_out_size(W, k, stride)
     acc = acc_dtype(x.dtype)
     dev = x.device
-    has_exp = w_exp is not None
-    wexp = w_exp.reshape(cmid, cin).contiguous() if has_exp else _dummy(dev, acc)
-    bexp = b_exp.contiguous() if b_exp is not None else _dummy(dev, acc)
     wdw = w_dw.reshape(cmid, k * k).contiguous()
     bdw = b_dw.contiguous() if b_dw is not None else _dummy(dev, acc)
-    cst = _consts(dev, acc)
-    store_p = bool(save or bn_training)
-    if not store_p:  # inference: v written once (irmb_inference's kernels), no recompute
+    if not (save or bn_training):  # inference: nothing saved, z straight from v
         return _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip)
+    v = _expanded(x, w_exp, b_exp, act)  # K_A: v written once (x itself for the stem)
     z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=dev,
                     memory_format=out_memory_format(x))
-    BP, BC, BK = _blocks(Ho * Wo, cmid, cin)
+    BP, BC, _ = _blocks(Ho * Wo, cmid, cin)
     NT = triton.cdiv(Ho * Wo, BP)
     grid = (B * NT, triton.cdiv(cmid, BC))
-    p = torch.empty((B, cmid, Ho, Wo) if store_p else (0,), dtype=acc, device=dev)
+    p = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=dev)
     if bn_training:
         pmean = torch.empty((B * NT, cmid), dtype=acc, device=dev)
         pm2 = torch.empty((B * NT, cmid), dtype=acc, device=dev)
     else:
         pmean = pm2 = _dummy(dev, acc)
-    common = dict(HAS_EXP=has_exp, HAS_BEXP=b_exp is not None, ACT=ACTS[act], SKIP=bool(skip),
-                  NATIVE_DOT=_native_dot(x.dtype), BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK,
-                  ACC_DT=_tl_acc(x.dtype))
-    _fwd_kernel[grid](x, wexp, bexp, wdw, bdw, cst, z, p if store_p else _dummy(dev, acc),
-                      pmean, pm2, cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(),
-                      K=k, STRIDE=stride, PAD=pad, HAS_BDW=b_dw is not None,
-                      STORE_Z=not bn_training, STORE_P=store_p, STATS=bool(bn_training), **common)
+    common = dict(SKIP=bool(skip), BLOCK_P=BP, BLOCK_C=BC, ACC_DT=_tl_acc(x.dtype))
+    _fwd_kernel[grid](v, wdw, bdw, z, p, pmean, pm2, cmid, H, W, Ho, Wo, NT, *v.stride(),
+                      *z.stride(), K=k, STRIDE=stride, PAD=pad, HAS_BDW=b_dw is not None,
+                      STORE_Z=not bn_training, STORE_P=True, STATS=bool(bn_training), **common)
     if not bn_training:
         return z, p, *(torch.empty(0, dtype=acc, device=dev) for _ in range(4))
     # Chan merge of the per-tile statistics, then of the processes' (SyncBatchNorm)
@@ -502,9 +457,21 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     rstd = torch.rsqrt(var + eps)
     gamma = bn_weight.to(acc).contiguous() if bn_weight is not None else torch.ones(cmid, dtype=acc, device=dev)
     beta = bn_bias.to(acc).contiguous() if bn_bias is not None else torch.zeros(cmid, dtype=acc, device=dev)
-    _bn_apply_kernel[grid](x, wexp, bexp, cst, p, mean, rstd, gamma, beta, z,
-                           cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *z.stride(), **common)
+    _bn_apply_kernel[grid](v, p, mean, rstd, gamma, beta, z, cmid, Ho, Wo, NT, *v.stride(),
+                           *z.stride(), **common)
     return z, p, mean, rstd, var, N
+
+
+def _expanded(x, w_exp, b_exp, act, nhwc=False):
+    """v = act(x @ w_exp^T + b_exp), written once by K_A (``irmb_inference.expand``: a GEMM
+    over the flattened pixels, channels_last, x's dtype); x itself (as channels_last when
+    ``nhwc``) for the identity expansion."""
+    from . import irmb_inference as d1
+    if w_exp is None:
+        return d1.nhwc(x) if nhwc else x
+    cmid = w_exp.shape[0]
+    return d1.expand(d1.nhwc(x), w_exp.reshape(cmid, -1).t().to(x.dtype).contiguous(), b_exp,
+                     act, d1.consts(x.device, x.dtype))
 
 
 def _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip):
@@ -513,16 +480,13 @@ def _forward_d1(x, w_exp, b_exp, w_dw, b_dw, act, stride, skip):
     ``dwproj(store_z=True)``). Returns forward()'s tuple with empty p and statistics."""
     from . import irmb_inference as d1
     cmid, k = w_dw.shape[0], w_dw.shape[-1]
-    v = d1.nhwc(x)
-    if w_exp is not None:
-        v = d1.expand(v, w_exp.reshape(cmid, -1).t().to(x.dtype).contiguous(), b_exp, act,
-                      d1.consts(x.device, x.dtype))
+    v = _expanded(x, w_exp, b_exp, act, nhwc=True)
     z = d1.dwproj(v, w_dw.reshape(cmid, k * k).t().contiguous(), b_dw, None, k, stride, skip,
                   store_z=True)
     if out_memory_format(x) is not torch.channels_last:
         z = z.contiguous()
     acc = acc_dtype(x.dtype)
-    return (z, *(torch.empty(0, dtype=acc, device=x.device) for _ in range(5)))
+    return (z, x.new_empty(0), *(torch.empty(0, dtype=acc, device=x.device) for _ in range(4)))
 
 
 def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, stride, skip,
@@ -641,7 +605,7 @@ def _(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, bn_tra
     acc = acc_dtype(x.dtype)
     z = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=x.device,
                     memory_format=out_memory_format(x))
-    p = x.new_empty((B, cmid, Ho, Wo) if (save or bn_training) else (0,), dtype=acc)
+    p = x.new_empty((B, cmid, Ho, Wo) if (save or bn_training) else (0,))
     stat = (cmid,) if bn_training else (0,)
     return (z, p, *(x.new_empty(stat, dtype=acc) for _ in range(3)),
             x.new_empty(() if bn_training else (0,), dtype=acc))
@@ -727,6 +691,12 @@ def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", st
     save = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias))
     group = group_key(bn_process_group) if bn_training else ""
+    if bn_training and not group:  # (here too, not only in the kernel path: fake tensors)
+        k = w_dw.shape[-1]
+        Ho, Wo = dw_out_size(x.shape[2], k, stride), dw_out_size(x.shape[3], k, stride)
+        if x.shape[0] * Ho * Wo < 2:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input "
+                             f"size {(x.shape[0], w_dw.shape[0], Ho, Wo)}")
     z, p, mean, _rstd, var, n = torch.ops.emo_kernels.expand_dwconv_act_triton(
         x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, int(stride), bool(skip),
         bool(bn_training), float(eps), save, group)
