@@ -30,8 +30,8 @@ per row (``mode`` ``infer`` or ``train``):
   forward calls (BatchNorm folding, LayerNorm, the qk conv, proj conv, adds) and its backward
   recorded as for eager, plus the Triton training kernels (``expand_dwconv_act``'s forward:
   K_A ``_expand_kernel`` writing v once, B1 ``_fwd_kernel`` the depthwise pass with batch
-  statistics, B2 ``_bn_apply``; its backward: ``_bwd_stats``, ``_bwd_dv``, the fp32 "ieee"
-  GEMMs ``_gemm_gx`` / ``_gemm_gw`` on CUDA cores; ``window_attention`` forward and
+  statistics, B2 ``_bn_apply``; its backward: ``_bwd_stats``, ``_bwd_dv``, the tensor-core
+  GEMMs ``_gemm_gx`` / split-K ``_gemm_gw``; ``window_attention`` forward and
   backward) and the launchers' small torch reductions counted by reading
   ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
 
@@ -131,7 +131,7 @@ NOTE = {
               "folded once) replayed from a CUDA graph (no host time), plus the plan's torch "
               "ops (stem conv, squeeze-excite glue, head)"),
     "train": ("fused train = today's training kernels (expand_dwconv_act: K_A expand, B1 "
-              "depthwise with batch statistics, B2 BatchNorm apply; fp32 backward GEMMs; window "
+              "depthwise with batch statistics, B2 BatchNorm apply; tensor-core backward GEMMs; window "
               "attention) + their recorded torch glue, forward and backward; eager = the real "
               "autograd ops"),
 }
@@ -900,19 +900,28 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
     out.append(triton_kernel(block, "eda", "_bwd_dv_kernel", dt,
                              dict(**conv, **dict(common, BLOCK_P=bpi)), ints_dv,
                              [nk, k * k] if call["has_exp"] else [k * k], progs_i,
-                             x_b + 3 * z_b + batch * cmid * H * W * 4))
-    if call["has_exp"]:
-        gu_b = batch * cmid * H * W * 4
-        out.append(triton_kernel(block, "eda", "_gemm_gx_kernel", dt,
-                                 dict(BLOCK_P=bpi, BLOCK_C=bc, BLOCK_K=bk),
-                                 dict(CIN=cin, CMID=cmid, H=H, W=W, NT=nti, sob=cin * H * W,
+                             x_b + 3 * z_b + batch * cmid * H * W * e))
+    if call["has_exp"]:  # gu in x's dtype; the GEMMs on tensor cores, g_w_exp split-K
+        from emo_kernels.backends.triton.expand_dwconv_act import (gemm_blocks, gw_block_k,
+                                                                  gw_splits)
+        gu_b = batch * cmid * H * W * e
+        with _compiled_mode():
+            gp, gc, gk = gemm_blocks(H * W, cmid, cin)
+            gwk = gw_block_k(gk)
+            splits, chunk = gw_splits(batch * H * W, cmid, cin, gp, gc, gwk)
+        gt, gnk = -(-H * W // gp), -(-cin // gk)
+        gemm = dict(NATIVE_DOT=True, BLOCK_P=gp, BLOCK_C=gc, BLOCK_K=gk)
+        out.append(triton_kernel(block, "eda", "_gemm_gx_kernel", dt, gemm,
+                                 dict(CIN=cin, CMID=cmid, H=H, W=W, NT=gt, sob=cin * H * W,
                                       soc=1, soh=W * cin, sow=cin),
-                                 [-(-cmid // bc)], batch * nti * nk, gu_b + x_b))
-        out.append(triton_kernel(block, "eda", "_gemm_gw_kernel", dt,
-                                 dict(BLOCK_P=bpi, BLOCK_C=bc, BLOCK_K=bk),
+                                 [-(-cmid // gc)], batch * gt * gnk, gu_b + x_b))
+        gnk = -(-cin // gwk)
+        gemm = dict(gemm, BLOCK_K=gwk)
+        out.append(triton_kernel(block, "eda", "_gemm_gw_kernel", dt, gemm,
                                  dict(B=batch, CIN=cin, CMID=cmid, H=H, W=W, sxb=cin * H * W,
-                                      sxc=1, sxh=W * cin, sxw=cin),
-                                 [-(-batch * H * W // bpi)], -(-cmid // bc) * nk, gu_b + x_b))
+                                      sxc=1, sxh=W * cin, sxw=cin, CHUNK=chunk),
+                                 [-(-chunk // gp)], -(-cmid // gc) * gnk * splits,
+                                 gu_b + x_b + splits * cmid * cin * 4 * 2))
     out.append(_glue(block, TRITON_GLUE["eda_train_bwd"]))
     return out
 

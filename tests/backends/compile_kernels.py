@@ -98,8 +98,8 @@ def eda_cases(dt):
         (EDA._bn_apply_kernel, b1),
         (EDA._bwd_stats_kernel, dict(BLOCK_P=64, BLOCK_C=32, ACC_DT=blocks["ACC_DT"])),
         (EDA._bwd_dv_kernel, dict(**conv, **common)),
-        (EDA._gemm_gx_kernel, blocks),
-        (EDA._gemm_gw_kernel, blocks),
+        (EDA._gemm_gx_kernel, dict(NATIVE_DOT=native, **blocks)),
+        (EDA._gemm_gw_kernel, dict(NATIVE_DOT=native, **blocks)),
     ]
 
 

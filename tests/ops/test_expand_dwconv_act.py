@@ -414,6 +414,29 @@ def _opcheck_device():
     return torch.device("cpu")
 
 
+def test_weight_gradient_split_k_fills_an_h200(monkeypatch):
+    """g_w_exp's split-K grid on EMO-5M's expansions at 224, batch 256 (GPU tiles): at least
+    264 programs (2 per SM of an H200) in every block, the splits covering every pixel once;
+    the interpreter splits in two where it can (the tests above run that path)."""
+    mod = _triton_module()
+    from bench.shapes import irmb_specs
+    monkeypatch.setattr(mod, "interpreted", lambda: False)
+    for name, spec in irmb_specs("emo_5m"):
+        shapes = dict(spec.tensors)
+        if shapes["w_exp"] is None:
+            continue
+        cmid, cin = shapes["w_exp"][:2]
+        npix = 256 * spec.H * spec.W
+        bp, bc, bk = mod.gemm_blocks(spec.H * spec.W, cmid, cin)
+        bk = mod.gw_block_k(bk)
+        splits, chunk = mod.gw_splits(npix, cmid, cin, bp, bc, bk)
+        programs = -(-cmid // bc) * -(-cin // bk) * splits
+        assert programs >= 264, (name, programs)
+        assert chunk % bp == 0 and (splits - 1) * chunk < npix <= splits * chunk, name
+    monkeypatch.setattr(mod, "interpreted", lambda: True)
+    assert mod.gw_splits(2 * 5 * 6, 20, 12, 32, 32, 16)[0] == 2
+
+
 @pytest.mark.parametrize("bn_training", [False, True], ids=["plain", "bntrain"])
 def test_opcheck(bn_training):
     """Schema, autograd registration, fake (meta) function and AOT dispatch of the custom ops.

@@ -34,10 +34,14 @@ mean and rstd (ACC dtype). Kernels:
 2. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
    gather gp = dL/dp at the k*k outputs that read the pixel (transposed conv; stride-2
    parity masks), gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
-   sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (ACC dtype,
-   transient, freed after the two GEMMs) or, for the identity stem, gx directly.
+   sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (x's dtype, as
+   eager autocast's convolution backward gets it; transient, freed after the two GEMMs) or,
+   for the identity stem, gx directly.
 3. ``_gemm_gx``: gx[b,k,i] = sum_c gu[b,c,i] w_exp[c,k];  4. ``_gemm_gw``: g_w_exp[c,k] =
-   sum_{b,i} gu[b,c,i] x[b,k,i].
+   sum_{b,i} gu[b,c,i] x[b,k,i], split-K: each program sums a slice of the B*H*W pixels (grid
+   >= ``GW_MIN_PROGRAMS`` where the pixels allow), the host adds the (splits, Cmid, Cin) fp32
+   partials. Both on tensor cores for fp16/bf16 (``tl.dot``, fp32 accumulation), exact
+   ACC-dtype dots for fp32/fp64.
 Saved for backward per image, EMO-5M 224x224 fp16, summed over the 19 blocks using this op:
 eager autograd keeps x, u (act input), v (dwconv input), p (BN input) and the BN output (SiLU
 input): e*(Cin*H*W + 2*Cmid*H*W + 2*Cmid*Ho*Wo) = 35.4 MB; this op keeps x and p, both in x's
@@ -290,8 +294,9 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
         gv += gp * wt[None, :]
         tl.store(gwdw_ptr + (pid * (K * K) + tap) * CMID + c, tl.sum(gp * v, axis=0), mask=c_ok)
     gu = tl.where(m2d, gv * _act_grad(u, cst_ptr, ACT), 0.0)
-    if HAS_EXP:  # gu: contiguous (B, CMID, H*W), ACC dtype
-        tl.store(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None], gu, mask=m2d)
+    if HAS_EXP:  # gu: contiguous (B, CMID, H*W), x's dtype (the backward GEMMs' operand)
+        tl.store(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None],
+                 gu.to(gu_ptr.dtype.element_ty), mask=m2d)
         tl.store(gbexp_ptr + pid * CMID + c, tl.sum(gu, axis=0), mask=c_ok)
     else:  # identity expansion: gx = gv
         tl.store(gx_ptr + b * sob + c[None, :].to(tl.int64) * soc + ih[:, None].to(tl.int64) * soh
@@ -300,9 +305,10 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
 
 @triton.jit
 def _gemm_gx_kernel(gu_ptr, wexp_ptr, gx_ptr, CIN, CMID, H, W, NT, sob, soc, soh, sow,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ACC_DT: tl.constexpr):
-    """gx[b, k, i] = sum_c gu[b, c, i] * w_exp[c, k]."""
+                    NATIVE_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_K: tl.constexpr, ACC_DT: tl.constexpr):
+    """gx[b, k, i] = sum_c gu[b, c, i] * w_exp[c, k]: fp16/bf16 tensor-core dots with fp32
+    accumulation (NATIVE_DOT), exact ACC-dtype dots otherwise."""
     pid = tl.program_id(0)
     pk = tl.program_id(1)
     b = (pid // NT).to(tl.int64)
@@ -318,8 +324,12 @@ def _gemm_gx_kernel(gu_ptr, wexp_ptr, gx_ptr, CIN, CMID, H, W, NT, sob, soc, soh
         a = tl.load(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None],
                     mask=i_ok[:, None] & c_ok[None, :], other=0.0)
         w = tl.load(wexp_ptr + c[:, None] * CIN + k[None, :], mask=c_ok[:, None] & k_ok[None, :],
-                    other=0.0).to(ACC_DT)
-        acc = tl.dot(a, w, acc, input_precision="ieee", out_dtype=ACC_DT)
+                    other=0.0)
+        if NATIVE_DOT:
+            acc = tl.dot(a, w.to(a.dtype), acc)
+        else:
+            acc = tl.dot(a.to(ACC_DT), w.to(ACC_DT), acc, input_precision="ieee",
+                         out_dtype=ACC_DT)
     ih = i // W
     iw = i % W
     tl.store(gx_ptr + b * sob + k[None, :].to(tl.int64) * soc + ih[:, None].to(tl.int64) * soh
@@ -328,30 +338,39 @@ def _gemm_gx_kernel(gu_ptr, wexp_ptr, gx_ptr, CIN, CMID, H, W, NT, sob, soc, soh
 
 
 @triton.jit
-def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sxw,
-                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
-                    ACC_DT: tl.constexpr):
-    """g_w_exp[c, k] = sum_{b, i} gu[b, c, i] * x[b, k, i]."""
+def _gemm_gw_kernel(gu_ptr, x_ptr, gw_ptr, B, CIN, CMID, H, W, sxb, sxc, sxh, sxw, CHUNK,
+                    NATIVE_DOT: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+                    BLOCK_K: tl.constexpr, ACC_DT: tl.constexpr):
+    """Split-K partial of g_w_exp[c, k] = sum_{b, i} gu[b, c, i] * x[b, k, i]: program
+    (c tile, k tile, split s) sums the flattened pixels [s*CHUNK, (s+1)*CHUNK) and writes its
+    partial (ACC dtype) to gw[s]; the host adds the splits. Tensor-core dots for fp16/bf16."""
     pc = tl.program_id(0)
     pk = tl.program_id(1)
+    ps = tl.program_id(2)
     c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < CMID
     k = pk * BLOCK_K + tl.arange(0, BLOCK_K)
     k_ok = k < CIN
     acc = tl.zeros([BLOCK_C, BLOCK_K], dtype=ACC_DT)
     HW = H * W
-    for n0 in range(0, B * HW, BLOCK_P):
+    NPIX = B * HW
+    for n0 in range(ps * CHUNK, tl.minimum(ps * CHUNK + CHUNK, NPIX), BLOCK_P):
         n = n0 + tl.arange(0, BLOCK_P)
-        n_ok = n < B * HW
+        n_ok = n < NPIX
         bb = (n // HW).to(tl.int64)
         i = n % HW
         a = tl.load(gu_ptr + (bb[None, :] * CMID + c[:, None]) * HW + i[None, :],
                     mask=c_ok[:, None] & n_ok[None, :], other=0.0)
         xx = tl.load(x_ptr + bb[:, None] * sxb + k[None, :].to(tl.int64) * sxc
                      + (i // W)[:, None].to(tl.int64) * sxh + (i % W)[:, None].to(tl.int64) * sxw,
-                     mask=n_ok[:, None] & k_ok[None, :], other=0.0).to(ACC_DT)
-        acc = tl.dot(a, xx, acc, input_precision="ieee", out_dtype=ACC_DT)
-    tl.store(gw_ptr + c[:, None] * CIN + k[None, :], acc, mask=c_ok[:, None] & k_ok[None, :])
+                     mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if NATIVE_DOT:
+            acc = tl.dot(a, xx.to(a.dtype), acc)
+        else:
+            acc = tl.dot(a.to(ACC_DT), xx.to(ACC_DT), acc, input_precision="ieee",
+                         out_dtype=ACC_DT)
+    tl.store(gw_ptr + ps.to(tl.int64) * CMID * CIN + c[:, None] * CIN + k[None, :], acc,
+             mask=c_ok[:, None] & k_ok[None, :])
 
 
 # ------------------------------------------------------------------------------ launch helpers
@@ -364,6 +383,35 @@ def _p2(n, lo, hi):
 # these to exercise the multi-tile / multi-block / multi-chunk paths on small shapes.
 MAX_BLOCKS_GPU = (64, 32, 32)
 MAX_BLOCKS_INTERPRETER = (256, 1024, 256)
+
+
+# Split-K of the weight-gradient GEMM: at least this many programs (2 per SM of an H200) where
+# the pixels allow; the interpreter runs 2 splits where it can (the split path, cheaply).
+GW_MIN_PROGRAMS = 264
+
+
+def gw_splits(npix, cmid, cin, bp, bc, bk):
+    """(splits, pixels per split: a multiple of bp) of ``_gemm_gw`` over ``npix`` pixels."""
+    tiles = triton.cdiv(cmid, bc) * triton.cdiv(cin, bk)
+    want = 2 if interpreted() else triton.cdiv(GW_MIN_PROGRAMS, tiles)
+    steps = triton.cdiv(npix, bp)
+    chunk = max(1, steps // want) * bp  # (rounded down: at least ``want`` splits)
+    return triton.cdiv(npix, chunk), chunk
+
+
+def gemm_blocks(npix, cmid, cin):
+    """(BLOCK_P, BLOCK_C, BLOCK_K) of the backward GEMMs: on a GPU 64 pixels x 64 mid channels
+    (wgmma wants M >= 64: g_w_exp's M is Cmid) x the input channels up to 128 (gx's N: gu is
+    read once per 128 of them)."""
+    if interpreted():
+        return _blocks(npix, cmid, cin)
+    return 64, _p2(cmid, 16, 64), _p2(cin, 16, 128)
+
+
+def gw_block_k(bk):
+    """g_w_exp's N tile: at most 64 input channels on a GPU (128 spills: both operands of its
+    dot are loaded from global memory per step)."""
+    return bk if interpreted() else min(bk, 64)
 
 
 def _blocks(npix, cmid, cin):
@@ -547,7 +595,7 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
     NT = triton.cdiv(H * W, BP)
     grid = (B * NT, triton.cdiv(cmid, BC))
     gx = torch.empty(x.shape, dtype=x.dtype, device=dev, memory_format=out_memory_format(x))
-    gu = torch.empty((B, cmid, H, W) if has_exp else (1,), dtype=acc, device=dev)
+    gu = torch.empty((B, cmid, H, W) if has_exp else (1,), dtype=x.dtype, device=dev)
     gwdw_part = torch.empty((B * NT, k * k, cmid), dtype=acc, device=dev)
     gbexp_part = torch.empty((B * NT, cmid) if has_exp else (1,), dtype=acc, device=dev)
     _bwd_dv_kernel[grid](x, wexp, bexp, wdw, cst, gz, p, mean, rstd, gamma, beta, ca, cb, cc,
@@ -561,16 +609,21 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
     g_wexp = g_bexp = None
     if has_exp:
         g_bexp = gbexp_part.sum(0).to(b_exp.dtype) if b_exp is not None else None
+        native = _native_dot(x.dtype)
+        GP, GC, GK = gemm_blocks(H * W, cmid, cin)
+        GT = triton.cdiv(H * W, GP)
         # 3. gx = gu . w_exp
-        _gemm_gx_kernel[(B * NT, triton.cdiv(cin, BK))](
-            gu, wexp, gx, cin, cmid, H, W, NT, *gx.stride(),
-            BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK, ACC_DT=_tl_acc(x.dtype))
-        # 4. g_w_exp = gu . x over every pixel
-        gw = torch.empty((cmid, cin), dtype=acc, device=dev)
-        _gemm_gw_kernel[(triton.cdiv(cmid, BC), triton.cdiv(cin, BK))](
-            gu, x, gw, B, cin, cmid, H, W, *x.stride(),
-            BLOCK_P=BP, BLOCK_C=BC, BLOCK_K=BK, ACC_DT=_tl_acc(x.dtype))
-        g_wexp = gw.to(w_exp.dtype)
+        _gemm_gx_kernel[(B * GT, triton.cdiv(cin, GK))](
+            gu, wexp, gx, cin, cmid, H, W, GT, *gx.stride(), NATIVE_DOT=native,
+            BLOCK_P=GP, BLOCK_C=GC, BLOCK_K=GK, ACC_DT=_tl_acc(x.dtype))
+        # 4. g_w_exp = gu . x over every pixel: split-K partials, then their sum
+        GK = gw_block_k(GK)
+        splits, chunk = gw_splits(B * H * W, cmid, cin, GP, GC, GK)
+        gw = torch.empty((splits, cmid, cin), dtype=acc, device=dev)
+        _gemm_gw_kernel[(triton.cdiv(cmid, GC), triton.cdiv(cin, GK), splits)](
+            gu, x, gw, B, cin, cmid, H, W, *x.stride(), chunk, NATIVE_DOT=native,
+            BLOCK_P=GP, BLOCK_C=GC, BLOCK_K=GK, ACC_DT=_tl_acc(x.dtype))
+        g_wexp = gw.sum(0).to(w_exp.dtype)
     return gx, g_wexp, g_bexp, g_wdw, g_bdw, g_bnw, g_bnb
 
 
