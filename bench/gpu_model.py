@@ -30,8 +30,8 @@ per row (``mode`` ``infer`` or ``train``):
   forward calls (BatchNorm folding, LayerNorm, the qk conv, proj conv, adds) and its backward
   recorded as for eager, plus the Triton training kernels (``expand_dwconv_act``'s forward:
   K_A ``_expand_kernel`` writing v once, B1 ``_fwd_kernel`` the depthwise pass with batch
-  statistics, B2 ``_bn_apply``; its backward: ``_bwd_stats``, ``_bwd_dv``, the tensor-core
-  GEMMs ``_gemm_gx`` / split-K ``_gemm_gw``; ``window_attention`` forward and
+  statistics, B2 ``_bn_apply``; its backward: ``_bwd_stats``, ``_bwd_gp``, ``_bwd_dv``, the
+  tensor-core GEMMs ``_gemm_gx`` / split-K ``_gemm_gw``; ``window_attention`` forward and
   backward) and the launchers' small torch reductions counted by reading
   ``expand_dwconv_act.forward/backward`` (:data:`TRITON_GLUE`).
 
@@ -897,10 +897,12 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
     progs_i = batch * nti * -(-cmid // bc)
     ints_dv = dict(ints, NT=nti, sgb=cmid * Ho * Wo, sgc=1, sgh=Wo * cmid, sgw=cmid,
                    sob=cin * H * W, soc=1, soh=W * cin, sow=cin)
+    out.append(triton_kernel(block, "eda", "_bwd_gp_kernel", dt,
+                             dict(BLOCK_P=bp, BLOCK_C=bc), ints_bwd, [], progs, 3 * z_b))
     out.append(triton_kernel(block, "eda", "_bwd_dv_kernel", dt,
                              dict(**conv, **dict(common, BLOCK_P=bpi)), ints_dv,
                              [nk, k * k] if call["has_exp"] else [k * k], progs_i,
-                             x_b + 3 * z_b + batch * cmid * H * W * e))
+                             x_b + (2 if call["skip"] else 1) * z_b + batch * cmid * H * W * e))
     if call["has_exp"]:  # gu in x's dtype; the GEMMs on tensor cores, g_w_exp split-K
         from emo_kernels.backends.triton.expand_dwconv_act import (gemm_blocks, gw_block_k,
                                                                   gw_splits)

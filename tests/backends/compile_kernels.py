@@ -80,7 +80,7 @@ def _wa_sig(kernel, dt, const):
 
 
 def eda_cases(dt):
-    """expand_dwconv_act: its 7 kernels, with the constexpr branches varied over the dtypes."""
+    """expand_dwconv_act: its 8 kernels, with the constexpr branches varied over the dtypes."""
     native = dt in ("fp16", "bf16")
     k, s, skip, has_exp, act = {"fp16": (5, 2, False, True, 2), "bf16": (3, 1, False, False, 0),
                                 "fp32": (3, 1, True, True, 1), "fp64": (5, 1, True, True, 2)}[dt]
@@ -97,6 +97,7 @@ def eda_cases(dt):
                                **b1)),
         (EDA._bn_apply_kernel, b1),
         (EDA._bwd_stats_kernel, dict(BLOCK_P=64, BLOCK_C=32, ACC_DT=blocks["ACC_DT"])),
+        (EDA._bwd_gp_kernel, dict(BLOCK_P=64, BLOCK_C=32, ACC_DT=blocks["ACC_DT"])),
         (EDA._bwd_dv_kernel, dict(**conv, **common)),
         (EDA._gemm_gx_kernel, dict(NATIVE_DOT=native, **blocks)),
         (EDA._gemm_gw_kernel, dict(NATIVE_DOT=native, **blocks)),

@@ -31,13 +31,16 @@ eager autocast keeps the BatchNorm input) and, with BatchNorm training, the per-
 mean and rstd (ACC dtype). Kernels:
 1. ``_bwd_stats``: per output tile partial sums of gq = gz * silu'(q), gq * xhat and xhat
    (q = BN(p) or p) -> g_bn_bias, g_bn_weight, g_b_dw and the BN backward coefficients.
-2. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
-   gather gp = dL/dp at the k*k outputs that read the pixel (transposed conv; stride-2
+2. ``_bwd_gp``: per output tile, gp = dL/dp (SiLU and BatchNorm backward) once per output
+   pixel, written in x's dtype (e*Cmid*Ho*Wo bytes out and back in: cheaper than evaluating
+   it, an exp and a division, under each of the k*k taps that read it).
+3. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
+   gather gp at the k*k outputs that read the pixel (transposed conv; stride-2
    parity masks), gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
    sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (x's dtype, as
    eager autocast's convolution backward gets it; transient, freed after the two GEMMs) or,
    for the identity stem, gx directly.
-3. ``_gemm_gx``: gx[b,k,i] = sum_c gu[b,c,i] w_exp[c,k];  4. ``_gemm_gw``: g_w_exp[c,k] =
+4. ``_gemm_gx``: gx[b,k,i] = sum_c gu[b,c,i] w_exp[c,k];  5. ``_gemm_gw``: g_w_exp[c,k] =
    sum_{b,i} gu[b,c,i] x[b,k,i], split-K: each program sums a slice of the B*H*W pixels (grid
    >= ``GW_MIN_PROGRAMS`` where the pixels allow), the host adds the (splits, Cmid, Cin) fp32
    partials. Both on tensor cores for fp16/bf16 (``tl.dot``, fp32 accumulation), exact
@@ -236,8 +239,33 @@ def _bwd_stats_kernel(gz_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr,
 
 
 @triton.jit
-def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
-                   mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, ca_ptr, cb_ptr, cc_ptr,
+def _bwd_gp_kernel(gz_ptr, p_ptr, mean_ptr, rstd_ptr, gamma_ptr, beta_ptr, ca_ptr, cb_ptr,
+                   cc_ptr, gp_ptr, CMID, HO, WO, NT, sgb, sgc, sgh, sgw,
+                   BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, ACC_DT: tl.constexpr):
+    """Output tile: gp = dL/dp = ca * gz * silu'(q) + cb + cc * xhat (the BatchNorm backward
+    with the batch sums folded into ca/cb/cc; q = p, ca = 1, cb = cc = 0 without BatchNorm),
+    once per output pixel, written (x's dtype, (B, CMID, HO*WO)) for the depthwise backward."""
+    pid, b, o, o_ok, oh, ow, c, c_ok = _tile(NT, HO, WO, CMID, BLOCK_P, BLOCK_C)
+    m2d = o_ok[:, None] & c_ok[None, :]
+    off = (b * CMID + c[None, :]) * (HO * WO) + o[:, None]
+    p = tl.load(p_ptr + off, mask=m2d, other=0.0).to(ACC_DT)
+    g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + oh[:, None].to(tl.int64) * sgh
+                + ow[:, None].to(tl.int64) * sgw, mask=m2d, other=0.0).to(ACC_DT)
+    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)[None, :]
+    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)[None, :]
+    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)[None, :]
+    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)[None, :]
+    ca = tl.load(ca_ptr + c, mask=c_ok, other=0.0)[None, :]
+    cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0)[None, :]
+    cc = tl.load(cc_ptr + c, mask=c_ok, other=0.0)[None, :]
+    xhat = (p - mean) * rstd
+    q = xhat * gamma + beta
+    gp = ca * (g * _silu_grad(q)) + cb + cc * xhat
+    tl.store(gp_ptr + off, gp.to(gp_ptr.dtype.element_ty), mask=m2d)
+
+
+@triton.jit
+def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, gp_ptr,
                    gu_ptr, gx_ptr, gwdw_ptr, gbexp_ptr,
                    CIN, CMID, H, W, HO, WO, NT,
                    sxb, sxc, sxh, sxw, sgb, sgc, sgh, sgw, sob, soc, soh, sow,
@@ -246,21 +274,14 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
                    SKIP: tl.constexpr, NATIVE_DOT: tl.constexpr,
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                    ACC_DT: tl.constexpr):
-    """Input-pixel tile: gv = sum_taps gp(o(i, tap)) * w_dw[tap] (+ gz), gu = gv * act'(u)."""
+    """Input-pixel tile: gv = sum_taps gp(o(i, tap)) * w_dw[tap] (+ gz), gu = gv * act'(u)
+    (the transposed depthwise conv over gp, which ``_bwd_gp`` wrote once per output pixel)."""
     pid, b, i, i_ok, ih, iw, c, c_ok = _tile(NT, H, W, CMID, BLOCK_P, BLOCK_C)
     m2d = i_ok[:, None] & c_ok[None, :]
     xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     u = _expand_at(x_ptr, xoff, i_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
                    HAS_EXP, HAS_BEXP, NATIVE_DOT, BLOCK_P, BLOCK_C, BLOCK_K, ACC_DT)
     v = tl.where(m2d, _act_fwd(u, cst_ptr, ACT), 0.0)
-
-    mean = tl.load(mean_ptr + c, mask=c_ok, other=0.0)[None, :]
-    rstd = tl.load(rstd_ptr + c, mask=c_ok, other=0.0)[None, :]
-    gamma = tl.load(gamma_ptr + c, mask=c_ok, other=0.0)[None, :]
-    beta = tl.load(beta_ptr + c, mask=c_ok, other=0.0)[None, :]
-    ca = tl.load(ca_ptr + c, mask=c_ok, other=0.0)[None, :]
-    cb = tl.load(cb_ptr + c, mask=c_ok, other=0.0)[None, :]
-    cc = tl.load(cc_ptr + c, mask=c_ok, other=0.0)[None, :]
 
     if SKIP:  # stride 1: z and x share the pixel grid
         gv = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc + ih[:, None].to(tl.int64) * sgh
@@ -282,14 +303,8 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, p_ptr,
             ok = i_ok & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0) \
                 & (oh < HO) & (ow < WO)
         mk = ok[:, None] & c_ok[None, :]
-        g = tl.load(gz_ptr + b * sgb + c[None, :].to(tl.int64) * sgc
-                    + oh[:, None].to(tl.int64) * sgh + ow[:, None].to(tl.int64) * sgw,
-                    mask=mk, other=0.0).to(ACC_DT)
-        pp = tl.load(p_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
+        gp = tl.load(gp_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
                      mask=mk, other=0.0).to(ACC_DT)
-        xhat = (pp - mean) * rstd
-        q = xhat * gamma + beta
-        gp = tl.where(mk, ca * (g * _silu_grad(q)) + cb + cc * xhat, 0.0)
         wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
         gv += gp * wt[None, :]
         tl.store(gwdw_ptr + (pid * (K * K) + tap) * CMID + c, tl.sum(gp * v, axis=0), mask=c_ok)
@@ -590,7 +605,12 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
         g_bdw = S1
         g_bnw = g_bnb = None
 
-    # 2. input-pixel tiles: gu (or gx for the identity stem), partial g_w_dw, g_b_exp
+    # 2. output tiles: gp = dL/dp once per output pixel
+    gp = torch.empty((B, cmid, Ho, Wo), dtype=x.dtype, device=dev)
+    _bwd_gp_kernel[grid](gz, p, mean, rstd, gamma, beta, ca, cb, cc, gp, cmid, Ho, Wo, NT,
+                         *gz.stride(), BLOCK_P=BP, BLOCK_C=BC, ACC_DT=_tl_acc(x.dtype))
+
+    # 3. input-pixel tiles: gu (or gx for the identity stem), partial g_w_dw, g_b_exp
     BP, BC, BK = _blocks(H * W, cmid, cin)
     NT = triton.cdiv(H * W, BP)
     grid = (B * NT, triton.cdiv(cmid, BC))
@@ -598,8 +618,7 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
     gu = torch.empty((B, cmid, H, W) if has_exp else (1,), dtype=x.dtype, device=dev)
     gwdw_part = torch.empty((B * NT, k * k, cmid), dtype=acc, device=dev)
     gbexp_part = torch.empty((B * NT, cmid) if has_exp else (1,), dtype=acc, device=dev)
-    _bwd_dv_kernel[grid](x, wexp, bexp, wdw, cst, gz, p, mean, rstd, gamma, beta, ca, cb, cc,
-                         gu, gx, gwdw_part, gbexp_part,
+    _bwd_dv_kernel[grid](x, wexp, bexp, wdw, cst, gz, gp, gu, gx, gwdw_part, gbexp_part,
                          cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *gz.stride(), *gx.stride(),
                          K=k, STRIDE=stride, PAD=pad, HAS_EXP=has_exp,
                          HAS_BEXP=b_exp is not None, ACT=ACTS[act], SKIP=bool(skip),
@@ -612,11 +631,11 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
         native = _native_dot(x.dtype)
         GP, GC, GK = gemm_blocks(H * W, cmid, cin)
         GT = triton.cdiv(H * W, GP)
-        # 3. gx = gu . w_exp
+        # 4. gx = gu . w_exp
         _gemm_gx_kernel[(B * GT, triton.cdiv(cin, GK))](
             gu, wexp, gx, cin, cmid, H, W, GT, *gx.stride(), NATIVE_DOT=native,
             BLOCK_P=GP, BLOCK_C=GC, BLOCK_K=GK, ACC_DT=_tl_acc(x.dtype))
-        # 4. g_w_exp = gu . x over every pixel: split-K partials, then their sum
+        # 5. g_w_exp = gu . x over every pixel: split-K partials, then their sum
         GK = gw_block_k(GK)
         splits, chunk = gw_splits(B * H * W, cmid, cin, GP, GC, GK)
         gw = torch.empty((splits, cmid, cin), dtype=acc, device=dev)
