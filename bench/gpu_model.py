@@ -904,13 +904,13 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
                              [nk, k * k] if call["has_exp"] else [k * k], progs_i,
                              x_b + (2 if call["skip"] else 1) * z_b + batch * cmid * H * W * e))
     if call["has_exp"]:  # gu in x's dtype; the GEMMs on tensor cores, g_w_exp split-K
-        from emo_kernels.backends.triton.expand_dwconv_act import (gemm_blocks, gw_block_k,
+        from emo_kernels.backends.triton.expand_dwconv_act import (gemm_blocks, gw_blocks,
                                                                   gw_splits)
         gu_b = batch * cmid * H * W * e
         with _compiled_mode():
             gp, gc, gk = gemm_blocks(H * W, cmid, cin)
-            gwk = gw_block_k(gk)
-            splits, chunk = gw_splits(batch * H * W, cmid, cin, gp, gc, gwk)
+            gwp, gwk = gw_blocks(gp, gk)
+            splits, chunk = gw_splits(batch * H * W, cmid, cin, gwp, gc, gwk)
         gt, gnk = -(-H * W // gp), -(-cin // gk)
         gemm = dict(NATIVE_DOT=True, BLOCK_P=gp, BLOCK_C=gc, BLOCK_K=gk)
         out.append(triton_kernel(block, "eda", "_gemm_gx_kernel", dt, gemm,
@@ -918,11 +918,11 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
                                       soc=1, soh=W * cin, sow=cin),
                                  [-(-cmid // gc)], batch * gt * gnk, gu_b + x_b))
         gnk = -(-cin // gwk)
-        gemm = dict(gemm, BLOCK_K=gwk)
+        gemm = dict(gemm, BLOCK_P=gwp, BLOCK_K=gwk)
         out.append(triton_kernel(block, "eda", "_gemm_gw_kernel", dt, gemm,
                                  dict(B=batch, CIN=cin, CMID=cmid, H=H, W=W, sxb=cin * H * W,
                                       sxc=1, sxh=W * cin, sxw=cin, CHUNK=chunk),
-                                 [-(-chunk // gp)], -(-cmid // gc) * gnk * splits,
+                                 [-(-chunk // gwp)], -(-cmid // gc) * gnk * splits,
                                  gu_b + x_b + splits * cmid * cin * 4 * 2))
     out.append(_glue(block, TRITON_GLUE["eda_train_bwd"]))
     return out

@@ -166,18 +166,27 @@ class _Recorder:
         return lambda *args, **kwargs: self.out.append(launch_spec(self.kernel, args, kwargs))
 
 
+EDA_GEMMS = ("_gemm_gx_kernel", "_gemm_gw_kernel")
+EDA_BWD_KERNELS = ("_bwd_stats_kernel", "_bwd_gp_kernel", "_bwd_dv_kernel") + EDA_GEMMS
+
+
+def kernel(name):
+    """The jitted kernel of that name (irmb_inference's or expand_dwconv_act's)."""
+    return getattr(IR if name in IR_KERNELS else EDA, name)
+
+
 @contextlib.contextmanager
-def recording(out):
-    """Within: the irmb_inference kernels' launches append :func:`launch_spec` tuples to ``out``
-    instead of running."""
-    saved = {n: getattr(IR, n) for n in IR_KERNELS}
+def recording(out, module=IR, names=IR_KERNELS):
+    """Within: the launches of ``module``'s kernels ``names`` (the irmb_inference kernels by
+    default) append :func:`launch_spec` tuples to ``out`` instead of running."""
+    saved = {n: getattr(module, n) for n in names}
     try:
         for n, k in saved.items():
-            setattr(IR, n, _Recorder(k, out))
+            setattr(module, n, _Recorder(k, out))
         yield out
     finally:
         for n, k in saved.items():
-            setattr(IR, n, k)
+            setattr(module, n, k)
 
 
 def emo_launches(dt, blocks=None, model="emo_5m", batch=256, size=224):
@@ -214,10 +223,44 @@ def ir_cases(dt):
     return emo_launches(dt, IR_BLOCKS)
 
 
+def train_gemm_launches(dt, model="emo_5m", batch=256, size=224):
+    """The distinct backward-GEMM launches (``_gemm_gx`` and split-K ``_gemm_gw``) of the triton
+    ``expand_dwconv_act`` in ``model``'s training step (``batch`` images of ``size`` x ``size``,
+    dtype ``dt``), each with the index of the first iRMB that launches it: the real launcher
+    (``expand_dwconv_act.backward``, GPU tiles) runs on meta tensors of each iRMB's shapes (a
+    BatchNorm in training after the depthwise conv, as EMO's blocks have)."""
+    from bench.shapes import irmb_specs
+    from emo_kernels.formulas import dw_out_size
+    meta = dict(dtype=TORCH_DTYPES[dt], device="meta")
+    acc = dict(dtype=torch.float32, device="meta")
+    seen = {}
+    for i, (_name, spec) in enumerate(irmb_specs(model, size)):
+        shapes = dict(spec.tensors)
+        if shapes["w_exp"] is None:
+            continue
+        (cmid, cin), k = shapes["w_exp"][:2], shapes["w_dw"][-1]
+        opts = dict(spec.options)
+        stride = opts["stride"]
+        ho, wo = (dw_out_size(n, k, stride) for n in (spec.H, spec.W))
+        x = torch.empty(batch, spec.H, spec.W, cin, **meta).permute(0, 3, 1, 2)
+        gz = torch.empty(batch, ho, wo, cmid, **meta).permute(0, 3, 1, 2)
+        rec = []
+        with recording(rec, EDA, EDA_BWD_KERNELS):
+            EDA.backward(gz, x, torch.empty(cmid, cin, **meta), torch.empty(cmid, **meta),
+                         torch.empty(cmid, 1, k, k, **meta),
+                         torch.empty(batch, cmid, ho, wo, **meta), torch.empty(cmid, **acc),
+                         torch.empty(cmid, **acc), torch.empty(cmid, **acc),
+                         torch.empty(cmid, **acc), opts["act"], stride, opts["skip"], True)
+        for launch in rec:
+            if launch[0] in EDA_GEMMS:
+                seen.setdefault(repr(launch), (i,) + launch)
+    return list(seen.values())
+
+
 def compile_spec(spec, arch):
     """Compile one :func:`launch_spec` tuple for sm_``arch``."""
     name, sig, const, attrs, options = spec
-    return triton.compile(ASTSource(getattr(IR, name), sig, const, attrs),
+    return triton.compile(ASTSource(kernel(name), sig, const, attrs),
                           target=GPUTarget("cuda", arch, 32), options=options)
 
 

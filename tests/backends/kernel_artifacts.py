@@ -1,5 +1,6 @@
 """The compiled code of the irmb_inference kernels as EMO-5M launches them (224 x 224, batch 256,
-bf16), for sm_90 and sm_80, without a GPU.
+bf16), and of the backward GEMMs of its training step (expand_dwconv_act's ``_gemm_gx`` and
+split-K ``_gemm_gw``), for sm_90 and sm_80, without a GPU.
 
 Every distinct launch (kernel x constexprs x integer specialization x tiles / num_warps, the
 first iRMB that makes it named) is recorded from the real launchers and specialized as a
@@ -47,7 +48,7 @@ def artifacts(job):
     compiled = ck.compile_spec(spec, arch)
     sass, usage = disassemble(compiled.asm["cubin"])
     usage = {k.lower(): v for k, v in usage.items()}
-    params = [(i, p.name, sig[p.name]) for i, p in enumerate(getattr(ck.IR, name).params)
+    params = [(i, p.name, sig[p.name]) for i, p in enumerate(ck.kernel(name).params)
               if not p.is_constexpr]
     return dict(
         kernel=name, arch=arch, block=block, num_warps=options.get("num_warps", 4),
@@ -79,7 +80,8 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("-j", type=int, default=os.cpu_count() or 1)
     a = ap.parse_args(argv)
-    todo = [(spec, int(arch)) for spec in ck.emo_launches(a.dtype)
+    todo = [(spec, int(arch))
+            for spec in ck.emo_launches(a.dtype) + ck.train_gemm_launches(a.dtype)
             for arch in a.archs.split(",")]
     with ProcessPoolExecutor(max_workers=a.j) as pool:
         results = list(pool.map(artifacts, todo))

@@ -1,19 +1,21 @@
 """The compiled code of the irmb_inference kernels as EMO-5M launches them (224 x 224, batch 256,
-bf16), for sm_90 and sm_80, without a GPU. tests/backends/kernel_artifacts.py (in a subprocess,
-no TRITON_INTERPRET, Triton's bundled ptxas / nvdisasm / cuobjdump; CI runs this file on both
-software stacks) records every distinct launch from the real launchers -- kernel, constexprs,
-the launch-time integer and pointer specialization, the tiles and num_warps of
-``irmb_inference.tiles`` -- and reads its cubin. Each must compile to code that
+bf16), and of the backward GEMMs of its training step (expand_dwconv_act's ``_gemm_gx`` and
+split-K ``_gemm_gw``, issue #15), for sm_90 and sm_80, without a GPU.
+tests/backends/kernel_artifacts.py (in a subprocess, no TRITON_INTERPRET, Triton's bundled
+ptxas / nvdisasm / cuobjdump; CI runs this file on both software stacks) records every
+distinct launch from the real launchers -- kernel, constexprs, the launch-time integer and
+pointer specialization, the tiles and num_warps of ``irmb_inference.tiles`` and of the
+backward's GPU tiles -- and reads its cubin. Each must compile to code that
 
 * spills nothing: no LDL/STL in the SASS, no local memory;
 * fits the arch's shared memory per block (a launch asking for more fails on the device);
 * runs its dots on the tensor cores: HGMMA (wgmma) on sm_90 with no HMMA left, HMMA on sm_80;
-* moves the channel dimension in 128-bit accesses where every channel count is a multiple of
-  8 (16 bytes of bf16): 128-bit loads (LDG.E.128, or LDGSTS .128 where the pipeliner stages a
-  dot operand through shared memory) and stores present, every store 128-bit, and no 8- or
-  16-bit access anywhere (Triton's scalar fallback when it cannot prove 16-byte alignment).
-  The remaining 32-bit loads are the per-program scalars and the bias vectors in the dot
-  accumulator's layout.
+* (the irmb_inference kernels, NHWC throughout) moves the channel dimension in 128-bit
+  accesses where every channel count is a multiple of 8 (16 bytes of bf16): 128-bit loads
+  (LDG.E.128, or LDGSTS .128 where the pipeliner stages a dot operand through shared memory)
+  and stores present, every store 128-bit, and no 8- or 16-bit access anywhere (Triton's
+  scalar fallback when it cannot prove 16-byte alignment). The remaining 32-bit loads are the
+  per-program scalars and the bias vectors in the dot accumulator's layout.
 """
 import json
 import os
@@ -27,7 +29,9 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 ARCHS = (90, 80)
 SHARED_MAX = {90: 227 * 1024, 80: 163 * 1024}  # opt-in shared memory per block (H100/H200, A100)
 CHANNELS = ("CIN", "CMID", "COUT", "C")
-KERNELS = {"_expand_kernel", "_dwproj_kernel", "_ln_qk_attn_kernel"}
+D1_KERNELS = {"_expand_kernel", "_dwproj_kernel", "_ln_qk_attn_kernel"}
+TRAIN_GEMMS = {"_gemm_gx_kernel", "_gemm_gw_kernel"}
+KERNELS = D1_KERNELS | TRAIN_GEMMS
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +102,8 @@ def test_dots_on_tensor_cores(launches):
 
 
 def _vector_access(r):
+    if r["kernel"] not in D1_KERNELS:  # the GEMMs read gu (B, Cmid, H*W) along pixels
+        return None
     if any(r["const"][k] % 8 for k in CHANNELS if k in r["const"]):
         return None  # (no EMO-5M launch: its channel counts are all multiples of 8)
     mem = r["memory"]

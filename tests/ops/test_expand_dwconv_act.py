@@ -428,7 +428,7 @@ def test_weight_gradient_split_k_fills_an_h200(monkeypatch):
         cmid, cin = shapes["w_exp"][:2]
         npix = 256 * spec.H * spec.W
         bp, bc, bk = mod.gemm_blocks(spec.H * spec.W, cmid, cin)
-        bk = mod.gw_block_k(bk)
+        bp, bk = mod.gw_blocks(bp, bk)
         splits, chunk = mod.gw_splits(npix, cmid, cin, bp, bc, bk)
         programs = -(-cmid // bc) * -(-cin // bk) * splits
         assert programs >= 264, (name, programs)

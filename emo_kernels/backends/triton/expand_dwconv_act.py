@@ -423,10 +423,11 @@ def gemm_blocks(npix, cmid, cin):
     return 64, _p2(cmid, 16, 64), _p2(cin, 16, 128)
 
 
-def gw_block_k(bk):
-    """g_w_exp's N tile: at most 64 input channels on a GPU (128 spills: both operands of its
-    dot are loaded from global memory per step)."""
-    return bk if interpreted() else min(bk, 64)
+def gw_blocks(bp, bk):
+    """g_w_exp's (K, N) tiles from ``gemm_blocks``' (BLOCK_P, BLOCK_K): on a GPU 32 pixels per
+    step and at most 64 input channels (larger tiles spill on sm_90 where Cin is not a multiple
+    of 16 and the x tile is loaded in 16-bit pieces)."""
+    return (bp, bk) if interpreted() else (min(bp, 32), min(bk, 64))
 
 
 def _blocks(npix, cmid, cin):
@@ -636,7 +637,7 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
             gu, wexp, gx, cin, cmid, H, W, GT, *gx.stride(), NATIVE_DOT=native,
             BLOCK_P=GP, BLOCK_C=GC, BLOCK_K=GK, ACC_DT=_tl_acc(x.dtype))
         # 5. g_w_exp = gu . x over every pixel: split-K partials, then their sum
-        GK = gw_block_k(GK)
+        GP, GK = gw_blocks(GP, GK)
         splits, chunk = gw_splits(B * H * W, cmid, cin, GP, GC, GK)
         gw = torch.empty((splits, cmid, cin), dtype=acc, device=dev)
         _gemm_gw_kernel[(triton.cdiv(cmid, GC), triton.cdiv(cin, GK), splits)](
