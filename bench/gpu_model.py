@@ -94,9 +94,12 @@ eager host time is not counted (hidden at batch 256).
   model. EMO-1M: eager ~3.9 ms, fused ~4.0 ms (~2.5 ms low end). (The first D1 build, before K_B owned all output
   channels of 64 flattened pixels with one warpgroup, modelled ~13.5 ms: 25 unrolled taps
   spilled, overflowed shared memory and, at 8 warps, computed the depthwise twice.)
-* train: eager ~21 ms, fused ~165 ms (today's training kernels; ~176 ms before the l2
-  count credited the pipelined copies' prologue; ``issue``-bound: the ``_gemm_gx/_gw``
-  GEMMs costed by instruction issue over the SMs their grid of 3-324 programs occupies).
+* train: eager ~21 ms, fused ~52 ms (issue #15's target: <= 17 ms; not met). Before issue
+  #15's work ~165 ms: the per-tap recompute forward and fp32 CUDA-core backward GEMMs on
+  grids of 3-324 programs. Now the forward writes v once (K_A) and the backward GEMMs are
+  tensor-core ``tl.dot`` (g_w_exp split-K, >= 264 programs); the top cost is ``_bwd_dv``
+  (issue/l2-bound: its k*k tap loop, 3/4 of it masked on the stride-2 blocks, and a
+  cross-pixel reduction per tap for g_w_dw).
 
 Against gpu-design.md: its eager ~11.3 ms assumed more traffic per block than the recorded
 op list at DRAM speed here; its D1 estimate of 3.4-3.6 ms assumed K_B's neighbour re-reads
