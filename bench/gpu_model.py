@@ -94,12 +94,12 @@ eager host time is not counted (hidden at batch 256).
   model. EMO-1M: eager ~3.9 ms, fused ~4.0 ms (~2.5 ms low end). (The first D1 build, before K_B owned all output
   channels of 64 flattened pixels with one warpgroup, modelled ~13.5 ms: 25 unrolled taps
   spilled, overflowed shared memory and, at 8 warps, computed the depthwise twice.)
-* train: eager ~21 ms, fused ~52 ms (issue #15's target: <= 17 ms; not met). Before issue
+* train: eager ~21 ms, fused ~48 ms (issue #15's target: <= 17 ms; not met). Before issue
   #15's work ~165 ms: the per-tap recompute forward and fp32 CUDA-core backward GEMMs on
-  grids of 3-324 programs. Now the forward writes v once (K_A) and the backward GEMMs are
-  tensor-core ``tl.dot`` (g_w_exp split-K, >= 264 programs); the top cost is ``_bwd_dv``
-  (issue/l2-bound: its k*k tap loop, 3/4 of it masked on the stride-2 blocks, and a
-  cross-pixel reduction per tap for g_w_dw).
+  grids of 3-324 programs. Now the forward writes v once (K_A), the backward GEMMs are
+  tensor-core ``tl.dot`` (g_w_exp split-K, >= 264 programs) and the stride-2 ``_bwd_dv``
+  visits only the taps of its pixels' parity class; the top cost is still ``_bwd_dv``
+  (issue/l2-bound: its tap loop and a cross-pixel reduction per tap for g_w_dw).
 
 Against gpu-design.md: its eager ~11.3 ms assumed more traffic per block than the recorded
 op list at DRAM speed here; its D1 estimate of 3.4-3.6 ms assumed K_B's neighbour re-reads
@@ -895,16 +895,22 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
                     sgw=cmid)
     out.append(triton_kernel(block, "eda", "_bwd_stats_kernel", dt,
                              dict(BLOCK_P=bp, BLOCK_C=bc), ints_bwd, [], progs, 3 * z_b))
-    bpi = _pow2(H * W, 16, 64)
-    nti = -(-H * W // bpi)
+    if s == 1:
+        bpi = _pow2(H * W, 16, 64)
+        nti = -(-H * W // bpi)
+    else:  # four parity classes of input pixels, each with ~1/4 of the taps
+        nq = -(-H // 2) * -(-W // 2)
+        bpi = _pow2(nq, 16, 64)
+        nti = 4 * -(-nq // bpi)
     progs_i = batch * nti * -(-cmid // bc)
+    taps = [k, k] if s == 1 else [k / 2, k / 2]  # (mean trips over the classes: 1.5 or 2.5)
     ints_dv = dict(ints, NT=nti, sgb=cmid * Ho * Wo, sgc=1, sgh=Wo * cmid, sgw=cmid,
                    sob=cin * H * W, soc=1, soh=W * cin, sow=cin)
     out.append(triton_kernel(block, "eda", "_bwd_gp_kernel", dt,
                              dict(BLOCK_P=bp, BLOCK_C=bc), ints_bwd, [], progs, 3 * z_b))
     out.append(triton_kernel(block, "eda", "_bwd_dv_kernel", dt,
                              dict(**conv, **dict(common, BLOCK_P=bpi)), ints_dv,
-                             [nk, k * k] if call["has_exp"] else [k * k], progs_i,
+                             [nk] + taps if call["has_exp"] else taps, progs_i,
                              x_b + (2 if call["skip"] else 1) * z_b + batch * cmid * H * W * e))
     if call["has_exp"]:  # gu in x's dtype; the GEMMs on tensor cores, g_w_exp split-K
         from emo_kernels.backends.triton.expand_dwconv_act import (gemm_blocks, gw_blocks,

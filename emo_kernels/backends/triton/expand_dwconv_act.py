@@ -35,8 +35,9 @@ mean and rstd (ACC dtype). Kernels:
    pixel, written in x's dtype (e*Cmid*Ho*Wo bytes out and back in: cheaper than evaluating
    it, an exp and a division, under each of the k*k taps that read it).
 3. ``_bwd_dv``: per input pixel tile: recompute u and v (one expansion per pixel, no k^2),
-   gather gp at the k*k outputs that read the pixel (transposed conv; stride-2
-   parity masks), gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
+   gather gp at the k*k outputs that read the pixel (transposed conv; at stride 2 a tile holds
+   one parity class of pixels and visits only the ~k^2/4 taps that reach an output from it),
+   gv = sum gp * w_dw (+ gz for the skip), gu = gv * act'(u); partial
    sums of gp * v per tap (-> g_w_dw) and of gu (-> g_b_exp); writes gu (x's dtype, as
    eager autocast's convolution backward gets it; transient, freed after the two GEMMs) or,
    for the identity stem, gx directly.
@@ -86,6 +87,29 @@ def _tile(NT, H, W, CMID, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     p_ok = p < H * W
     c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
     return pid, b, p, p_ok, p // W, p % W, c, c < CMID
+
+
+@triton.jit
+def _tile_parity(NT, H, W, CMID, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """``_tile`` for the stride-2 backward: a tile of the input pixels of one parity class
+    (ih % 2, iw % 2) = (ph, pw), the NT tiles of an image being 4 classes x NT/4 tiles. Also
+    returns (ph, pw): only the taps kh = ph + PAD (mod 2), kw = pw + PAD (mod 2) reach an
+    output from such a pixel."""
+    pid = tl.program_id(0)
+    pc = tl.program_id(1)
+    b = (pid // NT).to(tl.int64)
+    t = pid % NT
+    nq = NT // 4
+    cls = t // nq
+    ph = cls // 2
+    pw = cls % 2
+    wq = (W + 1) // 2
+    q = (t % nq) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ih = 2 * (q // wq) + ph
+    iw = 2 * (q % wq) + pw
+    p_ok = (q < ((H + 1) // 2) * wq) & (ih < H) & (iw < W)
+    c = pc * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid, b, ih * W + iw, p_ok, ih, iw, c, c < CMID, ph, pw
 
 
 @triton.jit
@@ -275,8 +299,19 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, gp_ptr,
                    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr,
                    ACC_DT: tl.constexpr):
     """Input-pixel tile: gv = sum_taps gp(o(i, tap)) * w_dw[tap] (+ gz), gu = gv * act'(u)
-    (the transposed depthwise conv over gp, which ``_bwd_gp`` wrote once per output pixel)."""
-    pid, b, i, i_ok, ih, iw, c, c_ok = _tile(NT, H, W, CMID, BLOCK_P, BLOCK_C)
+    (the transposed depthwise conv over gp, which ``_bwd_gp`` wrote once per output pixel).
+    Stride 2: the tile holds one parity class of input pixels and loops over the taps that
+    reach an output from it (~k^2/4); the g_w_dw partials of the other taps stay as the host
+    zeroed them."""
+    if STRIDE == 1:
+        pid, b, i, i_ok, ih, iw, c, c_ok = _tile(NT, H, W, CMID, BLOCK_P, BLOCK_C)
+        kh0 = 0
+        kw0 = 0
+    else:
+        pid, b, i, i_ok, ih, iw, c, c_ok, ph, pw = _tile_parity(NT, H, W, CMID, BLOCK_P,
+                                                                BLOCK_C)
+        kh0 = (ph + PAD) % 2
+        kw0 = (pw + PAD) % 2
     m2d = i_ok[:, None] & c_ok[None, :]
     xoff = b * sxb + ih.to(tl.int64) * sxh + iw.to(tl.int64) * sxw
     u = _expand_at(x_ptr, xoff, i_ok, sxc, wexp_ptr, bexp_ptr, c, c_ok, CIN,
@@ -288,26 +323,21 @@ def _bwd_dv_kernel(x_ptr, wexp_ptr, bexp_ptr, wdw_ptr, cst_ptr, gz_ptr, gp_ptr,
                      + iw[:, None].to(tl.int64) * sgw, mask=m2d, other=0.0).to(ACC_DT)
     else:
         gv = tl.zeros([BLOCK_P, BLOCK_C], dtype=ACC_DT)
-    for tap in range(K * K):
-        kh = tap // K
-        kw = tap % K
-        th = ih + PAD - kh
-        tw = iw + PAD - kw
-        if STRIDE == 1:
-            oh = th
-            ow = tw
-            ok = i_ok & (th >= 0) & (th < HO) & (tw >= 0) & (tw < WO)
-        else:
+    for kh in range(kh0, K, STRIDE):
+        for kw in range(kw0, K, STRIDE):
+            th = ih + PAD - kh  # a multiple of STRIDE for every pixel of the tile
+            tw = iw + PAD - kw
             oh = th // STRIDE
             ow = tw // STRIDE
-            ok = i_ok & (th >= 0) & (tw >= 0) & (th % STRIDE == 0) & (tw % STRIDE == 0) \
-                & (oh < HO) & (ow < WO)
-        mk = ok[:, None] & c_ok[None, :]
-        gp = tl.load(gp_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
-                     mask=mk, other=0.0).to(ACC_DT)
-        wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
-        gv += gp * wt[None, :]
-        tl.store(gwdw_ptr + (pid * (K * K) + tap) * CMID + c, tl.sum(gp * v, axis=0), mask=c_ok)
+            ok = i_ok & (th >= 0) & (tw >= 0) & (oh < HO) & (ow < WO)
+            mk = ok[:, None] & c_ok[None, :]
+            gp = tl.load(gp_ptr + (b * CMID + c[None, :]) * (HO * WO) + (oh * WO + ow)[:, None],
+                         mask=mk, other=0.0).to(ACC_DT)
+            tap = kh * K + kw
+            wt = tl.load(wdw_ptr + c * (K * K) + tap, mask=c_ok, other=0.0).to(ACC_DT)
+            gv += gp * wt[None, :]
+            tl.store(gwdw_ptr + (pid * (K * K) + tap) * CMID + c, tl.sum(gp * v, axis=0),
+                     mask=c_ok)
     gu = tl.where(m2d, gv * _act_grad(u, cst_ptr, ACT), 0.0)
     if HAS_EXP:  # gu: contiguous (B, CMID, H*W), x's dtype (the backward GEMMs' operand)
         tl.store(gu_ptr + (b * CMID + c[None, :]) * (H * W) + i[:, None],
@@ -611,13 +641,20 @@ def backward(gz, x, w_exp, b_exp, w_dw, p, mean, rstd, bn_weight, bn_bias, act, 
     _bwd_gp_kernel[grid](gz, p, mean, rstd, gamma, beta, ca, cb, cc, gp, cmid, Ho, Wo, NT,
                          *gz.stride(), BLOCK_P=BP, BLOCK_C=BC, ACC_DT=_tl_acc(x.dtype))
 
-    # 3. input-pixel tiles: gu (or gx for the identity stem), partial g_w_dw, g_b_exp
-    BP, BC, BK = _blocks(H * W, cmid, cin)
-    NT = triton.cdiv(H * W, BP)
+    # 3. input-pixel tiles: gu (or gx for the identity stem), partial g_w_dw, g_b_exp; at
+    # stride 2 four parity classes of tiles, each doing ~1/4 of the taps
+    if stride == 1:
+        BP, BC, BK = _blocks(H * W, cmid, cin)
+        NT = triton.cdiv(H * W, BP)
+    else:
+        nq = triton.cdiv(H, 2) * triton.cdiv(W, 2)
+        BP, BC, BK = _blocks(nq, cmid, cin)
+        NT = 4 * triton.cdiv(nq, BP)
     grid = (B * NT, triton.cdiv(cmid, BC))
     gx = torch.empty(x.shape, dtype=x.dtype, device=dev, memory_format=out_memory_format(x))
     gu = torch.empty((B, cmid, H, W) if has_exp else (1,), dtype=x.dtype, device=dev)
-    gwdw_part = torch.empty((B * NT, k * k, cmid), dtype=acc, device=dev)
+    gwdw_part = (torch.empty if stride == 1 else torch.zeros)((B * NT, k * k, cmid), dtype=acc,
+                                                              device=dev)
     gbexp_part = torch.empty((B * NT, cmid) if has_exp else (1,), dtype=acc, device=dev)
     _bwd_dv_kernel[grid](x, wexp, bexp, wdw, cst, gz, gp, gu, gx, gwdw_part, gbexp_part,
                          cin, cmid, H, W, Ho, Wo, NT, *x.stride(), *gz.stride(), *gx.stride(),
