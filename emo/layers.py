@@ -173,12 +173,12 @@ def convert_sync_batchnorm(module, process_group=None):
     if isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) and not isinstance(
             module, SyncBatchNorm) and type(module).forward in (nn.BatchNorm2d.forward,
                                                                 nn.SyncBatchNorm.forward):
+        group = process_group if process_group is not None else getattr(
+            module, "process_group", None)  # (an nn.SyncBatchNorm keeps its own group)
         out = SyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
-                            module.track_running_stats, process_group)
+                            module.track_running_stats, group)
         if module.affine:
-            with torch.no_grad():
-                out.weight = module.weight
-                out.bias = module.bias
+            out.weight, out.bias = module.weight, module.bias
         out.running_mean = module.running_mean
         out.running_var = module.running_var
         out.num_batches_tracked = module.num_batches_tracked

@@ -34,6 +34,11 @@ def group_world_size(group) -> int:
     return torch.distributed.get_world_size(group)
 
 
+def bn_count_error(got):
+    """The error ``F.batch_norm`` raises in training with fewer than 2 values per channel."""
+    return ValueError(f"Expected more than 1 value per channel when training, got {got}")
+
+
 def check_group(group):
     """Validate a ``bn_process_group`` argument: None, or a process group of an initialised
     ``torch.distributed``."""
@@ -121,8 +126,7 @@ def batch_norm_sync(p, running_mean, running_var, weight, bias, momentum, eps,
     n = torch.tensor(float(x.numel() // x.shape[1]), dtype=x.dtype, device=x.device)
     N = all_reduce_sum(n, group)
     if float(N) < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {int(N)} "
-                         f"in the process group")
+        raise bn_count_error(f"{int(N)} in the process group")
     mean = _AllReduceSum.apply(x.sum(dims), group) / N
     d = x - mean.view(shape)
     var = _AllReduceSum.apply((d * d).sum(dims), group) / N

@@ -414,6 +414,16 @@ def _opcheck_device():
     return torch.device("cpu")
 
 
+def test_triton_bn_training_needs_two_values_per_channel():
+    """As F.batch_norm: one value per channel in training is an error (checked from the shapes
+    before the op, so under fake tensors / torch.compile too)."""
+    _triton_module()
+    t = dict(dtype=torch.float64, device=_opcheck_device())
+    with emo_kernels.use_backend("triton"), pytest.raises(ValueError, match="more than 1 value"):
+        emo_kernels.expand_dwconv_act(torch.randn(1, 3, 1, 1, **t), torch.randn(4, 3, **t), None,
+                                      torch.randn(4, 1, 3, 3, **t), bn_training=True)
+
+
 def test_weight_gradient_split_k_fills_an_h200(monkeypatch):
     """g_w_exp's split-K grid on EMO-5M's expansions at 224, batch 256 (GPU tiles): at least
     264 programs (2 per SM of an H200) in every block, the splits covering every pixel once;

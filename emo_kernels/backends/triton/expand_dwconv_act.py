@@ -67,7 +67,8 @@ import triton.language as tl
 from . import interpreted
 from .irmb_inference import _act as _act_fwd  # one activation for every Triton kernel
 
-from ...distributed import all_reduce_sum, group_key, merge_moments, resolve_group  # noqa: E402
+from ...distributed import (all_reduce_sum, bn_count_error, group_key,  # noqa: E402
+                            merge_moments, resolve_group)
 from ...formulas import ACT_CODES as ACTS  # noqa: E402
 from ...formulas import (acc_dtype, bn_scale_shift, dw_out_size, dw_padding,  # noqa: E402
                          fold_affine, update_running_stats)
@@ -536,8 +537,7 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     n = B * Ho * Wo
     group = resolve_group(bn_group)
     if n < 2 and group is None:
-        raise ValueError(f"Expected more than 1 value per channel when training, got input size "
-                         f"{(B, cmid, Ho, Wo)}")
+        raise bn_count_error(f"input size {(B, cmid, Ho, Wo)}")
     cnt = torch.full((NT,), float(BP), dtype=acc, device=dev)
     cnt[-1] = Ho * Wo - (NT - 1) * BP
     cnt = cnt.repeat(B)[:, None]
@@ -545,8 +545,7 @@ def forward(x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, stride, skip, 
     m2 = (pm2 + cnt * (pmean - mean) ** 2).sum(0)
     N, mean, m2 = merge_moments(n, mean, m2, group)
     if group is not None and float(N) < 2:
-        raise ValueError(f"Expected more than 1 value per channel when training, got {int(N)} "
-                         f"in the process group")
+        raise bn_count_error(f"{int(N)} in the process group")
     var = m2 / N
     rstd = torch.rsqrt(var + eps)
     gamma = bn_weight.to(acc).contiguous() if bn_weight is not None else torch.ones(cmid, dtype=acc, device=dev)
@@ -805,8 +804,7 @@ def expand_dwconv_act_triton(x, w_exp, b_exp, w_dw, b_dw=None, *, act="silu", st
         k = w_dw.shape[-1]
         Ho, Wo = dw_out_size(x.shape[2], k, stride), dw_out_size(x.shape[3], k, stride)
         if x.shape[0] * Ho * Wo < 2:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input "
-                             f"size {(x.shape[0], w_dw.shape[0], Ho, Wo)}")
+            raise bn_count_error(f"input size {(x.shape[0], w_dw.shape[0], Ho, Wo)}")
     z, p, mean, _rstd, var, n = torch.ops.emo_kernels.expand_dwconv_act_triton(
         x, w_exp, b_exp, w_dw, b_dw, bn_weight, bn_bias, act, int(stride), bool(skip),
         bool(bn_training), float(eps), save, group)
