@@ -1,5 +1,6 @@
-"""Registers EMO-1M/2M/5M/6M with timm (imported by ``emo/__init__.py`` when timm is
-installed): ``timm.create_model("emo_5m", pretrained=..., fused=..., num_classes=...,
+"""Registers EMO-1M/2M/5M/6M and EMOv2-1M/2M/5M/20M (window 7, and window 8 ``_256``) with timm
+(imported by ``emo/__init__.py`` when timm is installed): ``timm.create_model("emo_5m",
+pretrained=..., fused=..., num_classes=...,
 features_only=..., out_indices=..., feature_cls=..., drop_rate=..., drop_path_rate=...,
 global_pool=...)``, built by timm's ``build_model_with_cfg`` with each variant's
 ``pretrained_cfg`` (emo.model.PRETRAINED_CFGS).
@@ -15,7 +16,8 @@ also work).
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from .checkpoint import unwrap_state_dict
-from .model import CONFIGS, EMO, PRETRAINED_CFGS
+from .emo2 import EMO2
+from .model import EMO, PRETRAINED_CFGS, model_class, model_config
 
 
 def _filter_state_dict(state_dict, model):
@@ -25,12 +27,12 @@ def _filter_state_dict(state_dict, model):
 def _create(variant, pretrained=False, **kwargs):
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     feature_cls = kwargs.pop("feature_cls", "getter")
-    cfg = dict(CONFIGS[variant])
+    cfg = model_config(variant)
     if kwargs.get("drop_path_rate") is None:
         kwargs.pop("drop_path_rate", None)
     cfg.update(kwargs)
     return build_model_with_cfg(
-        EMO, variant, pretrained, pretrained_filter_fn=_filter_state_dict,
+        model_class(variant), variant, pretrained, pretrained_filter_fn=_filter_state_dict,
         feature_cfg=dict(out_indices=out_indices, feature_cls=feature_cls), **cfg)
 
 
@@ -56,3 +58,43 @@ def emo_5m(pretrained=False, **kwargs) -> EMO:
 @register_model
 def emo_6m(pretrained=False, **kwargs) -> EMO:
     return _create("emo_6m", pretrained, **kwargs)
+
+
+@register_model
+def emo2_1m(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_1m", pretrained, **kwargs)
+
+
+@register_model
+def emo2_2m(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_2m", pretrained, **kwargs)
+
+
+@register_model
+def emo2_5m(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_5m", pretrained, **kwargs)
+
+
+@register_model
+def emo2_20m(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_20m", pretrained, **kwargs)
+
+
+@register_model
+def emo2_1m_256(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_1m_256", pretrained, **kwargs)
+
+
+@register_model
+def emo2_2m_256(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_2m_256", pretrained, **kwargs)
+
+
+@register_model
+def emo2_5m_256(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_5m_256", pretrained, **kwargs)
+
+
+@register_model
+def emo2_20m_256(pretrained=False, **kwargs) -> EMO2:
+    return _create("emo2_20m_256", pretrained, **kwargs)

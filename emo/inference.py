@@ -39,8 +39,8 @@ from torch.nn.modules import module as _module
 import emo_kernels
 from emo_kernels.formulas import dw_padding, fold_affine, fold_affine_into_next_1x1
 
-from .layers import (IDENTITY, SE, ConvNormAct, DropPath, LayerNorm2d, StemConv, is_tracing,
-                     norm_is_affine, norm_kind, norm_scale_shift)
+from .layers import (IDENTITY, SE, ConvNormAct, DropPath, LayerNorm2d, LayerScale2d, StemConv,
+                     is_tracing, norm_is_affine, norm_kind, norm_scale_shift)
 
 # ----- one block -----------------------------------------------------------------------------
 def _bn_scale_shift(bn):
@@ -132,7 +132,13 @@ def block_args(blk):
         return None
     if not _cna_ok(blk.proj, 1, bias=False):
         return None
-    args = (w_exp, b_exp, w_dw, b_dw, blk.proj.conv.weight.flatten(1))
+    w_proj = blk.proj.conv.weight.flatten(1)
+    ls = getattr(blk, "ls", None)  # EMOv2's LayerScale after the projection: folded into it
+    if ls is not None:
+        if type(ls) is not LayerScale2d:
+            return None
+        w_proj = w_proj * ls.gamma.reshape(-1, 1)
+    args = (w_exp, b_exp, w_dw, b_dw, w_proj)
     detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
     return tuple(map(detach, args)), {n: detach(v) for n, v in kw.items()}
 
@@ -252,6 +258,11 @@ class InferencePlan:
         from .model import EMO, iRMB
         if not isinstance(model, EMO):
             raise TypeError(f"InferencePlan takes an emo.EMO model, got {type(model).__name__}")
+        from .emo2 import EMO2
+        if isinstance(model, EMO2):
+            raise ValueError("InferencePlan takes EMO v1 models; EMOv2 is not supported by the "
+                             "plan yet: run the model itself (with fused=True its non-attention "
+                             "blocks run through the fused ops)")
         if any(m.training for m in model.modules()):
             raise ValueError("InferencePlan needs the model in eval mode (call model.eval())")
         stages, blocks = _blocks(model)

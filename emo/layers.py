@@ -85,6 +85,17 @@ class DropPath(nn.Module):
         return f"p={self.p}"
 
 
+class LayerScale2d(nn.Module):
+    """EMOv2's LayerScale: x * gamma, gamma of shape (1, C, 1, 1) (key: ls.gamma)."""
+
+    def __init__(self, dim, init_values=1e-6):
+        super().__init__()
+        self.gamma = nn.Parameter(init_values * torch.ones(1, dim, 1, 1))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
 class StemConv(nn.Module):
     """The official MSPatchEmb with one dilation: convs.0 = Sequential(conv3x3 s2 (bias), BN)."""
 

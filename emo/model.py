@@ -169,8 +169,13 @@ class iRMB(nn.Module):
             cast(x_in), cast(w_exp), cast(b_exp), cast(w_dw), cast(b_dw),
             act=self.act if w_exp is not None else "none",
             stride=self.stride, skip=self.has_skip, **bn)
-        z = self.proj(self.se(z))
+        z = self._project(z)
         return shortcut + self.drop_path(z) if self.has_skip else z
+
+    def _project(self, z):
+        """What follows the depthwise pass (and its skip) before the residual: SE (an
+        identity but in the stem block) and the projection; EMOv2 adds LayerScale."""
+        return self.proj(self.se(z))
 
     def forward(self, x):
         # tracers and exporters see the reference computation, the portable graph;
@@ -212,6 +217,38 @@ class EMO(nn.Module):
                  features_only=False, out_indices=(0, 1, 2, 3), drop_rate=0.0,
                  global_pool="avg"):
         super().__init__()
+        self._init_api(in_chans, num_classes, global_pool, drop_rate, len(depths))
+        self.stage0 = nn.Sequential(
+            StemConv(in_chans, stem_dim),
+            iRMB(stem_dim, stem_dim, norm="none", act=acts[0], exp_ratio=1, v_proj=False,
+                 kernel_size=kernel_sizes[0], skip=False, se=True, fused=fused))
+
+        def block(i, first, dim_in, drop_path):
+            return iRMB(dim_in, embed_dims[i], norm=norms[i], act=acts[i],
+                        exp_ratio=exp_ratios[i] * 2 if first else exp_ratios[i],
+                        kernel_size=kernel_sizes[i], stride=2 if first else 1, skip=not first,
+                        attn=attns[i] and not first, head_dim=head_dims[i],
+                        window_size=window_size, drop_path=drop_path, fused=fused)
+
+        dim_prev = self._init_stages(depths, embed_dims, stem_dim, drop_path_rate, block)
+        self._init_head(embed_dims, dim_prev, num_classes, features_only, out_indices)
+
+    def _init_stages(self, depths, embed_dims, stem_dim, drop_path_rate, block):
+        """stage1..stageN: ``block(stage, first, dim_in, drop_path)`` per block (the first of a
+        stage downsamples), drop path rising linearly over all blocks; returns the last width."""
+        dprs = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dim_prev, idx = stem_dim, 0
+        for i, depth in enumerate(depths):
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(i, j == 0, dim_prev, dprs[idx]))
+                dim_prev = embed_dims[i]
+                idx += 1
+            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
+        return dim_prev
+
+    def _init_api(self, in_chans, num_classes, global_pool, drop_rate, num_stages):
+        """The attributes of the model API (shared with EMOv2's ``EMO2``)."""
         if global_pool not in GLOBAL_POOLS:
             raise ValueError(f"global_pool must be one of {GLOBAL_POOLS}, got {global_pool!r}")
         self.in_chans = in_chans
@@ -220,31 +257,15 @@ class EMO(nn.Module):
         self.drop_rate = drop_rate
         self.features_only = False
         self.out_indices = (0, 1, 2, 3)
-        self.num_stages = len(depths)  # stages 1..num_stages run; pruning lowers it
+        self.num_stages = num_stages  # stages 1..num_stages run; pruning lowers it
         self.grad_checkpointing = False
-        self.stage0 = nn.Sequential(
-            StemConv(in_chans, stem_dim),
-            iRMB(stem_dim, stem_dim, norm="none", act=acts[0], exp_ratio=1, v_proj=False,
-                 kernel_size=kernel_sizes[0], skip=False, se=True, fused=fused))
-        dprs = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        dim_prev, idx = stem_dim, 0
-        feature_info = []
-        for i, depth in enumerate(depths):
-            blocks = []
-            for j in range(depth):
-                first = j == 0
-                blocks.append(iRMB(
-                    dim_prev, embed_dims[i], norm=norms[i], act=acts[i],
-                    exp_ratio=exp_ratios[i] * 2 if first else exp_ratios[i],
-                    kernel_size=kernel_sizes[i], stride=2 if first else 1, skip=not first,
-                    attn=attns[i] and not first, head_dim=head_dims[i],
-                    window_size=window_size, drop_path=dprs[idx], fused=fused))
-                dim_prev = embed_dims[i]
-                idx += 1
-            setattr(self, f"stage{i + 1}", nn.Sequential(*blocks))
-            feature_info.append(dict(num_chs=embed_dims[i], reduction=2 ** (i + 2),
-                                     module=f"stage{i + 1}"))
-        self.feature_info = FeatureInfo(feature_info)
+
+    def _init_head(self, embed_dims, dim_prev, num_classes, features_only, out_indices):
+        """Feature info, final LN2d and classifier, weight init, ``features_only`` (after the
+        stages are built; shared with ``EMO2``)."""
+        self.feature_info = FeatureInfo([
+            dict(num_chs=c, reduction=2 ** (i + 2), module=f"stage{i + 1}")
+            for i, c in enumerate(embed_dims)])
         self.num_features = self.head_hidden_size = dim_prev
         self.norm = LayerNorm2d(dim_prev)
         self.head = nn.Linear(dim_prev, num_classes) if num_classes > 0 else nn.Identity()
@@ -289,7 +310,7 @@ class EMO(nn.Module):
                                  f"{global_pool!r}")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        w = self.stage0[0].convs[0][0].weight  # the new head on the model's device and dtype
+        w = next(self.stage0.parameters())  # the new head on the model's device and dtype
         self.head = nn.Linear(self.num_features, num_classes, device=w.device, dtype=w.dtype) \
             if num_classes > 0 else nn.Identity()
         if num_classes > 0:
@@ -482,14 +503,82 @@ PRETRAINED_CFGS = {name: dict(
                              ("emo_5m", "5M", 78.4), ("emo_6m", "6M", 79.0))}
 
 
-def list_models():
-    return sorted(CONFIGS)
+# EMOv2 (emo/emo2.py): the official ``EMO2_<n>M_k5_hybrid`` configs (window 7) and their
+# ``_256`` forms (window 8; the same weights' shapes). Every stage: depthwise 5x5; stages 3-4:
+# hybrid attention after their first block. head_dims of stages 1-2 are unused (no attention).
+_V2 = dict(
+    emo2_1m=dict(depths=(2, 2, 8, 3), embed_dims=(32, 48, 80, 180),
+                 exp_ratios=(2.0, 2.5, 3.0, 3.5), head_dims=(16, 16, 20, 20),
+                 drop_path_rate=0.04036),
+    emo2_2m=dict(depths=(3, 3, 9, 3), embed_dims=(32, 48, 120, 200),
+                 exp_ratios=(2.0, 2.5, 3.0, 3.5), head_dims=(16, 16, 20, 20),
+                 drop_path_rate=0.05),
+    emo2_5m=dict(depths=(3, 3, 9, 3), embed_dims=(48, 72, 160, 288),
+                 exp_ratios=(2.0, 3.0, 4.0, 4.0), head_dims=(16, 24, 32, 32),
+                 drop_path_rate=0.05),
+    emo2_20m=dict(depths=(3, 3, 13, 3), embed_dims=(64, 128, 320, 448),
+                  exp_ratios=(2.0, 3.0, 4.0, 4.0), head_dims=(16, 32, 32, 32),
+                  drop_path_rate=0.1))
+CONFIGS_V2 = {**{n: dict(c, window_size=7) for n, c in _V2.items()},
+              **{f"{n}_256": dict(c, window_size=8) for n, c in _V2.items()}}
+
+# The official EMOv2 README publishes ImageNet-1k weights of EMOv2-1M/2M/5M at 224 (without
+# distillation) in github.com/zhangzjn/data, emov2_pretrained_weights/EMOv2_<n>M_224.pth; the
+# URLs below are those files' raw links, derived from the README and not downloaded here. No
+# classification weights are published for EMOv2-20M or the window-8 ``_256`` configs: their
+# ``url`` is empty and ``pretrained=True`` raises (give a file instead).
+_V2_WEIGHTS = "https://github.com/zhangzjn/data/raw/main/emov2_pretrained_weights"
+_V2_TOP1 = {"emo2_1m": 72.3, "emo2_2m": 75.8, "emo2_5m": 79.4}
+OFFICIAL_REPO_V2 = "https://github.com/zhangzjn/EMOv2"
+
+
+def _v2_pretrained_cfg(name):
+    base = name.removesuffix("_256")
+    size = 256 if name.endswith("_256") else 224
+    file = f"EMOv2_{base[len('emo2_'):].upper()}_224.pth"
+    url = f"{_V2_WEIGHTS}/{file}" if size == 224 and base in _V2_TOP1 else ""
+    return dict(
+        url=url, num_classes=1000, input_size=(3, size, size), pool_size=(size // 32, size // 32),
+        crop_pct=0.875 if size == 224 else 1.0, crop_mode="center", interpolation="bicubic",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, first_conv="stage0.0.conv", classifier="head",
+        license="apache-2.0", origin_url=OFFICIAL_REPO_V2,
+        notes=(f"ImageNet-1k top-1 {_V2_TOP1[base]} (official README); weights: "
+               f"emov2_pretrained_weights/{file} of github.com/zhangzjn/data (URL derived from "
+               "the README, not downloaded here)" if url else
+               "no published classification weights for this config",))
+
+
+PRETRAINED_CFGS.update({name: _v2_pretrained_cfg(name) for name in CONFIGS_V2})
+
+
+def model_class(name):
+    """``EMO`` for an EMO v1 variant, ``emo.emo2.EMO2`` for an EMOv2 one."""
+    if name in CONFIGS_V2:
+        from .emo2 import EMO2  # emo2 builds on this module
+        return EMO2
+    if name in CONFIGS:
+        return EMO
+    raise ValueError(f"unknown EMO model {name!r}; available: {list_models()}")
+
+
+def model_config(name):
+    """A copy of the constructor arguments of variant ``name`` (v1 or v2)."""
+    model_class(name)
+    return dict(CONFIGS.get(name) or CONFIGS_V2[name])
+
+
+def list_models(family=None):
+    """The variant names: ``family`` None for all, "emo" for EMO v1, "emo2" for EMOv2."""
+    if family not in (None, "emo", "emo2"):
+        raise ValueError(f"family must be None, 'emo' or 'emo2', got {family!r}")
+    return sorted(([] if family == "emo2" else list(CONFIGS))
+                  + ([] if family == "emo" else list(CONFIGS_V2)))
 
 
 def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_chans=3,
                  drop_path_rate=None, features_only=False, out_indices=(0, 1, 2, 3),
                  pretrained_head="warn", **kwargs):
-    """Build an EMO variant.
+    """Build an EMO (v1) or EMOv2 variant (``list_models()``).
 
     ``pretrained``: a checkpoint path, file object or state dict (loaded with
     ``emo.load_checkpoint``); a checkpoint head of another ``num_classes`` is, by
@@ -498,17 +587,18 @@ def create_model(name, pretrained=None, *, fused=False, num_classes=1000, in_cha
     None or False for random weights; True downloads ``PRETRAINED_CFGS[name]["url"]`` (the
     official weights) through torch.hub's cache. ``features_only``: the
     backbone without norm and head, ``forward`` returns the stage outputs ``out_indices``.
-    Other keywords go to ``EMO`` (``drop_rate``, ``global_pool``, ...).
+    Other keywords go to ``EMO`` / ``EMO2`` (``drop_rate``, ``global_pool``, ...).
     """
-    if name not in CONFIGS:
-        raise ValueError(f"unknown EMO model {name!r}; available: {list_models()}")
-    cfg = dict(CONFIGS[name])
+    cls, cfg = model_class(name), model_config(name)
     if drop_path_rate is not None:
         cfg["drop_path_rate"] = drop_path_rate
     cfg.update(kwargs)
-    model = EMO(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused)
+    model = cls(**cfg, num_classes=num_classes, in_chans=in_chans, fused=fused)
     model.pretrained_cfg = model.default_cfg = dict(PRETRAINED_CFGS[name], architecture=name)
     if pretrained is True:
+        if not PRETRAINED_CFGS[name]["url"]:
+            raise ValueError(f"{name}: {PRETRAINED_CFGS[name]['notes'][0]}; give the weights "
+                             "as pretrained=<path or state dict>")
         pretrained = torch.hub.load_state_dict_from_url(PRETRAINED_CFGS[name]["url"],
                                                         map_location="cpu", weights_only=True)
     if pretrained is not None and pretrained is not False:
@@ -523,3 +613,11 @@ emo_1m = partial(create_model, "emo_1m")
 emo_2m = partial(create_model, "emo_2m")
 emo_5m = partial(create_model, "emo_5m")
 emo_6m = partial(create_model, "emo_6m")
+emo2_1m = partial(create_model, "emo2_1m")
+emo2_2m = partial(create_model, "emo2_2m")
+emo2_5m = partial(create_model, "emo2_5m")
+emo2_20m = partial(create_model, "emo2_20m")
+emo2_1m_256 = partial(create_model, "emo2_1m_256")
+emo2_2m_256 = partial(create_model, "emo2_2m_256")
+emo2_5m_256 = partial(create_model, "emo2_5m_256")
+emo2_20m_256 = partial(create_model, "emo2_20m_256")

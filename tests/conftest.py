@@ -190,8 +190,9 @@ def autograd_backend(request, monkeypatch):
 
 
 def model_pair(name, **kw):
-    """(fused=False, fused=True) models of one variant with the same weights and non-trivial
-    BatchNorm statistics (so that BN folding is exercised); both in train mode as created."""
+    """(fused=False, fused=True) models of one variant (EMO v1 or EMOv2) with the same weights,
+    non-trivial BatchNorm statistics (so that BN folding is exercised) and LayerScale near 1;
+    both in train mode as created."""
     import emo
     import torch.nn as nn
     torch.manual_seed(0)
@@ -202,6 +203,32 @@ def model_pair(name, **kw):
             m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.2, 0.2)
+    for n, p in ref.named_parameters():  # EMOv2's LayerScale: at its 1e-6 init a block's
+        if n.endswith("ls.gamma"):       # branch would not matter
+            p.data.uniform_(0.5, 1.5)
     fused = emo.create_model(name, fused=True, **kw)
     fused.load_state_dict(ref.state_dict())
     return ref, fused
+
+
+def train_step(model, x, target, seed=1):
+    """One cross-entropy forward/backward: ({parameter: grad}, {buffer: copy}); the same
+    drop-path masks for every model given the same seed."""
+    torch.manual_seed(seed)
+    loss = torch.nn.functional.cross_entropy(model(x), target)
+    model.zero_grad()
+    loss.backward()
+    return ({n: p.grad for n, p in model.named_parameters()},
+            {n: b.clone() for n, b in model.named_buffers()})
+
+
+def assert_same_train_step(ref, fused, x, target, grad_tol, stat_tol):
+    """fused's train step gives ref's parameter gradients and BatchNorm statistics."""
+    (g0, s0), (g1, s1) = train_step(ref, x, target), train_step(fused, x, target)
+    for n, g in g0.items():
+        assert g1[n] is not None and rel_err(g1[n], g) <= grad_tol, n
+    for n, b in s0.items():
+        if b.is_floating_point():
+            assert rel_err(s1[n], b) <= stat_tol, n
+        else:
+            assert torch.equal(s1[n], b), n

@@ -212,7 +212,7 @@ def _pair(name, **kw):
     return ref.eval(), fused.eval()
 
 
-@pytest.mark.parametrize("name", emo.list_models())
+@pytest.mark.parametrize("name", emo.list_models("emo"))
 def test_model_fused_cpu_matches(name):
     ref, fused = _pair(name)
     for shape in [(1, 3, 224, 224), (2, 3, 256, 256), (1, 3, 97, 131)]:

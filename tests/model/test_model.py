@@ -7,7 +7,7 @@ import torch.nn as nn
 
 import emo
 import emo_kernels
-from conftest import model_pair, rel_err
+from conftest import assert_same_train_step, model_pair, rel_err
 
 PARAMS_M = {"emo_1m": 1.36, "emo_2m": 2.38, "emo_5m": 5.11, "emo_6m": 6.17}
 SIZES = [(224, 224), (64, 64), (96, 160), (193, 221)]
@@ -20,7 +20,8 @@ def test_param_count(name):
 
 
 def test_list_and_create():
-    assert emo.list_models() == ["emo_1m", "emo_2m", "emo_5m", "emo_6m"]
+    assert emo.list_models("emo") == ["emo_1m", "emo_2m", "emo_5m", "emo_6m"]
+    assert set(emo.list_models()) == set(emo.list_models("emo")) | set(emo.CONFIGS_V2)
     assert isinstance(emo.emo_5m(num_classes=7), emo.EMO)
     with pytest.raises(ValueError, match="unknown EMO model"):
         emo.create_model("emo_3m")
@@ -45,35 +46,20 @@ def test_variants_run_eval_and_train(name, hw):
         assert out.shape == (batch, 1000) and torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ["emo_1m", "emo_2m"])
+@pytest.mark.parametrize("name", ["emo_1m", "emo_2m", "emo2_1m"])
 def test_fused_train_step_matches(name):
     """fused=True (torch backend) in train mode: same loss grads and BN running stats."""
     ref, fused = model_pair(name)
     ref.train(), fused.train()
     x = torch.randn(2, 3, 64, 96)
-    target = torch.randint(0, 1000, (2,))
-    grads, stats = [], []
-    for model in (ref, fused):
-        torch.manual_seed(1)  # same drop-path masks
-        loss = nn.functional.cross_entropy(model(x), target)
-        model.zero_grad()
-        loss.backward()
-        grads.append({n: p.grad for n, p in model.named_parameters()})
-        stats.append({n: b.clone() for n, b in model.named_buffers()})
-    for n, g in grads[0].items():
-        assert grads[1][n] is not None, n
-        assert rel_err(grads[1][n], g) <= 1e-5, n
-    for n, b in stats[0].items():
-        if b.is_floating_point():
-            assert rel_err(stats[1][n], b) <= 1e-6, n
-        else:
-            assert torch.equal(stats[1][n], b), n
+    assert_same_train_step(ref, fused, x, torch.randint(0, 1000, (2,)), 1e-5, 1e-6)
     assert set(ref.state_dict()) == set(fused.state_dict())
 
 
+@pytest.mark.parametrize("name", ["emo_1m", "emo2_1m"])
 @pytest.mark.parametrize("fused", [False, True], ids=["fused0", "fused1"])
-def test_reparameterize_keeps_logits(fused):
-    ref, f = model_pair("emo_1m")
+def test_reparameterize_keeps_logits(fused, name):
+    ref, f = model_pair(name)
     model = f if fused else ref
     model.eval()
     x = torch.randn(2, 3, 80, 72)
@@ -85,15 +71,16 @@ def test_reparameterize_keeps_logits(fused):
     assert rel_err(after, before) <= 1e-5
 
 
-def test_features_only_and_intermediates():
-    model = emo.emo_5m(features_only=True).eval()
+@pytest.mark.parametrize("name", ["emo_5m", "emo2_5m"])  # the same widths
+def test_features_only_and_intermediates(name):
+    model = emo.create_model(name, features_only=True).eval()
     x = torch.randn(1, 3, 96, 160)
     with torch.no_grad():
         feats = model(x)
     assert [f.shape[1] for f in feats] == [48, 72, 160, 288]
     assert [f.shape[2:] for f in feats] == [(24, 40), (12, 20), (6, 10), (3, 5)]
     assert [i["reduction"] for i in model.feature_info] == [4, 8, 16, 32]
-    full = emo.emo_5m().eval()
+    full = emo.create_model(name).eval()
     missing, unexpected = full.load_state_dict(model.state_dict(), strict=False)
     assert sorted(missing) == ["head.bias", "head.weight", "norm.norm.bias",
                                "norm.norm.weight"] and not unexpected  # no norm, no head

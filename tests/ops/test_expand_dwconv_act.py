@@ -182,7 +182,7 @@ def check_case(backend, cfg, B, H, W, dtype, *, bn=False, running=None, **kw):
 def test_block_configs_are_the_models_ones():
     """BLOCK_CONFIGS is exactly the set of non-attention iRMB configurations of the 4 models."""
     found = {}
-    for name in emo.list_models():
+    for name in emo.list_models("emo"):
         model = emo.create_model(name, num_classes=0)
         for bname, blk in model.named_modules():
             if isinstance(blk, iRMB) and not blk.attn:
