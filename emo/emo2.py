@@ -2,59 +2,58 @@
 operation for operation equal to the official code (``model/lib_emo/emo2.py``, read at commit
 582a96f; ../shared/docs/emov2-architecture.md), with the official checkpoint key layout.
 
-Read top to bottom: the two partitions of the hybrid attention, LayerScale, the expansion
+Read top to bottom: the two partitions of the hybrid attention, the expansion
 operators (eop 0: a 1x1 conv; eop 3: the hybrid window attention), the iiRMB, the EMOv2
 network. The variant configs and factories sit beside EMO v1's in emo/model.py
 (``create_model("emo2_5m")``, ``emo.emo2_5m(...)``); the model API is EMO v1's (``EMO2`` is an
 ``EMO``: ``forward_intermediates``, ``features_only``, ``reset_classifier``, timm's hooks).
 
-``fused=True``: a block whose expansion is the plain 1x1 conv (every block of stages 1-2 and the
-first block of stages 3-4) is an EMO v1 iRMB without squeeze-excite plus LayerScale, and runs
-through the same ``emo_kernels`` ops as v1 (``expand_dwconv_act`` in training,
-``irmb_inference`` in eval, LayerScale folded into the projection there). The hybrid attention
-blocks run this reference computation: no op takes the contiguous partition, the hybrid sum or
-value heads wider than the query/key heads yet (``iiRMB.fused_reason`` says so).
+``fused=True``: every block runs through the ``emo_kernels`` ops. A block whose expansion is
+the plain 1x1 conv (every block of stages 1-2 and the first block of stages 3-4) is an EMO v1
+iRMB without squeeze-excite plus LayerScale, and runs as v1's (``expand_dwconv_act`` in
+training, ``irmb_inference`` in eval, LayerScale folded into the projection there). A hybrid
+attention block runs the qk and v 1x1 convs (torch), ``window_attention`` in its hybrid form
+(padded keys b_k, padded values act(b_v), wide value heads), ``expand_dwconv_act`` without
+expansion, the projection and LayerScale. A block with a replaced part runs this reference
+computation (``iiRMB.fused_reason`` says why).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import ConvNormAct, DropPath, LayerScale2d, fold_bn, make_norm
-from .model import EMO, _has_fixed_stats, iRMB
+import emo_kernels
+from emo_kernels.reference import close_partition as _close_partition
+from emo_kernels.reference import close_unpartition as _close_unpartition
+from emo_kernels.reference import window_partition, window_unpartition
+
+from .inference import cna_ok
+from .layers import ConvNormAct, DropPath, LayerScale2d, fold_bn, is_tracing, make_norm
+from .model import EMO, _has_fixed_stats, autocast_cast, iRMB
 
 
 # ----- the two window partitions of a (B, C, n1*ws, n2*ws) map -> (B*n1*n2, C, ws, ws) -------
+# (emo_kernels.reference's partitions, in the official code's window-batch layout)
 def remote_partition(x, ws):
     """'b c (h1 n1) (w1 n2) -> (b n1 n2) c h1 w1': window (i, j) holds the pixels
     (i + n1*a, j + n2*b) (strided, EMO v1's partition)."""
-    B, C, H, W = x.shape
-    n1, n2 = H // ws, W // ws
-    return x.reshape(B, C, ws, n1, ws, n2).permute(0, 3, 5, 1, 2, 4).reshape(B * n1 * n2, C,
-                                                                             ws, ws)
+    return window_partition(x, ws).reshape(-1, x.shape[1], ws, ws)
 
 
 def remote_unpartition(y, n1, n2):
     """The inverse of :func:`remote_partition`."""
     Bw, C, ws, _ = y.shape
-    B = Bw // (n1 * n2)
-    return y.reshape(B, n1, n2, C, ws, ws).permute(0, 3, 4, 1, 5, 2).reshape(B, C, ws * n1,
-                                                                             ws * n2)
+    return window_unpartition(y.reshape(Bw // (n1 * n2), n1 * n2, C, ws * ws), n1, n2, ws)
 
 
 def close_partition(x, ws):
     """'b c (n1 h1) (n2 w1) -> (b n1 n2) c h1 w1': contiguous ws x ws blocks (Swin-like)."""
-    B, C, H, W = x.shape
-    n1, n2 = H // ws, W // ws
-    return x.reshape(B, C, n1, ws, n2, ws).permute(0, 2, 4, 1, 3, 5).reshape(B * n1 * n2, C,
-                                                                             ws, ws)
+    return _close_partition(x, ws).reshape(-1, x.shape[1], ws, ws)
 
 
 def close_unpartition(y, n1, n2):
     """The inverse of :func:`close_partition`."""
     Bw, C, ws, _ = y.shape
-    B = Bw // (n1 * n2)
-    return y.reshape(B, n1, n2, C, ws, ws).permute(0, 3, 1, 4, 2, 5).reshape(B, C, n1 * ws,
-                                                                             n2 * ws)
+    return _close_unpartition(y.reshape(Bw // (n1 * n2), n1 * n2, C, ws * ws), n1, n2, ws)
 
 
 # ----- expansion operators ---------------------------------------------------------------------
@@ -177,18 +176,51 @@ class iiRMB(iRMB):
         the fused ops."""
         if len(self.eops) != 1:
             return "more than one expansion operator (a sum of eops): reference computation"
-        if isinstance(self.eops[0], HybridWindowAttention):
-            return ("EMOv2's hybrid window attention (remote + close partitions, value heads "
-                    "wider than the query/key heads, padded pixels with v = act(b_v)) has no "
-                    "fused op yet: the block runs its reference computation")
-        if type(self.eops[0]) is not ExpandConv or type(self.ls) is not LayerScale2d:
-            return "a submodule was replaced by one of another kind: reference computation"
+        eop = self.eops[0]
+        if type(eop) is HybridWindowAttention:
+            if not (cna_ok(eop.qk, 1, bias=True) and cna_ok(eop.v, 1, bias=True, act=self.act)):
+                return ("the hybrid attention's qk / v convolutions are not the plain 1x1 convs "
+                        "with bias (and v's activation the block's): reference computation")
+        elif type(eop) is not ExpandConv:
+            return "the expansion operator was replaced: reference computation"
+        if type(self.ls) is not LayerScale2d:
+            return "the LayerScale was replaced: reference computation"
         if not super()._fused_ok():
             return "the depthwise norm is not one the fused ops fold or apply"
         return None
 
     def _fused_ok(self):
         return self.fused_reason is None
+
+    def forward(self, x):
+        if self.hybrid and self.fused and not is_tracing(x) and self._fused_ok():
+            return self._forward_fused(x)  # no irmb_inference form: the ops, eval or not
+        return super().forward(x)
+
+    def _forward_fused(self, x):
+        """The plain block: v1's fused forward (``_project`` adds LayerScale). The hybrid one:
+        norm, the qk and v convs (torch), ``window_attention`` in its hybrid form (padded keys
+        b_k, padded values act(b_v)), then ``expand_dwconv_act`` without expansion (depthwise,
+        its BatchNorm, SiLU, the skip), the projection and LayerScale."""
+        if not self.hybrid:
+            return super()._forward_fused(x)
+        shortcut = x
+        cast = autocast_cast(x)
+        attn = self.eops[0]
+        y = self.norm(x)
+        C = y.shape[1]
+        qk = F.conv2d(y, attn.qk.conv.weight, attn.qk.conv.bias)
+        v = attn.v(y)
+        o = emo_kernels.window_attention(
+            cast(qk[:, :C]), cast(qk[:, C:]), cast(v), cast(attn.qk.conv.bias[C:]),
+            head_dim=attn.head_dim, window_size=attn.window_size, scale=attn.scale,
+            v_pad=cast(attn.v.act(attn.v.conv.bias)), partition="hybrid")
+        w_dw, b_dw, bn = self._dw_args()
+        z = emo_kernels.expand_dwconv_act(cast(o), None, None, cast(w_dw), cast(b_dw),
+                                          act="none", stride=self.stride, skip=self.has_skip,
+                                          **bn)
+        z = self._project(z)
+        return shortcut + self.drop_path(z) if self.has_skip else z
 
     @torch.no_grad()
     def reparameterize(self):

@@ -69,7 +69,7 @@ def _conv_ok(conv, k, stride=1, groups=1, bias=None):
             and conv.padding_mode == "zeros" and (bias is None or (conv.bias is not None) == bias))
 
 
-def _cna_ok(m, k, stride=1, groups=1, bias=None, act="none"):
+def cna_ok(m, k, stride=1, groups=1, bias=None, act="none"):
     """m is a ConvNormAct conv -> Identity -> act."""
     return (type(m) is ConvNormAct and _conv_ok(m.conv, k, stride, groups, bias)
             and type(m.norm) is nn.Identity and _is_act(m.act, act))
@@ -80,7 +80,8 @@ def block_args(blk):
     BatchNorm folded, all read from the block's current modules; or None when the block has a
     part that op cannot express (see the module docstring). New tensors on every call."""
     if any(m.training for m in blk.modules()) or type(blk.drop_path) not in (nn.Identity,
-                                                                            DropPath):
+                                                                            DropPath) \
+            or getattr(blk, "hybrid", False):  # EMOv2's hybrid attention: no such argument
         return None
     cl = blk.conv_local
     if type(cl) is not ConvNormAct or type(cl.conv) is not nn.Conv2d:
@@ -96,7 +97,7 @@ def block_args(blk):
         w_dw, b_dw = fold_affine(w_dw, b_dw, *bn)
     w_exp = b_exp = None
     if type(blk.v) is not nn.Identity:
-        if not _cna_ok(blk.v, 1, bias=None, act=blk.act):
+        if not cna_ok(blk.v, 1, bias=None, act=blk.act):
             return None
         w_exp, b_exp = blk.v.conv.weight.flatten(1), blk.v.conv.bias
     kw = dict(act=blk.act if w_exp is not None else "none", stride=blk.stride,
@@ -116,7 +117,7 @@ def block_args(blk):
         return None
 
     if blk.attn:
-        if not _cna_ok(blk.qk, 1, bias=True):
+        if not cna_ok(blk.qk, 1, bias=True):
             return None
         kw.update(w_qk=blk.qk.conv.weight.flatten(1), b_qk=blk.qk.conv.bias,
                   head_dim=blk.head_dim, window_size=blk.window_size, scale=blk.scale)
@@ -130,7 +131,7 @@ def block_args(blk):
                   se_act=se.act_name)
     elif type(se) is not nn.Identity:
         return None
-    if not _cna_ok(blk.proj, 1, bias=False):
+    if not cna_ok(blk.proj, 1, bias=False):
         return None
     w_proj = blk.proj.conv.weight.flatten(1)
     ls = getattr(blk, "ls", None)  # EMOv2's LayerScale after the projection: folded into it

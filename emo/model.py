@@ -27,6 +27,15 @@ def _has_fixed_stats(m):
     return kind == FROZEN_BN or kind == BATCHNORM and m.running_mean is not None
 
 
+def autocast_cast(x):
+    """Under torch.autocast, the cast autocast applies for the convolutions the fused ops
+    replace (weights and activations to the low-precision dtype; BatchNorm statistics and
+    parameters stay float32, as nn.BatchNorm2d keeps them); the identity otherwise."""
+    dt = (torch.get_autocast_dtype(x.device.type)
+          if torch.is_autocast_enabled(x.device.type) else None)
+    return (lambda t: t) if dt is None else (lambda t: None if t is None else t.to(dt))
+
+
 def _script_error():
     return RuntimeError(
         "EMO models cannot be compiled with torch.jit.script (their forward uses Python that "
@@ -141,12 +150,7 @@ class iRMB(nn.Module):
 
     def _forward_fused(self, x):
         shortcut = x
-        # under torch.autocast, cast as autocast does for the convolutions the ops replace
-        # (weights and activations to the low-precision dtype; BatchNorm statistics and
-        # parameters stay float32, as nn.BatchNorm2d keeps them)
-        dt = (torch.get_autocast_dtype(x.device.type)
-              if torch.is_autocast_enabled(x.device.type) else None)
-        cast = (lambda t: t) if dt is None else (lambda t: None if t is None else t.to(dt))
+        cast = autocast_cast(x)
         if self.attn:
             y = self.norm(x)
             C = y.shape[1]

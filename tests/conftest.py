@@ -223,10 +223,16 @@ def train_step(model, x, target, seed=1):
 
 
 def assert_same_train_step(ref, fused, x, target, grad_tol, stat_tol):
-    """fused's train step gives ref's parameter gradients and BatchNorm statistics."""
+    """fused's train step gives ref's parameter gradients and BatchNorm statistics. A gradient
+    is compared relative to its own largest entry, or to 1e-6 of the largest gradient of the
+    model where it is smaller: a gradient that is zero in exact arithmetic (the bias of a conv
+    followed by a training-mode BatchNorm) is rounding noise on both sides."""
     (g0, s0), (g1, s1) = train_step(ref, x, target), train_step(fused, x, target)
+    floor = 1e-6 * max(g.abs().max().item() for g in g0.values() if g is not None)
     for n, g in g0.items():
-        assert g1[n] is not None and rel_err(g1[n], g) <= grad_tol, n
+        assert g1[n] is not None, n
+        err = ((g1[n] - g).abs().max() / max(g.abs().max().item(), floor)).item()
+        assert err <= grad_tol, (n, err)
     for n, b in s0.items():
         if b.is_floating_point():
             assert rel_err(s1[n], b) <= stat_tol, n

@@ -228,7 +228,8 @@ at::Tensor expand_dwconv_act(const at::Tensor& x, const OptT& w_exp, const OptT&
                              int64_t stride, bool skip, int64_t budget, int64_t split);
 at::Tensor window_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                             const OptT& k_pad, int64_t head_dim, int64_t window_size,
-                            double scale);
+                            double scale, const OptT& v_pad = c10::nullopt,
+                            int64_t partition = 0);
 // irmb_inference.cpp: one block / a chain of blocks, arguments in the flat lists of BlockArgs
 at::Tensor irmb_inference(const at::Tensor& x, const std::vector<OptT>& tensors,
                           at::IntArrayRef ints, at::ArrayRef<double> floats, int64_t budget,

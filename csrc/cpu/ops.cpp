@@ -53,7 +53,7 @@ TORCH_LIBRARY(EMO_CPU_NS, m) {
   m.def("expand_dwconv_act(Tensor x, Tensor? w_exp, Tensor? b_exp, Tensor w_dw, Tensor? b_dw, "
         "int act, int stride, bool skip, int chunk_bytes, int split) -> Tensor");
   m.def("window_attention(Tensor q, Tensor k, Tensor v, Tensor? k_pad, int head_dim, "
-        "int window_size, float scale) -> Tensor");
+        "int window_size, float scale, Tensor? v_pad=None, int partition=0) -> Tensor");
   m.def("irmb_inference(Tensor x, Tensor?[] tensors, int[] ints, float[] floats, "
         "int chunk_bytes, int split) -> Tensor");
   m.def("irmb_chain(Tensor x, Tensor?[] tensors, int[] ints, float[] floats, int[] outputs, "

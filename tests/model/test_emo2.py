@@ -1,8 +1,9 @@
 """EMOv2 (issue #19, item 1): the model zoo against the official implementation's outputs (shared
 fixture, EMO2_1M_k5_hybrid at 224x224 and 193x221), the official key layout, the variants, the
-two window partitions, the model API shared with EMO v1, and what ``fused=True`` runs (the plain
-blocks through the ops, the hybrid attention blocks by their reference computation, said by
-``fused_reason``)."""
+two window partitions, the model API shared with EMO v1, and what ``fused=True`` runs (every
+block through the ops: the plain ones as EMO v1's, the hybrid attention ones through
+``window_attention``'s hybrid form; a block with a replaced part by its reference computation,
+said by ``fused_reason``)."""
 import os
 
 import pytest
@@ -149,30 +150,49 @@ def test_padded_pixels_carry_the_biases():
 
 
 # ----- fused=True --------------------------------------------------------------------------------
-def test_fused_reason_names_the_hybrid_attention():
+def test_fused_runs_every_block_through_the_ops():
     model = emo.emo2_1m(fused=True)
-    plain = [b for b in model.modules() if isinstance(b, emo.iiRMB) and not b.hybrid]
-    hybrid = [b for b in model.modules() if isinstance(b, emo.iiRMB) and b.hybrid]
-    assert len(plain) == 2 + 2 + 1 + 1 and len(hybrid) == 7 + 2
-    assert all(b.fused_reason is None for b in plain)
-    assert all("hybrid window attention" in b.fused_reason for b in hybrid)
+    blocks = [b for b in model.modules() if isinstance(b, emo.iiRMB)]
+    assert sum(not b.hybrid for b in blocks) == 2 + 2 + 1 + 1
+    assert sum(b.hybrid for b in blocks) == 7 + 2
+    assert all(b.fused_reason is None for b in blocks)
 
 
-def test_fused_training_runs_the_plain_blocks_through_the_ops(monkeypatch):
+def test_fused_reason_names_a_replaced_part():
+    model = emo.emo2_1m(fused=True).eval()
+    blk = model.stage3[1]
+    blk.eops[0].v.act = nn.ReLU()
+    assert "qk / v convolutions" in blk.fused_reason
+    blk.eops[0].v.act = nn.GELU()
+    blk.ls = nn.Identity()
+    assert "LayerScale" in blk.fused_reason
+    with torch.no_grad(), emo_kernels.record_dispatch() as calls:
+        blk(torch.randn(1, 80, 9, 9))
+    assert calls == []  # the reference computation, no op
+
+
+def test_fused_training_runs_every_block_through_the_ops(monkeypatch):
     calls = []
     for name in ("expand_dwconv_act", "window_attention"):
         orig = getattr(emo_kernels, name)
         monkeypatch.setattr(emo_kernels, name,
-                            lambda *a, _o=orig, _n=name, **k: calls.append(_n) or _o(*a, **k))
+                            lambda *a, _o=orig, _n=name, **k: calls.append((_n, k.get("partition")))
+                            or _o(*a, **k))
     emo.emo2_1m(fused=True).train()(torch.randn(2, 3, 64, 64)).sum().backward()
-    assert calls == ["expand_dwconv_act"] * 6
+    assert calls.count(("expand_dwconv_act", None)) == 6 + 9
+    assert calls.count(("window_attention", "hybrid")) == 9 and len(calls) == 6 + 9 + 9
 
 
-def test_fused_inference_runs_the_plain_blocks_through_irmb_inference():
+def test_fused_inference_runs_every_block_through_the_ops():
+    """Eval, CPU: the plain blocks as irmb_inference, the hybrid ones as window_attention
+    (hybrid form) + expand_dwconv_act, all on the cpu backend."""
     model = emo.emo2_1m(fused=True).eval()
     with torch.no_grad(), emo_kernels.record_dispatch() as calls:
         model(torch.randn(1, 3, 64, 64))
-    assert [op for op, _ in calls] == ["irmb_inference"] * 6
+    ops = [op for op, _ in calls]
+    assert {b for _, b in calls} == {"cpu"}
+    assert ops.count("irmb_inference") == 6
+    assert ops.count("window_attention") == ops.count("expand_dwconv_act") == 9
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (57, 83)], ids=["64x64", "57x83"])

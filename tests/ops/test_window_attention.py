@@ -127,6 +127,92 @@ def test_scale_and_contiguous_inputs(kernel_backend):
     assert rel_err(out.cpu(), ref) <= TOLERANCE[torch.float32]
 
 
+# ----- EMOv2's forms: partition close / hybrid, value heads wider than q/k's, padded values ---
+# (batch, head_dim, heads, value width per head, H, W, window, partition, dtype): both partitions
+# alone and summed, maps needing padding on each side and none, 1x1, window 8 (EMOv2's _256).
+EMO2_CASES = [
+    (2, 4, 2, 12, 5, 6, 4, "hybrid", torch.float64),   # padded bottom and right, dv = 3 d
+    (1, 8, 1, 8, 8, 8, 4, "hybrid", torch.float32),     # no padding, dv = d
+    (1, 4, 3, 16, 9, 13, 4, "close", torch.float32),    # 3 x 4 contiguous windows, padded
+    (1, 4, 2, 8, 1, 1, 8, "hybrid", torch.float64),     # 1x1 map, window 8: 63 padded keys
+    (2, 8, 1, 20, 7, 3, 8, "remote", torch.float32),    # EMO's partition with EMOv2's values
+]
+EMO2_BACKENDS = ("torch", "cpu")  # the others refuse EMOv2's form, with the reason
+
+
+def _emo2_inputs(B, d, heads, dv, H, W, dtype, dev):
+    g = torch.Generator().manual_seed(3)
+    C, Cv = d * heads, dv * heads
+    qk = torch.randn(B, 2 * C, H, W, generator=g, dtype=torch.float64) * 2
+    v = torch.randn(B, Cv, H, W, generator=g, dtype=torch.float64)
+    kp = torch.randn(C, generator=g, dtype=torch.float64) * 2
+    vp = torch.randn(Cv, generator=g, dtype=torch.float64) + 1
+    return [t.to(dev, dtype).requires_grad_() for t in (qk, v, kp, vp)]
+
+
+@pytest.mark.parametrize("case", EMO2_CASES, ids=[f"{c[7]}-d{c[1]}h{c[2]}dv{c[3]}-{c[4]}x{c[5]}"
+                                                  f"-ws{c[6]}-{DT[c[8]]}" for c in EMO2_CASES])
+def test_emo2_forms_vs_reference(kernel_backend, case):
+    """EMOv2's forms against the float64 reference (forward; backward where the backend has
+    autograd), or, on a backend without them, a refusal naming EMOv2's form."""
+    name, dev = kernel_backend
+    B, d, heads, dv, H, W, ws, part, dtype = case
+    qk, v, kp, vp = _emo2_inputs(B, d, heads, dv, H, W, dtype, dev)
+    kw = dict(head_dim=d, window_size=ws, v_pad=vp, partition=part)
+    if name not in EMO2_BACKENDS:
+        reason = dispatch.cannot_run(OP, name, *_split(qk), v, kp, **kw)
+        assert reason and "EMOv2's window attention" in reason, reason
+        with pytest.raises(Exception, match="EMOv2's window attention"):
+            emo_kernels.window_attention(*_split(qk), v, kp, **kw)
+        return
+    if kernel_backend.autograd:
+        out = emo_kernels.window_attention(*_split(qk), v, kp, **kw)
+    else:
+        with torch.no_grad():
+            out = emo_kernels.window_attention(*_split(qk), v, kp, **kw)
+    assert out.shape == (B, dv * heads, H, W) and out.dtype == dtype
+    assert torch.isfinite(out).all(), "unwritten (NaN-poisoned) output elements"
+    leaves = [t.detach().double().requires_grad_() for t in (qk, v, kp, vp)]
+    ref = window_attention_ref(*_split(leaves[0]), leaves[1], leaves[2], head_dim=d,
+                               window_size=ws, v_pad=leaves[3], partition=part)
+    tol = TOLERANCE[dtype]
+    assert rel_err(out, ref) <= tol
+    if part == "hybrid":  # = the sum of the two partitions
+        one = [window_attention_ref(*_split(leaves[0]), leaves[1], leaves[2], head_dim=d,
+                                    window_size=ws, v_pad=leaves[3], partition=p)
+               for p in ("remote", "close")]
+        assert rel_err(ref, one[0] + one[1]) <= 1e-15
+    if kernel_backend.autograd:
+        grad = torch.randn_like(ref)
+        out.backward(grad.to(dtype))
+        ref.backward(grad)
+        for got, want in zip((qk, v, kp, vp), leaves):
+            if want.grad is not None:
+                assert rel_err(got.grad, want.grad) <= tol
+
+
+def test_emo2_gradcheck_float64():
+    """The reference's EMOv2 form through the op (the torch backend): full float64 gradcheck of
+    q, k, v, k_pad and v_pad, hybrid partition with padding (window 2, a 3x3 map)."""
+    qk, v, kp, vp = _emo2_inputs(1, 2, 2, 3, 3, 3, torch.float64, "cpu")
+    with emo_kernels.use_backend("torch"):
+        assert torch.autograd.gradcheck(
+            lambda qk, v, kp, vp: emo_kernels.window_attention(
+                *_split(qk), v, kp, head_dim=2, window_size=2, v_pad=vp, partition="hybrid"),
+            (qk, v, kp, vp))
+
+
+def test_emo2_form_arguments_are_checked():
+    q = torch.randn(1, 8, 4, 4)
+    with pytest.raises(ValueError, match="multiple of the 2 heads"):
+        emo_kernels.window_attention(q, q, torch.randn(1, 5, 4, 4), head_dim=4)
+    with pytest.raises(ValueError, match="v_pad"):
+        emo_kernels.window_attention(q, q, torch.randn(1, 6, 4, 4), head_dim=4,
+                                     v_pad=torch.zeros(8))
+    with pytest.raises(TypeError, match="partition"):
+        emo_kernels.window_attention(q, q, q, head_dim=4, partition="strided")
+
+
 def _gc_fn(d, ws):
     def fn(qk, v, kp):
         return emo_kernels.window_attention(*_split(qk), v, kp, head_dim=d, window_size=ws)

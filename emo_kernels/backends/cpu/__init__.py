@@ -15,7 +15,8 @@ torch.compile(fullgraph=True) traces calls of them and runs the C++ kernels.
   BatchNorm passed as arguments is folded into the depthwise weights here.
 * ``window_attention``: reads q, k, v through their strides (channel slices of an NHWC qk
   tensor need no copy), one task per (image, window, head), scores and P.V in blocks of 4
-  queries.
+  queries. EMOv2's forms too: the contiguous partition, the hybrid one (a second pass over
+  the contiguous windows adds into the output), wide value heads, padded values ``v_pad``.
 * ``irmb_inference``: LayerNorm + qk GEMM + attention + the fused body above, one C++ call;
   ``irmb_chain``: many of those in one call (the chain runner of ``emo_kernels.plan.IRMBChain``).
 
@@ -153,13 +154,19 @@ def irmb_chain_cpu(x, chain, outputs):
     return ops.irmb_chain(x, *lists, list(outputs), CHUNK_BYTES_PER_THREAD, SPLIT)
 
 
-def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
-    return _common_reason([q, k, v, k_pad])
+PARTITION_CODES = {"remote": 0, "close": 1, "hybrid": 2}  # csrc/cpu/window_attention.cpp
 
 
-def window_attention_cpu(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
+def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None,
+                            v_pad=None, partition="remote"):
+    return _common_reason([q, k, v, k_pad, v_pad])
+
+
+def window_attention_cpu(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None, v_pad=None,
+                         partition="remote"):
     scale = head_dim ** -0.5 if scale is None else float(scale)
-    return _ops().window_attention(q, k, v, k_pad, head_dim, window_size, scale)
+    return _ops().window_attention(q, k, v, k_pad, head_dim, window_size, scale, v_pad,
+                                   PARTITION_CODES[partition])
 
 
 # ---- loading, and the fake (meta) functions of the ops --------------------------------------
@@ -217,8 +224,8 @@ def register_fakes(ns):
         return _nhwc(x, x.shape[0], x.shape[1] if w_exp is None else w_exp.shape[0], ho, wo)
 
     @torch.library.register_fake(lib + "window_attention")
-    def _(q, k, v, k_pad, head_dim, window_size, scale):
-        return _nhwc(q, *q.shape)
+    def _(q, k, v, k_pad, head_dim, window_size, scale, v_pad=None, partition=0):
+        return _nhwc(q, q.shape[0], v.shape[1], q.shape[2], q.shape[3])
 
     @torch.library.register_fake(lib + "irmb_inference")
     def _(x, tensors, ints, floats, chunk_bytes, split):

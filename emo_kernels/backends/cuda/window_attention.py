@@ -6,12 +6,17 @@ gradient of k_pad is the sum of the padded keys' gradients. q, k, v may have any
 """
 import torch
 
+from ...ops.window_attention import emo2_form
 from ._common import contig, device_reason, ops
 
 MAX_HEAD_DIM = 64
 
 
-def can_run_window_attention(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
+def can_run_window_attention(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None,
+                             **emo2):
+    reason = emo2_form(q, v, **emo2)
+    if reason is not None:
+        return reason
     if head_dim > MAX_HEAD_DIM:
         return f"the CUDA kernels support head_dim <= {MAX_HEAD_DIM}, got {head_dim}"
     return device_reason(q, k, v, k_pad)

@@ -16,6 +16,7 @@ measurement shows them faster (``emo_kernels.measured``).
 import os
 
 from ... import dispatch
+from ...ops.window_attention import emo2_form
 
 NAME = "triton"
 KERNEL_SIZES = (3, 5)   # depthwise kernel sizes of expand_dwconv_act
@@ -64,8 +65,9 @@ def expand_dwconv_act_triton(*args, **kwargs):
     return fn(*args, **kwargs)
 
 
-def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None):
-    reason = _device_reason(q)
+def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None,
+                            **emo2):
+    reason = _device_reason(q) or emo2_form(q, v, **emo2)
     if reason is not None:
         return reason
     if head_dim > _wa.MAX_HEAD_DIM:
