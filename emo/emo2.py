@@ -186,7 +186,8 @@ class iiRMB(iRMB):
         if type(self.ls) is not LayerScale2d:
             return "the LayerScale was replaced: reference computation"
         if not super()._fused_ok():
-            return "the depthwise norm is not one the fused ops fold or apply"
+            return ("the depthwise conv, its norm or activation, or the expansion is not one "
+                    "the fused ops compute: reference computation")
         return None
 
     def _fused_ok(self):

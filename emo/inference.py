@@ -75,6 +75,23 @@ def cna_ok(m, k, stride=1, groups=1, bias=None, act="none"):
             and type(m.norm) is nn.Identity and _is_act(m.act, act))
 
 
+def fused_structure_ok(blk):
+    """Whether the modules of ``blk`` that the fused ops replace are the plain ones the ops
+    compute: the depthwise conv (k x k, EMO's padding, groups = channels, no dilation) with
+    SiLU after its norm, the 1x1 expansion ``v`` (when present) with the block's activation,
+    and the qk 1x1 conv with bias of an attention block. (The norms are checked by the
+    callers; the projection and SE run as modules.)"""
+    cl = blk.conv_local
+    if type(cl) is not ConvNormAct or type(cl.conv) is not nn.Conv2d:
+        return False
+    k, cmid = cl.conv.kernel_size[0], cl.conv.out_channels
+    if not (_conv_ok(cl.conv, k, blk.stride, cmid) and _is_act(cl.act, "silu")):
+        return False
+    if type(blk.v) is not nn.Identity and not cna_ok(blk.v, 1, bias=None, act=blk.act):
+        return False
+    return not blk.attn or cna_ok(blk.qk, 1, bias=True)
+
+
 def block_args(blk):
     """The iRMB ``blk`` as ``irmb_inference`` arguments ``(args, kwargs)`` (after x), every
     BatchNorm folded, all read from the block's current modules; or None when the block has a

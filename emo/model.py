@@ -144,9 +144,13 @@ class iRMB(nn.Module):
         one they fold or apply (identity, BatchNorm, frozen BN); squeeze-excite with the skip
         (not in EMO's configs: its only SE block, the stem's, has no skip) puts SE between the
         depthwise pass and the skip, which they cannot express. The input norm is always
-        either folded or called as a module."""
+        either folded or called as a module. The modules the ops replace must be the plain ones
+        they compute (``inference.fused_structure_ok``): the depthwise conv and its SiLU, the
+        1x1 expansion and its activation, the qk conv -- a replaced or reconfigured one runs
+        the reference computation."""
         return (norm_kind(self.conv_local.norm) in (IDENTITY, BATCHNORM, FROZEN_BN)
-                and not (isinstance(self.se, SE) and self.has_skip))
+                and not (isinstance(self.se, SE) and self.has_skip)
+                and inference.fused_structure_ok(self))
 
     def _forward_fused(self, x):
         shortcut = x
@@ -529,8 +533,9 @@ CONFIGS_V2 = {**{n: dict(c, window_size=7) for n, c in _V2.items()},
 # The official EMOv2 README publishes ImageNet-1k weights of EMOv2-1M/2M/5M at 224 (without
 # distillation) in github.com/zhangzjn/data, emov2_pretrained_weights/EMOv2_<n>M_224.pth; the
 # URLs below are those files' raw links, derived from the README and not downloaded here. No
-# classification weights are published for EMOv2-20M or the window-8 ``_256`` configs: their
-# ``url`` is empty and ``pretrained=True`` raises (give a file instead).
+# classification weights are published for EMOv2-20M or the window-8 ``_256`` configs (the
+# README's 512x512 EMOv2-5M file belongs to a ``_512`` config, not in this zoo): their ``url``
+# is empty and ``pretrained=True`` raises (give a file instead).
 _V2_WEIGHTS = "https://github.com/zhangzjn/data/raw/main/emov2_pretrained_weights"
 _V2_TOP1 = {"emo2_1m": 72.3, "emo2_2m": 75.8, "emo2_5m": 79.4}
 OFFICIAL_REPO_V2 = "https://github.com/zhangzjn/EMOv2"

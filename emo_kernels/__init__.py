@@ -2,7 +2,7 @@
 
 Public ops (``emo_kernels.ops``; each with a pure-PyTorch reference in ``emo_kernels.reference``):
     expand_dwconv_act(x, w_exp, b_exp, w_dw, b_dw, *, act, stride, skip, bn_...)
-    window_attention(q, k, v, k_pad, *, head_dim, window_size=7)
+    window_attention(q, k, v, k_pad, *, head_dim, window_size=7, scale, v_pad, partition)
     irmb_inference(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act, stride, skip, ln_..., w_qk, ...)
 A prepared plan (``emo_kernels.plan``):
     IRMBChain(blocks, in_channels, dtype, device)(x, outputs)   irmb_inference over many blocks

@@ -63,7 +63,7 @@ def _validate(q, k, v, k_pad, head_dim, window_size, scale=None, v_pad=None,
                          f"multiple of the {heads} heads, got {tuple(v.shape)}")
     check_tensor("v_pad", v_pad, shape=(Cv,), like=q, optional=True)
     if not isinstance(partition, str) or partition not in PARTITIONS:
-        raise TypeError(f"partition must be one of {PARTITIONS}, got {partition!r}")
+        raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
 
 
 def emo2_form(q, v, v_pad=None, partition="remote"):

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 import emo
 import emo_kernels
+from emo_kernels.reference import window_attention_ref
 from conftest import SHARED, assert_same_train_step, model_pair, rel_err
 from emo.emo2 import (HybridWindowAttention, close_partition, close_unpartition, remote_partition,
                       remote_unpartition)
@@ -134,19 +135,25 @@ def test_partitions_are_the_official_rearranges():
 
 def test_padded_pixels_carry_the_biases():
     """The official padding quirk: qk and v are computed on the zero-padded map, so a padded
-    key has qk = b_qk and a padded value act(b_v); an attention over a map that needs padding
-    differs from one where those keys are masked out."""
+    key is b_k and a padded value act(b_v): the block equals the op's reference given those
+    pads, and differs from the same attention with zero pads (EMO v1's values)."""
     torch.manual_seed(0)
     attn = HybridWindowAttention(8, 16, "gelu", 4, 4).double()
     with torch.no_grad():
         attn.v.conv.bias.uniform_(1.0, 2.0)
-    x = torch.randn(1, 8, 5, 6, dtype=torch.float64)
-    out = attn(x)
-    xp = torch.nn.functional.pad(x, (0, 2, 0, 3))
-    assert out.shape == (1, 16, 5, 6)
-    assert torch.equal(attn(xp)[:, :, :5, :6], out)  # = attention on the padded map, cropped
-    v_pad = attn.v(xp)[0, :, -1, -1]
-    assert torch.allclose(v_pad, torch.nn.functional.gelu(attn.v.conv.bias))
+        attn.qk.conv.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        out = attn(x)
+        qk, v = attn.qk(x), attn.v(x)
+        args = (qk[:, :8], qk[:, 8:], v)
+        kw = dict(head_dim=4, window_size=4, partition="hybrid")
+        want = window_attention_ref(*args, attn.qk.conv.bias[8:], v_pad=nn.functional.gelu(
+            attn.v.conv.bias), **kw)
+        zero_pads = window_attention_ref(*args, **kw)
+    assert out.shape == (2, 16, 5, 6)
+    assert rel_err(out, want) <= 1e-14
+    assert rel_err(zero_pads, want) > 1e-3
 
 
 # ----- fused=True --------------------------------------------------------------------------------
@@ -169,6 +176,27 @@ def test_fused_reason_names_a_replaced_part():
     with torch.no_grad(), emo_kernels.record_dispatch() as calls:
         blk(torch.randn(1, 80, 9, 9))
     assert calls == []  # the reference computation, no op
+
+
+@pytest.mark.parametrize("name,part", [
+    ("emo2_1m", "stage3.1.conv_local.act"), ("emo2_1m", "stage1.1.eops.0.net.act"),
+    ("emo_1m", "stage3.1.conv_local.act"), ("emo_1m", "stage1.1.v.act")])
+def test_a_replaced_activation_runs_the_reference(name, part):
+    """An activation the fused ops would compute, replaced: that block takes the reference
+    computation (eval and training), so fused=True still equals fused=False."""
+    ref, fused = model_pair(name)
+    for model in (ref, fused):
+        parent, attr = model.get_submodule(part.rsplit(".", 1)[0]), part.rsplit(".", 1)[1]
+        setattr(parent, attr, nn.ReLU())
+    blk = fused.get_submodule(".".join(part.split(".")[:2]))
+    assert not blk._fused_ok()
+    x = torch.randn(2, 3, 64, 64)
+    for train in (False, True):
+        ref.train(train), fused.train(train)
+        torch.manual_seed(1)
+        a = ref(x)
+        torch.manual_seed(1)
+        assert rel_err(fused(x), a) <= 1e-5, train
 
 
 def test_fused_training_runs_every_block_through_the_ops(monkeypatch):

@@ -136,17 +136,20 @@ EMO2_CASES = [
     (1, 4, 3, 16, 9, 13, 4, "close", torch.float32),    # 3 x 4 contiguous windows, padded
     (1, 4, 2, 8, 1, 1, 8, "hybrid", torch.float64),     # 1x1 map, window 8: 63 padded keys
     (2, 8, 1, 20, 7, 3, 8, "remote", torch.float32),    # EMO's partition with EMOv2's values
+    (1, 4, 2, 12, 6, 9, 4, "hybrid", torch.float32),    # channels_last (NHWC): the cpu fast path
 ]
 EMO2_BACKENDS = ("torch", "cpu")  # the others refuse EMOv2's form, with the reason
 
 
-def _emo2_inputs(B, d, heads, dv, H, W, dtype, dev):
+def _emo2_inputs(B, d, heads, dv, H, W, dtype, dev, channels_last=False):
     g = torch.Generator().manual_seed(3)
     C, Cv = d * heads, dv * heads
     qk = torch.randn(B, 2 * C, H, W, generator=g, dtype=torch.float64) * 2
     v = torch.randn(B, Cv, H, W, generator=g, dtype=torch.float64)
     kp = torch.randn(C, generator=g, dtype=torch.float64) * 2
     vp = torch.randn(Cv, generator=g, dtype=torch.float64) + 1
+    if channels_last:
+        qk, v = (t.contiguous(memory_format=torch.channels_last) for t in (qk, v))
     return [t.to(dev, dtype).requires_grad_() for t in (qk, v, kp, vp)]
 
 
@@ -157,7 +160,10 @@ def test_emo2_forms_vs_reference(kernel_backend, case):
     autograd), or, on a backend without them, a refusal naming EMOv2's form."""
     name, dev = kernel_backend
     B, d, heads, dv, H, W, ws, part, dtype = case
-    qk, v, kp, vp = _emo2_inputs(B, d, heads, dv, H, W, dtype, dev)
+    qk, v, kp, vp = _emo2_inputs(B, d, heads, dv, H, W, dtype, dev,
+                                 channels_last=case == EMO2_CASES[-1])
+    if case == EMO2_CASES[-1]:
+        assert qk.is_contiguous(memory_format=torch.channels_last) and v.stride(1) == 1
     kw = dict(head_dim=d, window_size=ws, v_pad=vp, partition=part)
     if name not in EMO2_BACKENDS:
         reason = dispatch.cannot_run(OP, name, *_split(qk), v, kp, **kw)
@@ -209,7 +215,7 @@ def test_emo2_form_arguments_are_checked():
     with pytest.raises(ValueError, match="v_pad"):
         emo_kernels.window_attention(q, q, torch.randn(1, 6, 4, 4), head_dim=4,
                                      v_pad=torch.zeros(8))
-    with pytest.raises(TypeError, match="partition"):
+    with pytest.raises(ValueError, match="partition"):
         emo_kernels.window_attention(q, q, q, head_dim=4, partition="strided")
 
 
