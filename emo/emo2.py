@@ -27,8 +27,8 @@ from emo_kernels.reference import close_unpartition as _close_unpartition
 from emo_kernels.reference import window_partition, window_unpartition
 
 from .inference import cna_ok
-from .layers import ConvNormAct, DropPath, LayerScale2d, fold_bn, is_tracing, make_norm
-from .model import EMO, _has_fixed_stats, autocast_cast, iRMB
+from .layers import ConvNormAct, DropPath, LayerScale2d, is_tracing, make_norm
+from .model import EMO, _has_fixed_stats, autocast_cast, fold_cna_norm, iRMB
 
 
 # ----- the two window partitions of a (B, C, n1*ws, n2*ws) map -> (B*n1*n2, C, ws, ws) -------
@@ -231,7 +231,7 @@ class iiRMB(iRMB):
             return iRMB.reparameterize(self)
         cl = self.conv_local  # the input norm also feeds qk: it stays
         if _has_fixed_stats(cl.norm):
-            _fold_cna_norm(cl)
+            fold_cna_norm(cl)
 
 
 # ----- the network -------------------------------------------------------------------------------
@@ -272,24 +272,13 @@ class EMO2(EMO):
         self.eval()
         for cna in list(self.stage0)[:2]:
             if _has_fixed_stats(cna.norm):
-                _fold_cna_norm(cna)
+                fold_cna_norm(cna)
         for m in self.modules():
             if isinstance(m, iiRMB):
                 m.reparameterize()
         return self
 
     fuse = reparameterize
-
-
-def _fold_cna_norm(cna):
-    """A ConvNormAct's BatchNorm (fixed statistics) folded into its conv, in place."""
-    w, b = fold_bn(cna.conv.weight, cna.conv.bias, cna.norm)
-    cna.conv.weight.copy_(w)
-    if cna.conv.bias is None:
-        cna.conv.bias = nn.Parameter(b)
-    else:
-        cna.conv.bias.copy_(b)
-    cna.norm = nn.Identity()
 
 
 __all__ = ["EMO2", "iiRMB", "HybridWindowAttention", "ExpandConv", "LayerScale2d",

@@ -98,14 +98,10 @@ def block_args(blk):
     part that op cannot express (see the module docstring). New tensors on every call."""
     if any(m.training for m in blk.modules()) or type(blk.drop_path) not in (nn.Identity,
                                                                             DropPath) \
-            or getattr(blk, "hybrid", False):  # EMOv2's hybrid attention: no such argument
+            or getattr(blk, "hybrid", False) \
+            or not fused_structure_ok(blk):  # (EMOv2's hybrid attention: no such argument)
         return None
     cl = blk.conv_local
-    if type(cl) is not ConvNormAct or type(cl.conv) is not nn.Conv2d:
-        return None
-    k, cmid = cl.conv.kernel_size[0], cl.conv.out_channels
-    if not (_conv_ok(cl.conv, k, blk.stride, cmid) and _is_act(cl.act, "silu")):
-        return None
     w_dw, b_dw = cl.conv.weight, cl.conv.bias
     if type(cl.norm) is not nn.Identity:
         bn = _bn_scale_shift(cl.norm)
@@ -114,8 +110,6 @@ def block_args(blk):
         w_dw, b_dw = fold_affine(w_dw, b_dw, *bn)
     w_exp = b_exp = None
     if type(blk.v) is not nn.Identity:
-        if not cna_ok(blk.v, 1, bias=None, act=blk.act):
-            return None
         w_exp, b_exp = blk.v.conv.weight.flatten(1), blk.v.conv.bias
     kw = dict(act=blk.act if w_exp is not None else "none", stride=blk.stride,
               skip=blk.has_skip)
@@ -134,8 +128,6 @@ def block_args(blk):
         return None
 
     if blk.attn:
-        if not cna_ok(blk.qk, 1, bias=True):
-            return None
         kw.update(w_qk=blk.qk.conv.weight.flatten(1), b_qk=blk.qk.conv.bias,
                   head_dim=blk.head_dim, window_size=blk.window_size, scale=blk.scale)
     se = blk.se

@@ -27,6 +27,17 @@ def _has_fixed_stats(m):
     return kind == FROZEN_BN or kind == BATCHNORM and m.running_mean is not None
 
 
+def fold_cna_norm(cna):
+    """A ConvNormAct's BatchNorm (fixed statistics) folded into its conv, in place."""
+    w, b = fold_bn(cna.conv.weight, cna.conv.bias, cna.norm)
+    cna.conv.weight.copy_(w)
+    if cna.conv.bias is None:
+        cna.conv.bias = nn.Parameter(b)
+    else:
+        cna.conv.bias.copy_(b)
+    cna.norm = nn.Identity()
+
+
 def autocast_cast(x):
     """Under torch.autocast, the cast autocast applies for the convolutions the fused ops
     replace (weights and activations to the low-precision dtype; BatchNorm statistics and
@@ -202,12 +213,8 @@ class iRMB(nn.Module):
     def reparameterize(self):
         """Fold the depthwise BN into its conv and an input BN into the 1x1 expansion (their
         running statistics, or a frozen BN's; other norms stay)."""
-        cl = self.conv_local
-        if _has_fixed_stats(cl.norm):
-            w, b = fold_bn(cl.conv.weight, cl.conv.bias, cl.norm)
-            cl.conv.bias = nn.Parameter(b)
-            cl.conv.weight.copy_(w)
-            cl.norm = nn.Identity()
+        if _has_fixed_stats(self.conv_local.norm):
+            fold_cna_norm(self.conv_local)
         if _has_fixed_stats(self.norm) and not self.attn and not isinstance(self.v, nn.Identity):
             w, b = fold_bn_into_next_1x1(self.norm, self.v.conv.weight, self.v.conv.bias)
             self.v.conv.weight.copy_(w)
