@@ -76,10 +76,7 @@ def build(name, x, compile_, onnx, threads, plan=True, openvino=True):
             fn = engines.openvino_model(onnx_file, x, threads, precision)
             v[f"openvino fused=False ({precision or 'default: ' + fn.precision})"] = fn
     v[f"fused=True ({emo_kernels.get_backend()})"] = fused
-    if plan and isinstance(fused, emo.EMO2):
-        print(f"  InferencePlan skipped: {name} is an EMOv2 model (the plan takes EMO v1)",
-              flush=True)
-    elif plan:
+    if plan:
         v["InferencePlan (frozen)"] = fused.prepare_inference()
     return v
 

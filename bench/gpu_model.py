@@ -749,7 +749,7 @@ def recorded_plan(model_name, batch, dt, size=224):
             d1.run_block = run_block
             with torch.no_grad(), rec:
                 rec.block = "stage0.0"
-                w, b, stride, padding = plan.stem
+                (w, b, stride, padding, _, _), = plan.stem  # EMO v1: one conv
                 y = torch.nn.functional.conv2d(x, w, b, stride, padding)
                 rec.paused = True  # cuDNN returns channels_last here, the meta kernel does not
                 y = y.contiguous(memory_format=torch.channels_last)

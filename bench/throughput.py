@@ -25,8 +25,7 @@ def build_variants(name, device, dtype, channels_last, train, compile_):
     variants = {"eager fused=False": base}
     fused = build_model(name, device, dtype, layout, train, fused=True, like=base)
     variants[f"fused=True ({emo_kernels.get_backend()})"] = fused
-    if not train and device.type == "cpu" and not isinstance(fused, emo.EMO2):
-        # the frozen plan: the fast CPU inference path (EMO v1 only)
+    if not train and device.type == "cpu":  # the frozen plan: the fast CPU inference path
         variants["InferencePlan (frozen)"] = fused.prepare_inference()
     if compile_:
         variants["torch.compile fused=False"] = engines.torch_compile(base)

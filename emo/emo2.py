@@ -12,10 +12,13 @@ network. The variant configs and factories sit beside EMO v1's in emo/model.py
 the plain 1x1 conv (every block of stages 1-2 and the first block of stages 3-4) is an EMO v1
 iRMB without squeeze-excite plus LayerScale, and runs as v1's (``expand_dwconv_act`` in
 training, ``irmb_inference`` in eval, LayerScale folded into the projection there). A hybrid
-attention block runs the qk and v 1x1 convs (torch), ``window_attention`` in its hybrid form
-(padded keys b_k, padded values act(b_v), wide value heads), ``expand_dwconv_act`` without
-expansion, the projection and LayerScale. A block with a replaced part runs this reference
-computation (``iiRMB.fused_reason`` says why).
+attention block, in training, runs the qk and v 1x1 convs (torch), ``window_attention`` in its
+hybrid form (padded keys b_k, padded values act(b_v), wide value heads),
+``expand_dwconv_act`` without expansion, the projection and LayerScale; in inference it is one
+``irmb_inference`` call in EMOv2's form (``attn_pre=False, partition="hybrid"``). In eval with
+no grad, the whole network after the stem is one prepared ``IRMBChain`` (emo/inference.py),
+and ``emo.prepare_inference`` makes a frozen plan of it, as for EMO v1. A block with a replaced
+part runs this reference computation (``iiRMB.fused_reason`` says why).
 """
 import torch
 import torch.nn as nn
@@ -27,7 +30,7 @@ from emo_kernels.reference import close_unpartition as _close_unpartition
 from emo_kernels.reference import window_partition, window_unpartition
 
 from .inference import cna_ok
-from .layers import ConvNormAct, DropPath, LayerScale2d, is_tracing, make_norm
+from .layers import ConvNormAct, DropPath, LayerScale2d, make_norm
 from .model import EMO, _has_fixed_stats, autocast_cast, fold_cna_norm, iRMB
 
 
@@ -192,11 +195,6 @@ class iiRMB(iRMB):
 
     def _fused_ok(self):
         return self.fused_reason is None
-
-    def forward(self, x):
-        if self.hybrid and self.fused and not is_tracing(x) and self._fused_ok():
-            return self._forward_fused(x)  # no irmb_inference form: the ops, eval or not
-        return super().forward(x)
 
     def _forward_fused(self, x):
         """The plain block: v1's fused forward (``_project`` adds LayerScale). The hybrid one:

@@ -1,6 +1,9 @@
-"""Inference preparation for EMO: every BatchNorm folded, each iRMB turned into the arguments
-of ``emo_kernels.irmb_inference``, the stem block and stages 1-4 into one
-``emo_kernels.IRMBChain``. One mechanism, two ways in:
+"""Inference preparation for EMO and EMOv2: every BatchNorm folded, each iRMB (EMOv2's iiRMB,
+its hybrid attention blocks in ``irmb_inference``'s EMOv2 form, LayerScale folded into the
+projection) turned into the arguments of ``emo_kernels.irmb_inference``, the blocks after the
+stem (EMO v1: the stem block and stages 1-4; EMOv2: stages 1-4) into one
+``emo_kernels.IRMBChain``, the stem's convolutions (v1: one; EMOv2: three) folded. One
+mechanism, two ways in:
 
 * **The plain ``fused=True`` model** (eval mode, no grad needed, CPU input): every forward
   prepares afresh from the model as it is at that moment -- current weights, BatchNorm
@@ -28,8 +31,9 @@ autograd-fused forward.) ``InferencePlan.cuda_graph(example)`` (or
 
 A block whose form ``irmb_inference`` cannot express (a module replaced by one of another
 kind or configuration, a BatchNorm in training mode or without running statistics, a
-BatchNorm before attention) is not prepared: the plain model runs it through its general
-fused forward, and ``InferencePlan`` refuses the model with a ``ValueError``.
+BatchNorm before attention: padded pixels carry the unfolded qk / v biases) is not prepared:
+the plain model runs it through its general fused forward, and ``InferencePlan`` refuses the
+model with a ``ValueError``.
 """
 import torch
 import torch.nn as nn
@@ -96,10 +100,11 @@ def block_args(blk):
     """The iRMB ``blk`` as ``irmb_inference`` arguments ``(args, kwargs)`` (after x), every
     BatchNorm folded, all read from the block's current modules; or None when the block has a
     part that op cannot express (see the module docstring). New tensors on every call."""
+    hybrid = getattr(blk, "hybrid", False)  # EMOv2's hybrid attention block
     if any(m.training for m in blk.modules()) or type(blk.drop_path) not in (nn.Identity,
                                                                             DropPath) \
-            or getattr(blk, "hybrid", False) \
-            or not fused_structure_ok(blk):  # (EMOv2's hybrid attention: no such argument)
+            or not (fused_structure_ok(blk) if not hasattr(type(blk), "fused_reason")
+                    else blk.fused_reason is None):  # an iiRMB checks its own parts
         return None
     cl = blk.conv_local
     w_dw, b_dw = cl.conv.weight, cl.conv.bias
@@ -121,15 +126,18 @@ def block_args(blk):
         w = ln.weight if ln.weight is not None else torch.ones(
             ln.normalized_shape, dtype=w_dw.dtype, device=w_dw.device)
         kw.update(ln_weight=w, ln_bias=ln.bias, eps=ln.eps)
-    elif type(norm) is not nn.Identity and not blk.attn and w_exp is not None \
+    elif type(norm) is not nn.Identity and not (blk.attn or hybrid) and w_exp is not None \
             and _bn_scale_shift(norm) is not None:
         w_exp, b_exp = fold_affine_into_next_1x1(w_exp, b_exp, *_bn_scale_shift(norm))
     elif type(norm) is not nn.Identity:
         return None
 
-    if blk.attn:
-        kw.update(w_qk=blk.qk.conv.weight.flatten(1), b_qk=blk.qk.conv.bias,
-                  head_dim=blk.head_dim, window_size=blk.window_size, scale=blk.scale)
+    if blk.attn or hybrid:
+        attn = blk if blk.attn else blk.eops[0]
+        kw.update(w_qk=attn.qk.conv.weight.flatten(1), b_qk=attn.qk.conv.bias,
+                  head_dim=attn.head_dim, window_size=attn.window_size, scale=attn.scale)
+    if hybrid:  # v = act(W_exp y + b_exp) first, the sum of both partitions attends over it
+        kw.update(partition="hybrid", attn_pre=False)
     se = blk.se
     if type(se) is SE and not blk.has_skip:
         if not (_conv_ok(se.conv_reduce, 1, bias=True) and _conv_ok(se.conv_expand, 1, bias=True)
@@ -154,16 +162,21 @@ def block_args(blk):
 
 
 def stem_args(stem):
-    """The stem conv with its BatchNorm folded: ``(weight (channels_last), bias, stride,
-    padding)``, read now; None when the stem is not EMO's (or has hooks, or trains)."""
-    if type(stem) is not StemConv or len(stem.convs) != 1 or _hooked(stem.modules()) \
-            or any(m.training for m in stem.modules()):
+    """One stem layer with its BatchNorm folded: ``(weight (channels_last), bias, stride,
+    padding, groups, act)``, read now; None when it is not one of EMO's (v1's ``StemConv``,
+    EMOv2's conv + BN + act ``ConvNormAct``s), or has hooks, or trains."""
+    if _hooked(stem.modules()) or any(m.training for m in stem.modules()):
         return None
-    seq = stem.convs[0]
-    if type(seq) is not nn.Sequential or len(seq) != 2:
+    act = "none"
+    if type(stem) is StemConv and len(stem.convs) == 1 and type(stem.convs[0]) is nn.Sequential \
+            and len(stem.convs[0]) == 2:
+        conv, norm = stem.convs[0]
+    elif type(stem) is ConvNormAct:
+        conv, norm = stem.conv, stem.norm
+        act = next((a for a in ("none", "silu", "gelu") if _is_act(stem.act, a)), None)
+    else:
         return None
-    conv, norm = seq
-    if type(conv) is not nn.Conv2d or conv.groups != 1 or conv.dilation != (1, 1) \
+    if act is None or type(conv) is not nn.Conv2d or conv.dilation != (1, 1) \
             or conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return None
     w, b = conv.weight, conv.bias
@@ -173,7 +186,23 @@ def stem_args(stem):
             return None
         w, b = fold_affine(w, b, *bn)
     return (w.detach().contiguous(memory_format=torch.channels_last),
-            None if b is None else b.detach(), conv.stride, conv.padding)
+            None if b is None else b.detach(), conv.stride, conv.padding, conv.groups, act)
+
+
+def stem_steps(model):
+    """The layers of the model's stem (the modules of stage 0 before its first iRMB) as
+    ``stem_args`` tuples, or None when one of them is not such a layer."""
+    steps = [stem_args(m) for m in _stem_modules(model)]
+    return None if not steps or any(s is None for s in steps) else tuple(steps)
+
+
+def run_stem(steps, x):
+    """x through the prepared stem layers (channels_last convolutions, their activations)."""
+    x = x.contiguous(memory_format=torch.channels_last)
+    for w, b, stride, padding, groups, act in steps:
+        x = F.conv2d(x, w, b, stride, padding, 1, groups)
+        x = F.silu(x) if act == "silu" else F.gelu(x) if act == "gelu" else x
+    return x
 
 
 def _hooked(modules):
@@ -203,9 +232,21 @@ def irmb_forward(blk, x):
     return emo_kernels.irmb_inference(x, *call[0], **call[1])
 
 
+def _n_stem(model):
+    """How many modules of stage 0 form the stem: those before its first iRMB (EMO v1: the
+    stem conv, then the stem block; EMOv2: three layers, no block)."""
+    from .model import iRMB
+    mods = list(model.stage0)
+    return next((i for i, m in enumerate(mods) if isinstance(m, iRMB)), len(mods))
+
+
+def _stem_modules(model):
+    return list(model.stage0)[:_n_stem(model)]
+
+
 def _blocks(model):
     stages = [getattr(model, f"stage{i}") for i in range(5)]
-    return stages, list(stages[0])[1:] + [b for s in stages[1:] for b in s]
+    return stages, list(stages[0])[_n_stem(model):] + [b for s in stages[1:] for b in s]
 
 
 def _chain(model, blocks, dtype, device):
@@ -225,28 +266,30 @@ def _chain_from(calls, model, blocks, dtype, device):
 
 
 def intermediates(model, x):
-    """The four stage outputs of a fused EMO in inference (``active``), prepared now from the
-    model as it is: the stem conv with its BN folded, then the stem block and stages 1-4 as one
-    ``IRMBChain``. None when that does not apply -- not ``active``, a block not fused or not an
-    iRMB, a block or stage with forward hooks (they must fire), a block the chain cannot take:
-    the model then runs module by module (each fused block still prepared per call)."""
+    """The four stage outputs of a fused EMO / EMOv2 in inference (``active``), prepared now
+    from the model as it is: the stem's convolutions with their BNs folded, then the blocks
+    (v1: the stem block and stages 1-4) as one ``IRMBChain``. None when that does not apply --
+    not ``active``, a block not fused or not an iRMB, a block or stage with forward hooks (they
+    must fire), a block the chain cannot take: the model then runs module by module (each
+    fused block still prepared per call)."""
+    from .emo2 import iiRMB
     from .model import iRMB
     if not active(model, x) or torch.compiler.is_compiling():
         return None  # under torch.compile: block by block, one irmb_inference op each
     stages, blocks = _blocks(model)
-    if not blocks or not all(type(b) is iRMB and b.fused for b in blocks) \
+    if not blocks or not all(type(b) in (iRMB, iiRMB) and b.fused for b in blocks) \
             or _hooked(stages + blocks):
         return None
     with torch.no_grad():
-        stem = stem_args(model.stage0[0])
+        stem = stem_steps(model)
         chain, ends = _chain(model, blocks, x.dtype, x.device)
         if chain is None:
             return None
         if stem is None:
-            x = model.stage0[0](x)
+            for m in _stem_modules(model):
+                x = m(x)
         else:
-            w, b, stride, padding = stem
-            x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride, padding)
+            x = run_stem(stem, x)
         return chain(x, outputs=ends)
 
 
@@ -268,15 +311,11 @@ class InferencePlan:
         from .model import EMO, iRMB
         if not isinstance(model, EMO):
             raise TypeError(f"InferencePlan takes an emo.EMO model, got {type(model).__name__}")
-        from .emo2 import EMO2
-        if isinstance(model, EMO2):
-            raise ValueError("InferencePlan takes EMO v1 models; EMOv2 is not supported by the "
-                             "plan yet: run the model itself (with fused=True its non-attention "
-                             "blocks run through the fused ops)")
+        from .emo2 import iiRMB
         if any(m.training for m in model.modules()):
             raise ValueError("InferencePlan needs the model in eval mode (call model.eval())")
         stages, blocks = _blocks(model)
-        bad = [i for i, b in enumerate(blocks) if type(b) is not iRMB]
+        bad = [i for i, b in enumerate(blocks) if type(b) not in (iRMB, iiRMB)]
         if bad or not blocks:
             raise ValueError(f"InferencePlan: blocks {bad} are not iRMBs")
         head = model.head
@@ -288,9 +327,10 @@ class InferencePlan:
         if getattr(model, "num_stages", 4) != 4 or getattr(model, "global_pool", "avg") != "avg":
             raise ValueError("InferencePlan takes EMO with its 4 stages and global_pool='avg' "
                              "(the model was pruned or pools otherwise)")
-        stem = stem_args(model.stage0[0])
+        stem = stem_steps(model)
         if stem is None:
-            raise ValueError("InferencePlan: the stem is not EMO's (a Conv2d + BatchNorm)")
+            raise ValueError("InferencePlan: the stem is not EMO's (convolutions with a "
+                             "BatchNorm and an activation, no hooks)")
         ln = None if headless else model.norm.norm
         with torch.inference_mode():  # copies: inference tensors, no storage shared
             copy = lambda t: t.clone() if isinstance(t, torch.Tensor) else t  # noqa: E731
@@ -302,12 +342,12 @@ class InferencePlan:
                                      "cannot take")
                 calls.append((tuple(map(copy, call[0])), {k: copy(v) for k, v in
                                                           call[1].items()}))
-            self.stem = tuple(map(copy, stem))
+            self.stem = tuple(tuple(map(copy, step)) for step in stem)
             self.norm = None if headless else (ln.normalized_shape, copy(ln.weight),
                                                copy(ln.bias), ln.eps)
             self.head = None if type(head) is nn.Identity else (copy(head.weight),
                                                                 copy(head.bias))
-        w = self.stem[0]
+        w = self.stem[0][0]
         self.dtype, self.device = w.dtype, w.device
         self.in_chans, self.features_only = model.in_chans, model.features_only
         self.out_indices = tuple(getattr(model, "out_indices", range(4)))
@@ -319,10 +359,8 @@ class InferencePlan:
         if x.dtype != self.dtype or x.device != self.device:
             raise TypeError(f"the plan's weights are {self.dtype} on {self.device}, the input "
                             f"is {x.dtype} on {x.device} (make the plan from a model there)")
-        w, b, stride, padding = self.stem
         with torch.no_grad():
-            x = F.conv2d(x.contiguous(memory_format=torch.channels_last), w, b, stride, padding)
-            return self.chain(x, outputs=self.ends)
+            return self.chain(run_stem(self.stem, x), outputs=self.ends)
 
     def forward_head(self, x, pre_logits=False):
         if self.norm is None:

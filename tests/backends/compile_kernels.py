@@ -200,7 +200,7 @@ def emo_launches(dt, blocks=None, model="emo_5m", batch=256, size=224):
     dtype, meta = TORCH_DTYPES[dt], torch.device("meta")
     net = EMO(**CONFIGS[model]).eval()
     stages, irmbs = _blocks(net)
-    w, _, stride, pad = stem_args(stages[0][0])
+    w, _, stride, pad = stem_args(stages[0][0])[:4]
     h = (size + 2 * pad[0] - w.shape[2]) // stride[0] + 1
     x = torch.empty(batch, h, h, w.shape[0], dtype=dtype, device=meta).permute(0, 3, 1, 2)
     seen = {}

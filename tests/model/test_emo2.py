@@ -4,6 +4,7 @@ two window partitions, the model API shared with EMO v1, and what ``fused=True``
 block through the ops: the plain ones as EMO v1's, the hybrid attention ones through
 ``window_attention``'s hybrid form; a block with a replaced part by its reference computation,
 said by ``fused_reason``)."""
+import copy
 import os
 
 import pytest
@@ -212,15 +213,21 @@ def test_fused_training_runs_every_block_through_the_ops(monkeypatch):
 
 
 def test_fused_inference_runs_every_block_through_the_ops():
-    """Eval, CPU: the plain blocks as irmb_inference, the hybrid ones as window_attention
-    (hybrid form) + expand_dwconv_act, all on the cpu backend."""
+    """Eval, CPU, no grad: the 15 blocks as one prepared chain on the cpu backend (one C++
+    call); a block with a forward hook runs on its own: each block one irmb_inference call
+    (the hybrid ones in EMOv2's form)."""
     model = emo.emo2_1m(fused=True).eval()
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad(), emo_kernels.record_dispatch() as calls:
-        model(torch.randn(1, 3, 64, 64))
-    ops = [op for op, _ in calls]
-    assert {b for _, b in calls} == {"cpu"}
-    assert ops.count("irmb_inference") == 6
-    assert ops.count("window_attention") == ops.count("expand_dwconv_act") == 9
+        want = model(x)
+    assert calls == [("irmb_inference chain", "cpu")]
+    model.stage3[1].register_forward_hook(lambda *a: None)
+    with torch.no_grad(), emo_kernels.record_dispatch() as calls:
+        assert rel_err(model(x), want) <= 1e-6
+    assert calls == [("irmb_inference", "cpu")] * 15
+    forms = [emo.inference.block_args(b)[1] for b in model.modules() if isinstance(b, emo.iiRMB)]
+    assert sum(k.get("partition") == "hybrid" and k.get("attn_pre") is False
+               for k in forms) == 9
 
 
 @pytest.mark.parametrize("hw", [(64, 64), (57, 83)], ids=["64x64", "57x83"])
@@ -268,9 +275,55 @@ def test_classifier_api():
         assert model(x).shape == (1, 200, 2, 2)
 
 
-def test_inference_plan_refuses_emo2_by_name():
-    with pytest.raises(ValueError, match="EMOv2"):
-        emo.prepare_inference(emo.emo2_1m(fused=True).eval())
+def test_compile_fullgraph_keeps_one_op_per_block():
+    """torch.compile(fullgraph=True) of the fused EMOv2 in inference: no graph break, one
+    opaque cpu ``irmb_inference`` op per block (the hybrid ones in EMOv2's form), the stem's
+    three convolutions in torch; the logits equal fused=False's."""
+    ref, fused = model_pair("emo2_1m")
+    ref.eval(), fused.eval()
+    x = torch.randn(2, 3, 45, 67)
+    graphs = []
+
+    def keep_graph(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad(), emo_kernels.use_backend("cpu"):
+        out = torch.compile(fused, fullgraph=True, backend=keep_graph)(x)
+        assert rel_err(out, ref(x)) <= 1e-5
+    targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == "call_function"]
+    ops = [t for t in targets if t.startswith("emo_kernels_cpu_")]
+    assert len(graphs) == 1 and len(ops) == 15 and all(".irmb_inference" in t for t in ops)
+    assert sum("conv2d" in t for t in targets) == 3
+
+
+@needs_fixture
+def test_inference_plan_matches_the_official_outputs(fixture):
+    """The frozen plan of EMOv2 (three-layer stem, plain and hybrid blocks in one chain):
+    float64 logits equal the official code's at 224x224 and 193x221."""
+    model = emo.emo2_1m(fused=True)
+    emo.load_checkpoint(model, float_sd(fixture["state_dict"]))
+    plan = emo.prepare_inference(model.double().eval())
+    for size, x in fixture["inputs"].items():
+        assert rel_err(plan(x.double()), fixture["logits"][size]) <= 1e-9, size
+
+
+def test_hybrid_block_with_a_norm_before_attention_is_not_prepared():
+    """A BatchNorm before the hybrid attention cannot be folded into qk and v (padded pixels
+    carry the unfolded biases): that block runs its general fused forward, the plan refuses."""
+    ref, fused = model_pair("emo2_1m")
+    bn = nn.BatchNorm2d(fused.stage3[1].norm_channels, eps=1e-6)
+    bn.running_var.uniform_(0.5, 2.0)
+    for m in (ref, fused):
+        m.stage3[1].norm = copy.deepcopy(bn)
+    ref.eval(), fused.eval()
+    assert emo.inference.block_args(fused.stage3[1]) is None
+    x = torch.randn(1, 3, 45, 67)
+    with torch.no_grad():
+        assert rel_err(fused(x), ref(x)) <= 1e-5
+    with pytest.raises(ValueError, match="block 5 has a form"):
+        fused.prepare_inference()
 
 
 def test_timm_registers_emo2():

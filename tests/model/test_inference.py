@@ -71,12 +71,36 @@ EDITS = [_data_copy, _running_var, _bn_eps, _ln_eps, _replace_conv, _assign_para
          _replace_block, _data_swap, _in_place]
 
 
+def _emo2_stem(m):  # EMOv2's three-layer stem: BN statistics, eps, the 1x1 conv
+    m.stage0[0].norm.running_var.data.mul_(2.0)
+    m.stage0[1].norm.eps = 1.0
+    m.stage0[2].conv.weight.data.mul_(-0.5)
+
+
+def _emo2_hybrid(m):  # EMOv2's hybrid attention block: qk, v, LayerScale, LN; in place
+    with torch.no_grad():
+        m.stage3[1].eops[0].qk.conv.weight.mul_(1.5)
+        m.stage3[2].eops[0].v.conv.bias.add_(0.3)
+        m.stage4[1].ls.gamma.mul_(-2.0)
+    m.stage4[1].norm.norm.eps = 1.0
+
+
+def _emo2_replace_block(m):
+    m.stage3[1] = copy.deepcopy(m.stage3[2])
+    m.stage3[1].eops[0].v.conv.weight.data.mul_(0.5)
+
+
+EDITS2 = [_data_copy, _emo2_stem, _emo2_hybrid, _emo2_replace_block]
+CASES = [("emo_1m", e) for e in EDITS] + [("emo2_1m", e) for e in EDITS2]
+
+
 @pytest.mark.parametrize("hooks", [False, True], ids=["chain", "hooked"])
-@pytest.mark.parametrize("edit", EDITS, ids=lambda f: f.__name__[1:])
-def test_fused_model_sees_every_edit(edit, hooks):
+@pytest.mark.parametrize("name,edit", CASES, ids=lambda v: v if isinstance(v, str)
+                         else v.__name__[1:])
+def test_fused_model_sees_every_edit(name, edit, hooks):
     """After a forward, the same edit on fused=False and fused=True models: the next fused
     forward (CPU, eval, no_grad) equals fused=False's -- with no train()/eval()/.to()."""
-    ref, fused = _pair()
+    ref, fused = _pair(name)
     if hooks:  # blocks with forward hooks run one by one (each block prepared per call)
         for m in fused.modules():
             if isinstance(m, emo.iRMB):
@@ -127,9 +151,10 @@ def test_block_with_a_foreign_part_runs_its_own_module():
 
 
 # ----- InferencePlan -------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["emo_1m", "emo2_1m"])
 @pytest.mark.parametrize("fused_model", [False, True], ids=["fused0", "fused1"])
-def test_plan_is_the_model_when_made(fused_model):
-    ref, fused = _pair()
+def test_plan_is_the_model_when_made(fused_model, name):
+    ref, fused = _pair(name)
     model = fused if fused_model else ref
     plan = emo.prepare_inference(model)
     assert isinstance(plan, emo.InferencePlan)
@@ -144,21 +169,22 @@ def test_plan_is_the_model_when_made(fused_model):
         assert rel_err(plan(x), ref(x).detach()) <= 1e-5
 
 
-def test_plan_is_frozen():
+@pytest.mark.parametrize("name", ["emo_1m", "emo2_1m"])
+def test_plan_is_frozen(name):
     """Edits of the model never reach a plan; a new plan sees them. The plan's tensors are its
     own inference tensors: writing one in place outside inference_mode raises."""
-    ref, fused = _pair()
+    ref, fused = _pair(name)
     plan = fused.prepare_inference()
     with torch.no_grad():
         old = plan(X)
-        for edit in EDITS:
+        for edit in (EDITS if name == "emo_1m" else EDITS2):
             edit(fused)
             edit(ref)
         assert torch.equal(plan(X), old)
         new = fused.prepare_inference()
         assert rel_err(new(X), ref(X)) <= 1e-5 and rel_err(new(X), old) > 1e-3
     model_ptrs = {t.data_ptr() for t in list(fused.parameters()) + list(fused.buffers())}
-    tensors = plan.chain.tensors + [t for t in plan.stem + plan.norm + plan.head
+    tensors = plan.chain.tensors + [t for t in sum(plan.stem, ()) + plan.norm + plan.head
                                     if isinstance(t, torch.Tensor)]
     assert all(t.is_inference() and t.data_ptr() not in model_ptrs for t in tensors)
     with pytest.raises(RuntimeError, match="[Ii]nference"):

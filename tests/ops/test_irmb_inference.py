@@ -70,8 +70,13 @@ def threads(request):
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_irmb_inference(cfg, dtype, backend, threads):
+    _check_against_reference(*_args(cfg), dtype, backend)
+
+
+def _check_against_reference(args, kw, dtype, backend):
+    """The op on ``backend`` in ``dtype`` (NHWC x, NaN-poisoned outputs) against the float64
+    reference of the float64 arguments."""
     backend_device(backend)  # a missing cpu build fails, unless deliberately skipped
-    args, kw = _args(cfg)
     ref = irmb_inference_ref(*args, **kw)
     args, kw = _cast(args, kw, dtype)
     args[0] = args[0].contiguous(memory_format=torch.channels_last)
@@ -79,6 +84,102 @@ def test_irmb_inference(cfg, dtype, backend, threads):
         out = emo_kernels.irmb_inference(*args, **kw)
     assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
     assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
+# EMOv2's attention block (attn_pre=False: the expansion first, the attention over v, whose
+# padded pixels carry act(b_exp); value heads Cmid / heads wide): (cfg as above, partition,
+# window size)
+V2_CFGS = [
+    ((2, 32, 64, 32, 9, 11, 5, 1, "gelu", True, True, 16), "hybrid", 7),  # pads, both partitions
+    ((1, 24, 36, 24, 3, 5, 5, 1, "silu", True, True, 8), "close", 7),    # map < a window, dv=12
+    ((1, 16, 48, 16, 16, 16, 3, 1, "gelu", False, False, 16), "remote", 8),  # 1 head, 2x2 windows
+    ((2, 24, 48, 20, 8, 10, 5, 2, "gelu", False, True, 12), "hybrid", 8),  # stride 2, Cout != C
+]
+V2_IDS = [f"C{c[0][1]}-mid{c[0][2]}-{c[0][4]}x{c[0][5]}-s{c[0][7]}-{c[1]}-ws{c[2]}"
+          for c in V2_CFGS]
+
+
+def _v2_args(case, dtype=torch.float64):
+    cfg, partition, ws = case
+    args, kw = _cast(*_args(cfg), dtype)
+    kw.update(partition=partition, attn_pre=False, window_size=ws)
+    return args, kw
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("case", V2_CFGS, ids=V2_IDS)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_irmb_inference_emo2_form(case, dtype, backend, threads):
+    """EMOv2's attention block in one call, against the float64 reference."""
+    _check_against_reference(*_v2_args(case), dtype, backend)
+
+
+def test_reference_emo2_form_is_the_composition():
+    """attn_pre=False in the reference: v = act(W_exp y + b_exp), the attention over it with
+    padded values act(b_exp), then the depthwise body without expansion -- and the padded
+    values matter (zero pads give another result)."""
+    from emo_kernels.reference import expand_dwconv_act_ref, window_attention_ref
+    from emo_kernels.reference.irmb_inference import pointwise
+    args, kw = _v2_args(V2_CFGS[0])
+    x, we, be, wd, bd, wp = args
+    y = torch.nn.functional.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1],), kw["ln_weight"],
+                                       kw["ln_bias"], 1e-6).permute(0, 3, 1, 2)
+    C = x.shape[1]
+    qk = pointwise(y, kw["w_qk"], kw["b_qk"])
+    v = torch.nn.functional.gelu(pointwise(y, we, be))
+    wa = dict(head_dim=16, window_size=7, partition="hybrid")
+    o = window_attention_ref(qk[:, :C], qk[:, C:], v, kw["b_qk"][C:],
+                             v_pad=torch.nn.functional.gelu(be), **wa)
+    want = pointwise(expand_dwconv_act_ref(o, None, None, wd, bd, act="none", skip=True), wp) + x
+    assert rel_err(irmb_inference_ref(*args, **kw), want) <= 1e-14
+    o0 = window_attention_ref(qk[:, :C], qk[:, C:], v, kw["b_qk"][C:], **wa)
+    zero = pointwise(expand_dwconv_act_ref(o0, None, None, wd, bd, act="none", skip=True), wp) + x
+    assert rel_err(zero, want) > 1e-3
+
+
+def test_reference_matches_emo2_hybrid_block():
+    """The reference of the op in EMOv2's form is the iiRMB hybrid attention block (eval;
+    LayerScale folded into the projection)."""
+    import emo
+    from emo.layers import fold_bn
+    torch.manual_seed(0)
+    blk = emo.emo2_1m().double().eval().stage3[1]
+    blk.ls.gamma.data.uniform_(0.5, 1.5)
+    attn = blk.eops[0]
+    x = torch.randn(2, blk.norm.norm.weight.shape[0], 9, 12, dtype=torch.float64)
+    w_dw, b_dw = fold_bn(blk.conv_local.conv.weight, None, blk.conv_local.norm)
+    with torch.no_grad():
+        out = irmb_inference_ref(
+            x, attn.v.conv.weight, attn.v.conv.bias, w_dw, b_dw,
+            blk.proj.conv.weight.flatten(1) * blk.ls.gamma.reshape(-1, 1), act="gelu", skip=True,
+            ln_weight=blk.norm.norm.weight, ln_bias=blk.norm.norm.bias, w_qk=attn.qk.conv.weight,
+            b_qk=attn.qk.conv.bias, head_dim=attn.head_dim, window_size=attn.window_size,
+            partition="hybrid", attn_pre=False)
+        assert rel_err(out, blk(x)) <= 1e-12
+
+
+def test_emo2_form_errors_and_refusals():
+    args, kw = _v2_args(V2_CFGS[0])
+    with pytest.raises(ValueError, match="partition must be one of"):
+        emo_kernels.irmb_inference(*args, **{**kw, "partition": "strided"})
+    with pytest.raises(TypeError, match="attn_pre must be a bool"):
+        emo_kernels.irmb_inference(*args, **{**kw, "attn_pre": 0})
+    plain, _ = _args(CFGS[0])
+    with pytest.raises(ValueError, match="need w_qk"):
+        emo_kernels.irmb_inference(*plain, partition="close")
+    with pytest.raises(ValueError, match="need w_qk"):
+        emo_kernels.irmb_inference(*plain, attn_pre=False)
+    with pytest.raises(ValueError, match="multiple of the 2 heads"):  # Cmid 63: 2 heads of 16
+        r = lambda *s: torch.randn(*s, dtype=torch.float64)  # noqa: E731
+        emo_kernels.irmb_inference(args[0], r(63, 32), r(63), r(63, 1, 5, 5), r(63), r(32, 63),
+                                   **kw)
+
+
+def test_triton_refuses_emo2_form_by_name():
+    pytest.importorskip("triton")
+    from emo_kernels.backends import triton as tb
+    args, kw = _v2_args(V2_CFGS[0])
+    assert "EMOv2's attention block" in tb.irmb_inference_can_run(*args, **kw)
 
 
 def test_reference_matches_model_stem_block():
@@ -149,13 +250,17 @@ def test_cpu_backend_refuses_grad():
 
 # ----- IRMBChain ----------------------------------------------------------------------------
 def _chain_blocks(dtype=torch.float64):
-    """Three blocks of different forms whose channels chain: 16 -> 16 -> 24 -> 24 (attn)."""
+    """Four blocks of different forms whose channels chain: 16 -> 16 -> 24 -> 24 (attn) -> 24
+    (EMOv2's attention block)."""
     out = []
     for cfg in [(1, 16, 40, 16, 9, 11, 3, 1, "silu", True, False, 0),
                 (1, 16, 48, 24, 9, 11, 3, 2, "silu", False, False, 0),
                 (1, 24, 48, 24, 5, 6, 5, 1, "gelu", True, True, 12)]:
         args, kw = _cast(*_args(cfg), dtype)
         out.append((tuple(args[1:]), kw))
+    args, kw = _cast(*_args((1, 24, 72, 24, 5, 6, 5, 1, "gelu", True, True, 8)), dtype)
+    kw.update(partition="hybrid", attn_pre=False)  # EMOv2's attention block: 24 -> 24
+    out.append((tuple(args[1:]), kw))
     return out
 
 
@@ -174,7 +279,7 @@ def test_chain_matches_blocks(dtype, backend):
         outs = chain(x.to(dtype).contiguous(memory_format=torch.channels_last), outputs=[0, 2])
         last = chain(x.to(dtype))
     assert len(outs) == 2 and len(last) == 1
-    for out, ref in zip(outs + last, [refs[0], refs[2], refs[2]]):
+    for out, ref in zip(outs + last, [refs[0], refs[2], refs[3]]):
         assert out.shape == ref.shape and out.dtype == dtype
         assert rel_err(out, ref) <= TOLERANCE[dtype]
 
@@ -215,7 +320,7 @@ def test_chain_errors():
     with pytest.raises(ValueError, match="increasing block indices"):
         chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[2, 1])
     with pytest.raises(ValueError, match="increasing block indices"):
-        chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[3])
+        chain(torch.randn(1, 16, 9, 9, dtype=torch.float64), outputs=[4])
 
 
 def test_chain_sees_a_write_made_while_it_packs(monkeypatch):
@@ -239,9 +344,9 @@ def test_chain_sees_a_write_made_while_it_packs(monkeypatch):
     monkeypatch.setattr(cpu_backend, "_prepared_block", prepared_block)
     with emo_kernels.use_backend("cpu"), torch.no_grad():
         chain(x)
-        assert len(packed) == 3
+        assert len(packed) == 4
         y = x
         for args, kw in blocks:
             y = irmb_inference_ref(y, *args, **kw)
         assert rel_err(chain(x)[0], y) <= TOLERANCE[torch.float64]
-        assert len(packed) == 6
+        assert len(packed) == 8

@@ -17,7 +17,9 @@ torch.compile(fullgraph=True) traces calls of them and runs the C++ kernels.
   tensor need no copy), one task per (image, window, head), scores and P.V in blocks of 4
   queries. EMOv2's forms too: the contiguous partition, the hybrid one (a second pass over
   the contiguous windows adds into the output), wide value heads, padded values ``v_pad``.
-* ``irmb_inference``: LayerNorm + qk GEMM + attention + the fused body above, one C++ call;
+* ``irmb_inference``: LayerNorm + qk GEMM + attention + the fused body above, one C++ call
+  (EMOv2's hybrid block, ``attn_pre=False``: qk and expansion GEMMs, the hybrid attention over
+  v, the body without its expansion);
   ``irmb_chain``: many of those in one call (the chain runner of ``emo_kernels.plan.IRMBChain``).
 
 All return (B, C, H, W) tensors in ``torch.channels_last`` memory format, float32 or float64.
@@ -100,7 +102,8 @@ def _block_lists(args, kw, prepared=(None, None, None, None)):
     * tensors (17, each may be None): ln_weight, ln_bias, w_qk, b_qk, w_exp, b_exp, w_dw, b_dw,
       w_proj, se_reduce_weight, se_reduce_bias, se_expand_weight, se_expand_bias, then the
       ``prepared`` weights: w_qk packed, w_exp packed, w_dw as (k*k, Cmid), w_proj packed;
-    * ints (6): head_dim, window_size, act, stride, skip, se_act;
+    * ints (8): head_dim, window_size, act, stride, skip, se_act, partition (PARTITION_CODES),
+      attn_pre;
     * floats (2): eps, scale.
 
     irmb_chain takes the blocks' lists concatenated."""
@@ -113,8 +116,13 @@ def _block_lists(args, kw, prepared=(None, None, None, None)):
                b_exp, w_dw, b_dw, w_proj, kw.get("se_reduce_weight"), kw.get("se_reduce_bias"),
                kw.get("se_expand_weight"), kw.get("se_expand_bias"), *prepared]
     ints = [hd, kw.get("window_size", 7), _ACT[kw.get("act", "silu")], kw.get("stride", 1),
-            int(bool(kw.get("skip", False))), _ACT[kw.get("se_act", "silu")]]
+            int(bool(kw.get("skip", False))), _ACT[kw.get("se_act", "silu")],
+            PARTITION_CODES[kw.get("partition", "remote")], int(kw.get("attn_pre", True))]
+    assert len(tensors) == _N_TENSORS and len(ints) == _N_INTS
     return tensors, ints, [float(kw.get("eps", 1e-6)), float(scale or 0.0)]
+
+
+_N_TENSORS, _N_INTS = 17, 8  # per block in the lists: kTensors, kInts of the C++
 
 
 def irmb_chain_can_run(x, chain, outputs):
@@ -205,7 +213,7 @@ def _dw_out(h, w, k, stride):
 
 def _block_out(x_shape, tensors, ints, i):
     """(B, Cout, Ho, Wo) of block i of the lists (_block_lists' layout) on an input x_shape."""
-    t, n = tensors[17 * i:17 * (i + 1)], ints[6 * i:6 * (i + 1)]
+    t, n = tensors[_N_TENSORS * i:_N_TENSORS * (i + 1)], ints[_N_INTS * i:_N_INTS * (i + 1)]
     ho, wo = _dw_out(x_shape[2], x_shape[3], t[6].shape[-1], n[3])
     return (x_shape[0], t[8].shape[0], ho, wo)
 
@@ -234,7 +242,7 @@ def register_fakes(ns):
     @torch.library.register_fake(lib + "irmb_chain")
     def _(x, tensors, ints, floats, outputs, chunk_bytes, split):
         shape, outs = tuple(x.shape), []
-        for i in range(len(tensors) // 17):
+        for i in range(len(tensors) // _N_TENSORS):
             shape = _block_out(shape, tensors, ints, i)
             if i in outputs:
                 outs.append(_nhwc(x, *shape))

@@ -86,7 +86,11 @@ MAX_DW_KERNEL = 7      # depthwise kernel sizes of irmb_inference: 1..7 (k*k tap
 
 
 def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, head_dim=None,
-                           window_size=7, w_qk=None, **kwargs):
+                           window_size=7, w_qk=None, partition="remote", attn_pre=True,
+                           **kwargs):
+    if partition != "remote" or not attn_pre:
+        return (f"EMOv2's attention block (partition={partition!r}, attn_pre={attn_pre}) is "
+                "not in this backend's kernels yet")
     reason = _device_reason(x)
     if reason is not None:
         return reason
