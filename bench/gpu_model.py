@@ -317,7 +317,7 @@ def _pow2(n, lo, hi):
 
 _EDA_IO = ("x_ptr", "v_ptr", "p_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr",
            "gz_ptr", "gx_ptr")
-_WA_IO = ("Q", "K", "V", "KPAD", "O", "DO", "DQ", "DK", "DV")
+_WA_IO = ("Q", "K", "V", "KPAD", "VPAD", "O", "DO", "DQ", "DK", "DV_")
 
 
 _MODULES = {"eda": "expand_dwconv_act", "wa": "window_attention", "d1": "irmb_inference"}
@@ -417,7 +417,7 @@ def _compile(key):
     for i, n in enumerate(kernel.arg_names):
         if n in const:
             sig[n] = "constexpr"
-        elif n in ptrs or n.endswith("_ptr") or n in _WA_IO or n in ("LSE", "DKPAD"):
+        elif n in ptrs or n.endswith("_ptr") or n in _WA_IO or n in ("LSE", "DKPAD", "DVPAD"):
             io = n in _EDA_IO or n in _WA_IO
             sig[n] = "*" + ptrs.get(n, dt if io else "fp32")
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -630,7 +630,9 @@ def _record(model_name, batch, mode, fused, size):
 
     def stub_attn(q, k, v, k_pad=None, **kw):
         call = dict(op="wa", C=q.shape[1], head_dim=kw["head_dim"], H=q.shape[2], W=q.shape[3],
-                    ws=kw.get("window_size", 7), has_kpad=k_pad is not None, train=mode == "train")
+                    ws=kw.get("window_size", 7), has_kpad=k_pad is not None, train=mode == "train",
+                    Cv=v.shape[1], has_vpad=kw.get("v_pad") is not None,
+                    partition=kw.get("partition", "remote"))
         rec.ops.append(dict(block=rec.block, op="TRITON", triton=call))
         return _StubCall.apply(rec, call, tuple(v.shape), v, q, k, k_pad)
 
@@ -685,6 +687,7 @@ def torch_kernel(op, e=None):
 
 # ----- the D1 inference path: an InferencePlan replayed from a CUDA graph ---------------------
 _D1_KERNELS = ("_expand_kernel", "_dwproj_kernel", "_ln_qk_attn_kernel")
+_WA_FWD = "_window_attention_fwd"  # EMOv2's hybrid blocks: window_attention's Triton kernel
 _TL_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 
@@ -721,10 +724,13 @@ def recorded_plan(model_name, batch, dt, size=224):
     folded), ``irmb_chain_triton`` over the prepared blocks (each Triton launch recorded by
     :class:`_Launch`, the squeeze-excite's torch ops by the :class:`Recorder`), the final
     LayerNorm + mean + Linear head. The weights are prepared before recording (once per plan):
-    no folding or layout op is counted. The input is channels_last."""
+    no folding or layout op is counted. The input is channels_last. EMOv2: its three stem
+    layers, and in its hybrid blocks K_A twice and window_attention's forward kernel (one launch
+    per partition)."""
     import emo
     from emo.inference import _blocks
     from emo_kernels.backends.triton import irmb_inference as d1
+    from emo_kernels.backends.triton import window_attention as wa
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[dt]
     model = emo.create_model(model_name, fused=True).eval().to(device="meta", dtype=dtype)
     names = {id(m): n for n, m in model.named_modules()}
@@ -732,6 +738,7 @@ def recorded_plan(model_name, batch, dt, size=224):
     plan = emo.InferencePlan(model)
     rec = Recorder()
     saved = {n: getattr(d1, n) for n in (*_D1_KERNELS, "run_block")}
+    saved_wa = wa._window_attention_fwd
     order = iter(labels)
 
     def run_block(x, pb):
@@ -743,23 +750,27 @@ def recorded_plan(model_name, batch, dt, size=224):
     try:
         for n in _D1_KERNELS:
             setattr(d1, n, _Launch(saved[n], n, rec))
+        wa._window_attention_fwd = _Launch(saved_wa, _WA_FWD, rec)
         with _compiled_mode():
             d1.irmb_chain_triton(x.new_empty(1, plan.chain.in_channels, 8, 8), plan.chain, [0])
             del rec.ops[:]    # the chain's weights are prepared (once per plan); now record
             d1.run_block = run_block
             with torch.no_grad(), rec:
-                rec.block = "stage0.0"
-                (w, b, stride, padding, _, _), = plan.stem  # EMO v1: one conv
-                y = torch.nn.functional.conv2d(x, w, b, stride, padding)
-                rec.paused = True  # cuDNN returns channels_last here, the meta kernel does not
-                y = y.contiguous(memory_format=torch.channels_last)
-                rec.paused = False
+                rec.block, y = "stage0.0", x
+                for w, b, stride, padding, groups, act in plan.stem:  # v1: one conv; v2: three
+                    y = torch.nn.functional.conv2d(y, w, b, stride, padding, 1, groups)
+                    rec.paused = True  # cuDNN returns channels_last, the meta kernel does not
+                    y = y.contiguous(memory_format=torch.channels_last)
+                    rec.paused = False
+                    y = {"silu": torch.nn.functional.silu, "gelu": torch.nn.functional.gelu,
+                         "none": lambda t: t}[act](y)
                 feats = d1.irmb_chain_triton(y, plan.chain, plan.ends)
                 rec.block = "head"
                 plan.forward_head(feats[-1])
     finally:
         for n, f in saved.items():
             setattr(d1, n, f)
+        wa._window_attention_fwd = saved_wa
     return rec.ops
 
 
@@ -778,12 +789,14 @@ def d1_trips(name, c):
         return [nk, nk, nk] if c["LN"] else [nk]
     if name == "_dwproj_kernel":
         return [_ceil(c["BLOCK_N"] if c["STORE_Z"] else c["CMID"], c["BLOCK_C"]), c["K"]]
+    if name == _WA_FWD:
+        return []  # one window of one head per program, no loop
     nk = _ceil(c["C"], c["BLOCK_K"])
     return ([nk, nk] if c["HAS_LN"] else []) + [c["NH"], nk]
 
 
 _D1_LABEL = {"_expand_kernel": "K_A expand", "_dwproj_kernel": "K_B dw+proj",
-             "_ln_qk_attn_kernel": "A0 LN+qk+attention"}
+             "_ln_qk_attn_kernel": "A0 LN+qk+attention", _WA_FWD: "window attention"}
 
 
 def _d1_launch(launch):
@@ -800,7 +813,7 @@ def _d1_launch(launch):
         elif n in launch["constexprs"]:
             if n != "ACC_DT":  # (compiled() sets it: fp32 accumulation)
                 const[n] = v
-        else:
+        elif not isinstance(v, float):  # (a float argument, the scale, is fp32 by its name)
             ints[n] = v
     return const, ints, warps, ptrs, sum(tensors.values())
 
@@ -811,8 +824,9 @@ def d1_kernel(block, launch, dt):
     grid; trip counts :func:`d1_trips`; DRAM bytes :func:`_d1_launch`."""
     name = launch["kernel"]
     const, ints, warps, ptrs, dram = _d1_launch(launch)
-    mode = "".join(f" {n}" for n in ("LN", "STORE_Z", "HAS_XSCALE") if const.get(n))
-    return triton_kernel(block, "d1", name, dt, const, ints, d1_trips(name, const),
+    mode = "".join(f" {n}" for n in ("LN", "STORE_Z", "HAS_XSCALE", "CLOSE") if const.get(n))
+    return triton_kernel(block, "wa" if name == _WA_FWD else "d1", name, dt, const, ints,
+                         d1_trips(name, const),
                          math.prod(launch["grid"]), dram, label=_D1_LABEL[name] + mode,
                          warps=warps, ptrs=ptrs)
 
@@ -938,19 +952,39 @@ def eda_kernels(block, call, batch, dt, e, backward=False):
 
 
 def wa_kernels(block, call, batch, dt, e, backward=False):
+    """window_attention's Triton launches of one call: one per partition (EMOv2's hybrid form:
+    two, the second adding into the results). DRAM bytes per pass: the forward reads q, k, v
+    and writes the output, e*(2C + 2Cv) per pixel; the backward reads q, k, v, dO and writes
+    dq, dk, dv, e*(4C + 3Cv); a second pass also reads back what it adds to (Cv forward,
+    2C + Cv backward)."""
     Cc, d, H, W, ws = (call[n] for n in ("C", "head_dim", "H", "W", "ws"))
+    Cv = call.get("Cv", Cc)
+    heads = Cc // d
+    dv = Cv // heads
     n1, n2 = -(-H // ws), -(-W // ws)
     bl = max(16, 1 << (ws * ws - 1).bit_length())
-    const = dict(D=d, WS=ws, BLOCK_L=bl, BLOCK_D=max(16, 1 << (d - 1).bit_length()),
-                 HAS_KPAD=call["has_kpad"], UPCAST=False, IS_F64=False)
-    progs = batch * n1 * n2 * (Cc // d)
-    m = batch * Cc * H * W * e
-    if not backward:
-        return [triton_kernel(block, "wa", "_window_attention_fwd", dt, const, {}, [], progs,
-                              4 * m, label="window_attention fwd")]
-    return [triton_kernel(block, "wa", "_window_attention_bwd", dt, const, {}, [], progs,
-                          11 * m, label="window_attention bwd"),
-            _glue(block, TRITON_GLUE["wa_train_bwd"])]
+    bdv = max(16, 1 << (dv - 1).bit_length())
+    progs = batch * n1 * n2 * heads
+    pix = batch * H * W * e
+    out = []
+    passes = {"remote": (False,), "close": (True,), "hybrid": (False, True)}
+    for i, close in enumerate(passes[call.get("partition", "remote")]):
+        const = dict(D=d, DV=dv, WS=ws, BLOCK_L=bl, BLOCK_D=max(16, 1 << (d - 1).bit_length()),
+                     BLOCK_DV=bdv, HAS_KPAD=call["has_kpad"],
+                     HAS_VPAD=call.get("has_vpad", False), CLOSE=close, ACCUM=i > 0,
+                     UPCAST=False, IS_F64=False)
+        warps = 4 if bdv <= 64 else 8  # as window_attention's launcher
+        if not backward:
+            out.append(triton_kernel(block, "wa", "_window_attention_fwd", dt, const, {}, [],
+                                     progs, pix * (2 * Cc + 2 * Cv + (Cv if i else 0)),
+                                     label="window_attention fwd", warps=warps))
+        else:
+            out.append(triton_kernel(block, "wa", "_window_attention_bwd", dt, const, {}, [],
+                                     progs, pix * (4 * Cc + 3 * Cv + (2 * Cc + Cv if i else 0)),
+                                     label="window_attention bwd", warps=warps))
+    if backward:
+        out.append(_glue(block, TRITON_GLUE["wa_train_bwd"]))
+    return out
 
 
 # ----- rows -------------------------------------------------------------------------------
@@ -1062,7 +1096,7 @@ def main(argv=None):
     if argv is None and sys.argv[1:] == ["--compile-worker"]:
         return _compile_worker()
     ap = argparse.ArgumentParser(description=BANNER)
-    ap.add_argument("--models", default="emo_1m,emo_2m,emo_5m,emo_6m")
+    ap.add_argument("--models", default="emo_1m,emo_2m,emo_5m,emo_6m,emo2_5m")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--dtypes", default="bf16,fp16")

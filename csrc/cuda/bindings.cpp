@@ -284,17 +284,26 @@ Tensor edc_expand_dw_bwd(const Tensor& x, const Tensor& gu) {
 
 template <bool EMU>
 emo::WaShape wa_shape(const Ctx<EMU>& c, const Tensor& q, const Tensor& k, const Tensor& v,
-                      const OptT& k_pad, int64_t head_dim, int64_t ws, double scale) {
+                      const OptT& k_pad, const OptT& v_pad, int64_t head_dim, int64_t ws,
+                      double scale, int64_t close) {
   TORCH_CHECK(q.dim() == 4, c.op, ": q must be (B, C, H, W), got ", q.sizes());
   c.shape(k, "k", q.sizes());
-  c.shape(v, "v", q.sizes());
   const int64_t C = q.size(1);
   c.shape(k_pad, "k_pad", {C});
   TORCH_CHECK(head_dim >= 1 && C % head_dim == 0, c.op, ": head_dim ", head_dim,
               " must divide C = ", C);
   TORCH_CHECK(head_dim <= emo::WA_MAX_HEAD_DIM, c.op, ": head_dim ", head_dim,
               " > ", emo::WA_MAX_HEAD_DIM, " is not supported by the CUDA kernels");
+  const int64_t heads = C / head_dim, Cv = v.dim() == 4 ? v.size(1) : 0;
+  TORCH_CHECK(v.dim() == 4 && v.size(0) == q.size(0) && v.size(2) == q.size(2) &&
+                  v.size(3) == q.size(3) && Cv >= heads && Cv % heads == 0,
+              c.op, ": v must be (B, Cv, H, W) like q with Cv a multiple of the ", heads,
+              " heads, got ", v.sizes());
+  TORCH_CHECK(Cv / heads <= emo::WA_MAX_VALUE_DIM, c.op, ": value heads of ", Cv / heads,
+              " channels > ", emo::WA_MAX_VALUE_DIM, " are not supported by the CUDA kernels");
+  c.shape(v_pad, "v_pad", {Cv});
   TORCH_CHECK(ws >= 1, c.op, ": window_size must be positive, got ", ws);
+  TORCH_CHECK(close == 0 || close == 1, c.op, ": close must be 0 or 1, got ", close);
   for (auto* t : {&q, &k, &v}) {
     c.check_device(*t, "q/k/v");
     TORCH_CHECK(t->device() == c.device && t->scalar_type() == c.dtype, c.op,
@@ -302,56 +311,69 @@ emo::WaShape wa_shape(const Ctx<EMU>& c, const Tensor& q, const Tensor& k, const
   }
   emo::WaShape s;
   s.B = q.size(0); s.C = C; s.H = q.size(2); s.W = q.size(3);
-  s.heads = (int)(C / head_dim); s.head_dim = (int)head_dim; s.ws = (int)ws;
+  s.heads = (int)heads; s.head_dim = (int)head_dim; s.ws = (int)ws;
   s.n1 = (int)((s.H + ws - 1) / ws); s.n2 = (int)((s.W + ws - 1) / ws);
   s.scale = scale;
   for (int d = 0; d < 4; ++d) {
     s.sq[d] = q.stride(d); s.sk[d] = k.stride(d); s.sv[d] = v.stride(d);
   }
+  s.Cv = Cv; s.dv = (int)(Cv / heads); s.close = (int)close;
   return s;
 }
 
-// Returns (out (B,C,H,W) contiguous, lse (B,heads,H,W) accumulation dtype).
-// q, k, v may have any strides (e.g. channel slices of one qk tensor).
+// Returns (out (B,Cv,H,W) contiguous, lse (B,heads,H,W) accumulation dtype) of one partition
+// (close: contiguous windows). q, k, v may have any strides (e.g. channel slices of one qk
+// tensor).
 template <bool EMU>
 std::vector<Tensor> wa_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptT& k_pad,
-                           int64_t head_dim, int64_t window_size, double scale) {
+                           const OptT& v_pad, int64_t head_dim, int64_t window_size,
+                           double scale, int64_t close) {
   Ctx<EMU> c("wa_fwd", q, "q");
-  auto s = wa_shape(c, q, k, v, k_pad, head_dim, window_size, scale);
-  Tensor out = c.empty(q.sizes());
+  auto s = wa_shape(c, q, k, v, k_pad, v_pad, head_dim, window_size, scale, close);
+  Tensor out = c.empty(v.sizes());
   Tensor lse = c.empty({s.B, s.heads, s.H, s.W}, true);
   c.ok(emo::wa_fwd(c.dt(), s, q.data_ptr(), k.data_ptr(), v.data_ptr(), c.in(k_pad, "k_pad"),
-                   out.data_ptr(), lse.data_ptr(), c.launch()));
+                   c.in(v_pad, "v_pad"), out.data_ptr(), lse.data_ptr(), c.launch()));
   return {out, lse};
 }
 
-// Returns (dq, dk, dv, dk_pad): dk_pad (C,) is the gradient of k_pad (zeros when H, W are
-// multiples of the window size).
+// The padded-map gradient `full` (acc, B, N, Hp, Wp) split into the map's own (B, N, H, W, in
+// the input dtype) and the sum over the padded pixels (N,): they all share one pad vector.
+template <bool EMU>
+std::pair<Tensor, Tensor> split_padded(const Ctx<EMU>& c, Tensor full, int64_t H, int64_t W) {
+  Tensor inner = full.narrow(2, 0, H).narrow(3, 0, W);
+  Tensor own = inner.to(c.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  inner.zero_();
+  return {own, full.sum({0, 2, 3}).to(c.dtype)};
+}
+
+// Returns (dq, dk, dv, dk_pad, dv_pad) of one partition: dk_pad (C,) and dv_pad (Cv,) are the
+// gradients of k_pad and v_pad (zeros when H, W are multiples of the window size).
 template <bool EMU>
 std::vector<Tensor> wa_bwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptT& k_pad,
-                           const Tensor& out, const Tensor& dout, const Tensor& lse,
-                           int64_t head_dim, int64_t window_size, double scale) {
+                           const OptT& v_pad, const Tensor& out, const Tensor& dout,
+                           const Tensor& lse, int64_t head_dim, int64_t window_size,
+                           double scale, int64_t close) {
   Ctx<EMU> c("wa_bwd", q, "q");
-  auto s = wa_shape(c, q, k, v, k_pad, head_dim, window_size, scale);
-  c.shape(out, "out", q.sizes());
-  c.shape(dout, "grad_out", q.sizes());
+  auto s = wa_shape(c, q, k, v, k_pad, v_pad, head_dim, window_size, scale, close);
+  c.shape(out, "out", v.sizes());
+  c.shape(dout, "grad_out", v.sizes());
   c.shape(lse, "lse", {s.B, s.heads, s.H, s.W});
   const int64_t Hp = (int64_t)s.ws * s.n1, Wp = (int64_t)s.ws * s.n2;
-  Tensor dq = c.empty(q.sizes()), dv = c.empty(q.sizes());
+  Tensor dq = c.empty(q.sizes());
   Tensor delta = c.empty({s.B, s.heads, s.H, s.W}, true);
-  Tensor dk_full = c.empty({s.B, s.C, Hp, Wp}, true);
+  Tensor dk_full = c.empty({s.B, s.C, Hp, Wp}, true), dv_full = c.empty({s.B, s.Cv, Hp, Wp}, true);
   const void* kp = c.in(k_pad, "k_pad");
-  c.ok(emo::wa_bwd_dq(c.dt(), s, q.data_ptr(), k.data_ptr(), v.data_ptr(), kp, c.in(out, "out"),
-                      c.in(dout, "grad_out"), c.in(lse, "lse", true), dq.data_ptr(),
-                      delta.data_ptr(), c.launch()));
-  c.ok(emo::wa_bwd_dkv(c.dt(), s, q.data_ptr(), k.data_ptr(), v.data_ptr(), kp,
+  const void* vp = c.in(v_pad, "v_pad");
+  c.ok(emo::wa_bwd_dq(c.dt(), s, q.data_ptr(), k.data_ptr(), v.data_ptr(), kp, vp,
+                      c.in(out, "out"), c.in(dout, "grad_out"), c.in(lse, "lse", true),
+                      dq.data_ptr(), delta.data_ptr(), c.launch()));
+  c.ok(emo::wa_bwd_dkv(c.dt(), s, q.data_ptr(), k.data_ptr(), v.data_ptr(), kp, vp,
                        dout.data_ptr(), lse.data_ptr(), delta.data_ptr(), dk_full.data_ptr(),
-                       dv.data_ptr(), c.launch()));
-  Tensor inner = dk_full.narrow(2, 0, s.H).narrow(3, 0, s.W);
-  Tensor dk = inner.to(c.dtype, /*non_blocking=*/false, /*copy=*/true).contiguous();
-  inner.zero_();  // what remains are the padded keys: they all share the vector k_pad
-  Tensor dk_pad = dk_full.sum({0, 2, 3}).to(c.dtype);
-  return {dq, dk, dv, dk_pad};
+                       dv_full.data_ptr(), c.launch()));
+  auto [dk, dk_pad] = split_padded(c, dk_full, s.H, s.W);
+  auto [dv, dv_pad] = split_padded(c, dv_full, s.H, s.W);
+  return {dq, dk, dv, dk_pad, dv_pad};
 }
 
 }  // namespace
@@ -373,10 +395,11 @@ std::vector<Tensor> wa_bwd(const Tensor& q, const Tensor& k, const Tensor& v, co
         "Tensor? cc, int k, int stride) -> Tensor");                                           \
   m.def("edc_expand_dx_bwd(Tensor w_exp, Tensor grad_u) -> Tensor");                            \
   m.def("edc_expand_dw_bwd(Tensor x, Tensor grad_u) -> Tensor");                               \
-  m.def("wa_fwd(Tensor q, Tensor k, Tensor v, Tensor? k_pad, int head_dim, int window_size, "   \
-        "float scale) -> Tensor[]");                                                            \
-  m.def("wa_bwd(Tensor q, Tensor k, Tensor v, Tensor? k_pad, Tensor out, Tensor grad_out, "     \
-        "Tensor lse, int head_dim, int window_size, float scale) -> Tensor[]")
+  m.def("wa_fwd(Tensor q, Tensor k, Tensor v, Tensor? k_pad, Tensor? v_pad, int head_dim, "    \
+        "int window_size, float scale, int close) -> Tensor[]");                                \
+  m.def("wa_bwd(Tensor q, Tensor k, Tensor v, Tensor? k_pad, Tensor? v_pad, Tensor out, "       \
+        "Tensor grad_out, Tensor lse, int head_dim, int window_size, float scale, int close) "  \
+        "-> Tensor[]")
 
 #define EMO_IMPLS(m, EMU)                                   \
   m.impl("edc_expand_fwd", &edc_expand_fwd<EMU>);           \

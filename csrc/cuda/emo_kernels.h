@@ -74,28 +74,36 @@ const char* edc_expand_dw_bwd(DType dt, const EdcShape& s, const void* x, const 
                               int64_t chunk, void* part, Launch l);
 
 // ---------------------------------------------------------------------------------------------
-// window_attention: strided ws x ws windows, token (i,j) of window (a,b) = pixel (i*n1+a, j*n2+b)
-// of the map padded to (ws*n1, ws*n2); padded keys have key k_pad (nullable -> 0) and value 0.
+// window_attention: ws x ws windows of the map padded to (ws*n1, ws*n2); token (i,j) of window
+// (a,b) = pixel (i*n1+a, j*n2+b) (strided, EMO's) or, with close, (a*ws+i, b*ws+j) (contiguous,
+// EMOv2's); padded keys have key k_pad and value v_pad (each nullable -> 0). Values have Cv
+// channels, dv = Cv / heads per head (EMOv2's value heads are wider than q/k's). EMOv2's hybrid
+// form is the sum of a strided and a contiguous call (emo_kernels/backends/cuda/).
 // ---------------------------------------------------------------------------------------------
 struct WaShape {
   int64_t B, C, H, W;
   int heads, head_dim, ws, n1, n2;
   double scale;
   int64_t sq[4], sk[4], sv[4];  // element strides of q, k, v (any layout)
+  int64_t Cv;                   // value (and output) channels
+  int dv;                       // value channels per head
+  int close;                    // 1: contiguous windows, 0: strided
 };
 constexpr int WA_MAX_HEAD_DIM = 64;
+constexpr int WA_MAX_VALUE_DIM = 128;
 
-// out (T, contiguous B,C,H,W), lse (acc, B,heads,H,W) = log-sum-exp of the scaled scores.
+// out (T, contiguous B,Cv,H,W), lse (acc, B,heads,H,W) = log-sum-exp of the scaled scores.
 const char* wa_fwd(DType dt, const WaShape& s, const void* q, const void* k, const void* v,
-                   const void* k_pad, void* out, void* lse, Launch l);
+                   const void* k_pad, const void* v_pad, void* out, void* lse, Launch l);
 // dq (T, contiguous), delta (acc, B,heads,H,W) = sum_d dout*out. out, dout contiguous.
 const char* wa_bwd_dq(DType dt, const WaShape& s, const void* q, const void* k, const void* v,
-                      const void* k_pad, const void* out, const void* dout, const void* lse,
-                      void* dq, void* delta, Launch l);
-// dk_pad (acc, contiguous B,C,ws*n1,ws*n2): key gradient of every padded-map pixel (the padded
-// ones sum to grad k_pad); dv (T, contiguous B,C,H,W). Needs delta from wa_bwd_dq.
+                      const void* k_pad, const void* v_pad, const void* out, const void* dout,
+                      const void* lse, void* dq, void* delta, Launch l);
+// dk_full (acc, contiguous B,C,ws*n1,ws*n2) and dv_full (acc, contiguous B,Cv,ws*n1,ws*n2): key
+// and value gradients of every padded-map pixel (the padded ones sum to grad k_pad / v_pad).
+// Needs delta from wa_bwd_dq.
 const char* wa_bwd_dkv(DType dt, const WaShape& s, const void* q, const void* k, const void* v,
-                       const void* k_pad, const void* dout, const void* lse, const void* delta,
-                       void* dk_pad, void* dv, Launch l);
+                       const void* k_pad, const void* v_pad, const void* dout, const void* lse,
+                       const void* delta, void* dk_full, void* dv_full, Launch l);
 
 }  // namespace emo

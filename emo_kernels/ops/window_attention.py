@@ -25,9 +25,8 @@ n2 = Wp/ws; token (i, j) of window (a, b) is pixel (i*n1 + a, j*n2 + b) ("remote
 Backends (emo_kernels/backends/): ``torch`` (the reference, every case), ``cpu`` (C++,
 inference, every case), ``triton`` (the custom op ``emo_kernels::window_attention_triton`` with
 a Triton backward: CUDA tensors, or CPU tensors under TRITON_INTERPRET=1 for tests; head_dim <=
-64, window_size <= 8; EMO's form only), ``cuda`` (csrc/cuda/window_attention.cu; EMO's form
-only). A backend without EMOv2's form (``v_pad``, a partition other than "remote", Cv != C)
-refuses it with that reason (``emo_kernels.explain``).
+64, value heads <= 128 channels, window_size <= 8), ``cuda`` (csrc/cuda/window_attention.cu:
+head_dim <= 64, value heads <= 128 channels). Every backend runs EMOv2's forms.
 
 Memory traffic: the reference writes the padded copy, two window/head-order copies of q, k
 and v, the (ws^2 x ws^2) scores and probabilities per window and head, and two copies of the
@@ -64,17 +63,6 @@ def _validate(q, k, v, k_pad, head_dim, window_size, scale=None, v_pad=None,
     check_tensor("v_pad", v_pad, shape=(Cv,), like=q, optional=True)
     if not isinstance(partition, str) or partition not in PARTITIONS:
         raise ValueError(f"partition must be one of {PARTITIONS}, got {partition!r}")
-
-
-def emo2_form(q, v, v_pad=None, partition="remote"):
-    """What of EMOv2's form a call uses (a reason for a backend that has only EMO's), or None:
-    a value pad, a partition other than the strided one, value heads wider than q/k's."""
-    used = [what for what, on in (("v_pad", v_pad is not None),
-                                  (f"partition={partition!r}", partition != "remote"),
-                                  (f"Cv={v.shape[1]} != C={q.shape[1]}",
-                                   v.shape[1] != q.shape[1])) if on]
-    return (f"EMOv2's window attention ({', '.join(used)}) is not in this backend's kernels yet"
-            if used else None)
 
 
 def check_head_dim(head_dim, C):

@@ -42,8 +42,8 @@ DTYPES = ("fp16", "bf16", "fp32", "fp64")
 # pointer arguments that carry the op's dtype; every other pointer is the accumulator dtype
 EDA_IO = ("x_ptr", "v_ptr", "p_ptr", "wexp_ptr", "bexp_ptr", "wdw_ptr", "bdw_ptr", "z_ptr", "gz_ptr",
           "gx_ptr")
-WA_IO = ("Q", "K", "V", "KPAD", "O", "DO", "DQ", "DK", "DV")
-WA_ACC = ("LSE", "DKPAD")
+WA_IO = ("Q", "K", "V", "KPAD", "VPAD", "O", "DO", "DQ", "DK", "DV_")
+WA_ACC = ("LSE", "DKPAD", "DVPAD")
 WA_FLOATS = ("scale_hi", "scale_lo")
 
 
@@ -106,11 +106,17 @@ def eda_cases(dt):
 
 def wa_cases(dt):
     """window_attention: forward and backward, with and without the padding key, head dims
-    padded (20 -> 32) and exact (32)."""
+    padded (20 -> 32) and exact (32); EMOv2's forms: the contiguous second pass adding into
+    the output (ACCUM), padded values, value heads of 70 (EMOv2-1M, padded to 128) and 128
+    (EMOv2-5M) channels."""
     out = []
-    for has_kpad, d in ((True, 20), (False, 32)):
-        const = dict(D=d, WS=7, BLOCK_L=64, BLOCK_D=32, HAS_KPAD=has_kpad, UPCAST=False,
-                     IS_F64=dt == "fp64")
+    for has_kpad, d, dv, vpad, close in ((True, 20, 20, False, False),
+                                         (False, 32, 32, False, False),
+                                         (True, 20, 70, True, True),
+                                         (True, 32, 128, True, True)):
+        const = dict(D=d, DV=dv, WS=7, BLOCK_L=64, BLOCK_D=32,
+                     BLOCK_DV=max(32, 1 << (dv - 1).bit_length()), HAS_KPAD=has_kpad,
+                     HAS_VPAD=vpad, CLOSE=close, ACCUM=close, UPCAST=False, IS_F64=dt == "fp64")
         out += [(WA._window_attention_fwd, const), (WA._window_attention_bwd, const)]
     return out
 
@@ -285,8 +291,10 @@ def compile_one(job):
         kernel, const = (eda_cases if which == "eda" else wa_cases)(dt)[i]
         sig = (_eda_sig if which == "eda" else _wa_sig)(kernel, dt, const)
         name = kernel.__name__
+        warps = 8 if const.get("BLOCK_DV", 0) > 64 else 4  # as window_attention's launcher
         build = functools.partial(triton.compile, ASTSource(kernel, sig, const),
-                                  target=GPUTarget("cuda", arch, 32), options=dict(num_warps=4))
+                                  target=GPUTarget("cuda", arch, 32),
+                                  options=dict(num_warps=warps))
     try:
         compiled = build()
     except Exception as e:  # noqa: BLE001  (report which kernel, then fail)

@@ -62,7 +62,7 @@ def _cpu_calls():
         "edc_dw_fwd": lambda: ops.edc_dw_fwd(v, wd, None, None, None, 1, True, True),
         "edc_dq_bwd": lambda: ops.edc_dq_bwd(v, wd, None, None, None, v, 1, False),
         "edc_expand_dx_bwd": lambda: ops.edc_expand_dx_bwd(w, v),
-        "wa_fwd": lambda: ops.wa_fwd(v, v, v, None, 4, 7, 0.5),
+        "wa_fwd": lambda: ops.wa_fwd(v, v, v, None, None, 4, 7, 0.5, 0),
     }
 
 

@@ -117,23 +117,31 @@ def test_expand_dwconv_act_gpu_matches_emulation(case, dtype):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", [(2, 6, 9, 8, 3), (1, 42, 3, 5, 21), (1, 64, 8, 8, 32)],
-                         ids=lambda c: "B{}-C{}-H{}W{}-d{}".format(*c))
+@pytest.mark.parametrize("case", [(2, 6, 9, 8, 3, 1, "remote"), (1, 42, 3, 5, 21, 1, "remote"),
+                                  (1, 64, 8, 8, 32, 1, "remote"),
+                                  (1, 16, 9, 11, 8, 3, "hybrid"), (1, 32, 7, 7, 32, 4, "close")],
+                         ids=lambda c: "B{}-C{}-H{}W{}-d{}-v{}x-{}".format(*c))
 def test_window_attention_gpu_matches_emulation(case, dtype):
+    """The kernels on the GPU equal their host emulation: EMO's form, and EMOv2's (value heads
+    3x / 4x wider, padded values, contiguous and hybrid partitions)."""
     from emo_kernels.backends.cuda import window_attention_cuda
-    B, C, H, W, d = case
+    B, C, H, W, d, wide, part = case
     g = torch.Generator().manual_seed(4)
     qk0 = torch.randn(B, 2 * C, H, W, generator=g).to(dtype)
-    v0 = torch.randn(B, C, H, W, generator=g).to(dtype)
+    v0 = torch.randn(B, wide * C, H, W, generator=g).to(dtype)
     kp0 = torch.randn(C, generator=g).to(dtype)
-    go = torch.randn(B, C, H, W, generator=g).to(dtype)
+    vp0 = torch.randn(wide * C, generator=g).to(dtype)
+    go = torch.randn(B, wide * C, H, W, generator=g).to(dtype)
+    emo2 = part != "remote"
     res = []
     for device, emulate in (("cpu", True), ("cuda", False)):
-        qk, v, kp = (t.to(device).requires_grad_() for t in (qk0, v0, kp0))
-        o = window_attention_cuda(qk[:, :C], qk[:, C:], v, kp, head_dim=d, emulate=emulate)
+        qk, v, kp, vp = (t.to(device).requires_grad_() for t in (qk0, v0, kp0, vp0))
+        o = window_attention_cuda(qk[:, :C], qk[:, C:], v, kp, head_dim=d, emulate=emulate,
+                                  v_pad=vp if emo2 else None, partition=part)
         o.backward(go.to(device))
-        res.append([t.detach().cpu() for t in (o, qk.grad, v.grad, kp.grad)])
-    for n, e, gp in zip(("out", "grad qk", "grad v", "grad k_pad"), *res):
+        res.append([t.detach().cpu() for t in (o, qk.grad, v.grad, kp.grad)]
+                   + ([vp.grad.detach().cpu()] if emo2 else []))
+    for n, e, gp in zip(("out", "grad qk", "grad v", "grad k_pad", "grad v_pad"), *res):
         assert torch.isfinite(gp).all(), f"{n}: unwritten (NaN-poisoned) elements"
         assert rel_err(gp, e) <= TOLERANCE[dtype], f"{n}: {rel_err(gp, e)}"
 
@@ -142,8 +150,8 @@ def test_emulation_rejects_cuda_namespace_misuse():
     """The emulation namespace takes CPU tensors only; the kernel namespace CUDA tensors only."""
     x = torch.randn(1, 4, 6, 6)
     with pytest.raises(RuntimeError, match="must be a CUDA tensor"):
-        torch.ops.emo_kernels_cuda.wa_fwd(x, x, x, None, 2, 7, 0.5)
-    out, lse = torch.ops.emo_kernels_cuda_emu.wa_fwd(x, x, x, None, 2, 7, 0.5)
+        torch.ops.emo_kernels_cuda.wa_fwd(x, x, x, None, None, 2, 7, 0.5, 0)
+    out, lse = torch.ops.emo_kernels_cuda_emu.wa_fwd(x, x, x, None, None, 2, 7, 0.5, 0)
     assert out.shape == x.shape and lse.shape == (1, 2, 6, 6)
 
 
@@ -158,7 +166,9 @@ def _opcheck_cases():
     gq, pp = E.edc_dq_bwd(v, wd, b, sc, sc, gz, 1, True)
     gu = E.edc_dv_bwd(x, w, b, wd, gz, gq, pp, sc, sc, sc, 1, 1, True)
     q, kp = r(1, 8, 9, 10), r(8)
-    o, lse = E.wa_fwd(q, q, q, kp, 4, 7, 0.5)
+    o, lse = E.wa_fwd(q, q, q, kp, None, 4, 7, 0.5, 0)
+    v2, vp = r(1, 24, 9, 10), r(24)  # EMOv2: value heads 12 wide, padded values, close windows
+    o2, lse2 = E.wa_fwd(q, q, v2, kp, vp, 4, 7, 0.5, 1)
     return {
         "edc_expand_fwd": (E.edc_expand_fwd, (x, w, b, 1)),
         "edc_dw_fwd-s2": (E.edc_dw_fwd, (v, wd, b, None, None, 2, False, False)),
@@ -169,14 +179,16 @@ def _opcheck_cases():
         "edc_dwweight_bwd": (E.edc_dwweight_bwd, (v, gq, pp, sc, sc, sc, 3, 1)),
         "edc_expand_dx_bwd": (E.edc_expand_dx_bwd, (w, gu)),
         "edc_expand_dw_bwd": (E.edc_expand_dw_bwd, (x, gu)),
-        "wa_fwd": (E.wa_fwd, (q, q, q, kp, 4, 7, 0.5)),
-        "wa_bwd": (E.wa_bwd, (q, q, q, kp, o, r(1, 8, 9, 10), lse, 4, 7, 0.5)),
+        "wa_fwd": (E.wa_fwd, (q, q, q, kp, None, 4, 7, 0.5, 0)),
+        "wa_bwd": (E.wa_bwd, (q, q, q, kp, None, o, r(1, 8, 9, 10), lse, 4, 7, 0.5, 0)),
+        "wa_fwd-emo2": (E.wa_fwd, (q, q, v2, kp, vp, 4, 7, 0.5, 1)),
+        "wa_bwd-emo2": (E.wa_bwd, (q, q, v2, kp, vp, o2, r(1, 24, 9, 10), lse2, 4, 7, 0.5, 1)),
     }
 
 
 OPCHECK_NAMES = ["edc_expand_fwd", "edc_dw_fwd-s2", "edc_dw_fwd-fused", "edc_epilogue_fwd",
                  "edc_dq_bwd", "edc_dv_bwd", "edc_dwweight_bwd", "edc_expand_dx_bwd",
-                 "edc_expand_dw_bwd", "wa_fwd", "wa_bwd"]
+                 "edc_expand_dw_bwd", "wa_fwd", "wa_bwd", "wa_fwd-emo2", "wa_bwd-emo2"]
 
 
 @pytest.mark.parametrize("name", OPCHECK_NAMES)

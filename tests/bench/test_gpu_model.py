@@ -111,6 +111,40 @@ def test_plan_records_the_d1_launches_per_block():
     assert "M" not in ka["constexprs"] and "CIN" in ka["constexprs"]
 
 
+def test_plan_records_emo2_blocks_and_costs_them():
+    """EMOv2-5M's GPU inference plan, recorded: the three stem layers in torch; per hybrid
+    block K_A twice (qk, v: LayerNorm prologue), window_attention's forward kernel once per
+    partition (strided, then contiguous adding into it), K_B; the plain blocks K_A, K_B. The
+    window attention launch is costed from its compiled sm_90 code (HGMMA, no spills) with its
+    value heads (128 channels); the row is a model estimate, fused and eager both finite."""
+    pytest.importorskip("triton")
+    import emo
+    ops = _d1_ops("emo2_5m")
+    assert [o["op"] for o in ops if o["block"] == "stage0.0"][:2] == ["convolution", "silu"]
+    kernels = {}
+    for o in ops:
+        if "d1" in o:
+            kernels.setdefault(o["block"], []).append(o["d1"])
+    model = emo.create_model("emo2_5m")
+    for n, m in model.named_modules():
+        if isinstance(m, emo.iiRMB):
+            names = [la["kernel"] for la in kernels[n]]
+            if m.hybrid:
+                assert names == ["_expand_kernel", "_expand_kernel", "_window_attention_fwd",
+                                 "_window_attention_fwd", "_dwproj_kernel"], (n, names)
+            else:
+                assert names == ["_expand_kernel", "_dwproj_kernel"], (n, names)
+    remote, close = (la for la in kernels["stage3.1"] if la["kernel"] == "_window_attention_fwd")
+    assert not remote["args"]["CLOSE"] and close["args"]["CLOSE"] and close["args"]["ACCUM"]
+    assert remote["args"]["DV"] == 128 and remote["args"]["HAS_VPAD"]
+    gpu_model.precompile([gpu_model._spec_key("wa", close["kernel"], "bf16",
+                                              *gpu_model._d1_launch(close)[:4])])
+    k = gpu_model.d1_kernel("stage3.1", close, "bf16")
+    assert k.detail["hgmma"] and not k.detail["spills"] and k.dot_flops > 0
+    (row,) = [gpu_model.row("emo2_5m", 256, "bf16", "infer")]
+    assert math.isfinite(row["fused_ms"]) and math.isfinite(row["eager_ms"]) and row["fused_ms"] > 0
+
+
 def test_d1_kernels_costed_from_compiled_sm90_code():
     """Four D1 launches of EMO-1M compiled for sm_90 as launched (in worker processes): loops
     matched to the source's trip counts, HGMMA dots, num_warps and programs of the launch, DRAM

@@ -175,11 +175,13 @@ def test_emo2_form_errors_and_refusals():
                                    **kw)
 
 
-def test_triton_refuses_emo2_form_by_name():
+def test_triton_refuses_a_partition_its_attention_kernel_lacks():
+    """attn_pre=True (EMO's attention before the expansion) in the triton kernel is strided
+    only: another partition is refused, naming it (attn_pre=False runs every partition)."""
     pytest.importorskip("triton")
     from emo_kernels.backends import triton as tb
-    args, kw = _v2_args(V2_CFGS[0])
-    assert "EMOv2's attention block" in tb.irmb_inference_can_run(*args, **kw)
+    args, kw = _args(CFGS[3])
+    assert "partition='close'" in tb.irmb_inference_can_run(*args, **kw, partition="close")
 
 
 def test_reference_matches_model_stem_block():

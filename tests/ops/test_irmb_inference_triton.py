@@ -3,7 +3,8 @@ projection, LayerNorm + qk + window attention) against the float64 reference, in
 interpreter on CPU (on a GPU machine, on the GPU): every distinct block configuration of
 EMO-1M/2M/5M/6M on small and odd maps, fp64 / fp32 / fp16 / bf16 (the interpreter upcasts the
 16-bit dots to fp32: numpy has no bf16), NaN-poisoned outputs; small tiles that run every loop
-more than once with ragged masks; the chain runner; whole EMO-1M / EMO-2M models."""
+more than once with ragged masks; the chain runner; EMOv2's hybrid attention blocks; whole
+EMO-1M / EMO-2M / EMOv2-1M models."""
 import pytest
 import torch
 
@@ -76,6 +77,33 @@ def test_emo_block(i, dtype):
     assert _run(_case(i), dtype) <= TOLERANCE[dtype]
 
 
+# EMOv2's hybrid attention blocks (attn_pre=False, partition="hybrid": emo.inference.block_args
+# of EMOv2-1M/5M's stage-3/4 blocks, window 7): (C, Cmid, head_dim), batch, map -- padded in
+# both partitions, smaller than a window; value heads 60 / 70 (EMOv2-1M) and 128 (EMOv2-5M).
+EMO2_BLOCKS = [((80, 240, 20), 2, (9, 11)), ((180, 630, 20), 1, (3, 5)),
+               ((160, 640, 32), 1, (8, 9))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("i", range(len(EMO2_BLOCKS)),
+                         ids=[f"C{c}-mid{m}-d{d}-B{b}-{h}x{w}" for (c, m, d), b, (h, w)
+                              in EMO2_BLOCKS])
+def test_emo2_hybrid_block(i, dtype):
+    backend_device("triton")
+    (C, Cm, d), B, (H, W) = EMO2_BLOCKS[i]
+    args, kw = _args((B, C, Cm, C, H, W, 5, 1, "gelu", True, True, d))
+    kw.update(partition="hybrid", attn_pre=False)
+    ref = irmb_inference_ref(*args, **kw)
+    args, kw = _cast(args, kw, dtype)
+    args[0] = args[0].contiguous(memory_format=torch.channels_last)
+    with emo_kernels.use_backend("triton"), emo_kernels.record_dispatch() as log, \
+            poison_empty(), torch.no_grad():
+        out = emo_kernels.irmb_inference(*args, **kw)
+    assert log == [("irmb_inference", "triton")]
+    assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= TOLERANCE[dtype]
+
+
 @pytest.fixture
 def small_tiles(monkeypatch):
     """16-wide tiles everywhere: every channel / pixel / head loop runs several times with a
@@ -141,8 +169,10 @@ def test_chain_runner():
         assert rel_err(chain(x)[0], ref()[2]) <= 1e-10
 
 
-@pytest.mark.parametrize("name", ["emo_1m", "emo_2m"])
-@pytest.mark.parametrize("size", [(64, 64), (96, 160)], ids=["64x64", "96x160"])
+@pytest.mark.parametrize("name,size", [("emo_1m", (64, 64)), ("emo_1m", (96, 160)),
+                                       ("emo_2m", (64, 64)), ("emo_2m", (96, 160)),
+                                       ("emo2_1m", (64, 64)), ("emo2_1m", (96, 160))],
+                         ids=lambda v: v if isinstance(v, str) else "%dx%d" % v)
 def test_whole_model(name, size):
     """An InferencePlan run on the triton backend (stem conv, then the chain runner) against
     fused=False, eval, fp32 -- and both against the float64 model."""

@@ -57,15 +57,15 @@ def _register(ns):
         return x.new_empty(grad_u.shape[1], x.shape[1], dtype=_acc(x))
 
     @torch.library.register_fake(lib + "wa_fwd")
-    def _(q, k, v, k_pad, head_dim, window_size, scale):
+    def _(q, k, v, k_pad, v_pad, head_dim, window_size, scale, close):
         B, C, H, W = q.shape
-        return [q.new_empty(B, C, H, W), q.new_empty(B, C // head_dim, H, W, dtype=_acc(q))]
+        return [v.new_empty(v.shape), q.new_empty(B, C // head_dim, H, W, dtype=_acc(q))]
 
     @torch.library.register_fake(lib + "wa_bwd")
-    def _(q, k, v, k_pad, out, grad_out, lse, head_dim, window_size, scale):
+    def _(q, k, v, k_pad, v_pad, out, grad_out, lse, head_dim, window_size, scale, close):
         B, C, H, W = q.shape
-        return [q.new_empty(B, C, H, W), q.new_empty(B, C, H, W), q.new_empty(B, C, H, W),
-                q.new_empty(C)]
+        return [q.new_empty(B, C, H, W), q.new_empty(B, C, H, W), v.new_empty(v.shape),
+                q.new_empty(C), q.new_empty(v.shape[1])]
 
 
 def register():

@@ -5,7 +5,8 @@ Triton interpreter (``TRITON_INTERPRET=1``, a test tool: ``auto`` never picks it
   backward, training BatchNorm), imported on first use so that a missing triton package only
   makes ``can_run`` give a reason, and so that TRITON_INTERPRET is read when the kernels are
   defined (after tests have set it);
-* ``window_attention.py``: the custom op ``emo_kernels::window_attention_triton``;
+* ``window_attention.py``: the custom op ``emo_kernels::window_attention_triton`` (EMO's
+  strided windows and EMOv2's contiguous / hybrid forms, forward and backward);
 * ``irmb_inference.py``: ``irmb_inference`` as two kernels per iRMB (v written once) plus the
   fused LayerNorm / qk / window-attention kernel of the attention blocks, and the runner of a
   whole ``IRMBChain`` (design D1 of gpu-design.md; inference only, no autograd).
@@ -16,7 +17,6 @@ measurement shows them faster (``emo_kernels.measured``).
 import os
 
 from ... import dispatch
-from ...ops.window_attention import emo2_form
 
 NAME = "triton"
 KERNEL_SIZES = (3, 5)   # depthwise kernel sizes of expand_dwconv_act
@@ -66,12 +66,19 @@ def expand_dwconv_act_triton(*args, **kwargs):
 
 
 def window_attention_can_run(q, k, v, k_pad=None, *, head_dim, window_size=7, scale=None,
-                            **emo2):
-    reason = _device_reason(q) or emo2_form(q, v, **emo2)
-    if reason is not None:
-        return reason
+                            v_pad=None, partition="remote"):
+    return _device_reason(q) or _attention_reason(q.shape[1], v.shape[1], head_dim, window_size)
+
+
+def _attention_reason(c, cv, head_dim, window_size):
+    """Why the window attention kernels cannot take C query/key channels and Cv value
+    channels in heads of head_dim, or None."""
     if head_dim > _wa.MAX_HEAD_DIM:
         return f"head_dim={head_dim} > {_wa.MAX_HEAD_DIM} (one head's channels stay on chip)"
+    dv = cv // (c // head_dim)
+    if dv > _wa.MAX_VALUE_DIM:
+        return (f"value heads of {dv} channels > {_wa.MAX_VALUE_DIM} (one value head stays on "
+                "chip)")
     if window_size * window_size > _wa.MAX_WINDOW_TOKENS:
         return (f"window_size={window_size}: {window_size ** 2} tokens > "
                 f"{_wa.MAX_WINDOW_TOKENS} (a whole window stays on chip)")
@@ -88,16 +95,17 @@ MAX_DW_KERNEL = 7      # depthwise kernel sizes of irmb_inference: 1..7 (k*k tap
 def irmb_inference_can_run(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, head_dim=None,
                            window_size=7, w_qk=None, partition="remote", attn_pre=True,
                            **kwargs):
-    if partition != "remote" or not attn_pre:
-        return (f"EMOv2's attention block (partition={partition!r}, attn_pre={attn_pre}) is "
-                "not in this backend's kernels yet")
+    if partition != "remote" and attn_pre:
+        return (f"attention before the expansion (attn_pre=True) runs EMO's strided windows "
+                f"only in this backend's kernel, got partition={partition!r}")
     reason = _device_reason(x)
     if reason is not None:
         return reason
     if w_dw.shape[-1] > MAX_DW_KERNEL:
         return f"depthwise kernel size {w_dw.shape[-1]} > {MAX_DW_KERNEL}"
-    if w_qk is not None:
-        return window_attention_can_run(x, x, x, head_dim=head_dim, window_size=window_size)
+    if w_qk is not None:  # values: the expanded map when the attention comes after the expansion
+        c = w_qk.shape[1]
+        return _attention_reason(c, c if attn_pre else w_dw.shape[0], head_dim, window_size)
     return None
 
 

@@ -31,6 +31,10 @@ Per non-attention iRMB, two kernels:
   sits between the depthwise and the projection) ``STORE_Z`` writes z instead; K_A then
   projects z scaled per image and channel (``HAS_XSCALE``).
 
+EMOv2's hybrid attention block (``attn_pre=False``): K_A twice (qk, and v with its
+activation, each with the LayerNorm prologue), ``window_attention``'s Triton kernels over v
+(both partitions, padded values act(b_exp)), then K_B without an expansion.
+
 Per attention iRMB, ``_ln_qk_attn_kernel`` (A0) and then K_A (GELU, no prologue) and K_B:
 
 * A0 -- one program per strided window (49 tokens padded to 64 lanes): LayerNorm statistics
@@ -59,7 +63,7 @@ import triton.language as tl
 
 from . import interpreted
 from ...formulas import ACT_CODES, acc_dtype, dw_out_size, dw_padding
-from .window_attention import _window_tokens, window_geometry
+from .window_attention import _window_tokens, window_attention_fwd, window_geometry
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -271,7 +275,8 @@ def _ln_qk_attn_kernel(x_ptr, lnw_ptr, lnb_ptr, wqk_ptr, bqk_ptr, cst_ptr, o_ptr
     """One strided window: o = softmax(q k^T * scale) @ y per head, y = LN(x) (zero at padded
     pixels), [q, k] = y @ wqk^T + bqk; x, o (B, H, W, C); wqk (2C, C) row-major; scale =
     cst_ptr[2]."""
-    b, row, col, valid, in_map = _window_tokens(tl.program_id(0), H, W, N1, N2, WS, BLOCK_L)
+    b, row, col, valid, in_map = _window_tokens(tl.program_id(0), H, W, N1, N2, WS, BLOCK_L,
+                                                False)
     pix = b * H * W + tl.where(in_map, row * W + col, 0).to(tl.int64)
     rows = x_ptr + pix * C
     if HAS_LN:
@@ -490,12 +495,22 @@ def prepare_block(args, kw, dtype, device):
     scale = kw.get("scale")
     if attn and scale is None:
         scale = hd ** -0.5
+    v_first = attn and not kw.get("attn_pre", True)  # EMOv2's hybrid attention block
     se = None
     if kw.get("se_reduce_weight") is not None:
         se = tuple(c(kw[n].flatten(1) if n.endswith("weight") else kw[n])
                    for n in ("se_reduce_weight", "se_reduce_bias", "se_expand_weight",
                              "se_expand_bias")) + (kw.get("se_act", "silu"),)
+    emo2 = {}
+    if v_first:  # qk and v by K_A (LayerNorm prologue), v_pad = act(b_exp), k_pad = b_qk[C:]
+        C = kw["w_qk"].shape[1]
+        b_qk = kw.get("b_qk")
+        emo2 = dict(w_qk_t=c(kw["w_qk"].reshape(2 * C, C).t()),
+                    k_pad=None if b_qk is None else c(b_qk[C:]),
+                    v_pad=None if b_exp is None else c(_ACTS[kw.get("act", "silu")](b_exp)),
+                    partition=kw.get("partition", "remote"), scale=float(scale))
     return dict(
+        v_first=v_first, **emo2,
         attn=attn, k=k, stride=int(kw.get("stride", 1)), skip=bool(kw.get("skip", False)),
         act=kw.get("act", "silu"), head_dim=hd, window_size=kw.get("window_size", 7),
         ln_w=c(ln_w), ln_b=c(ln_b), w_qk=c(None if not attn else kw["w_qk"].flatten(1)),
@@ -510,6 +525,8 @@ def run_block(x, pb):
     """One prepared block on x (channels_last): A0 (attention) or K_A's LayerNorm prologue,
     K_A (if there is an expansion), K_B; with a squeeze-excite K_B writes z, torch computes
     the per-image channel scale from its global mean, and K_A projects the scaled z."""
+    if pb["v_first"]:
+        return _run_v_first(x, pb)
     y, ln = x, pb["ln_w"] is not None
     if pb["attn"]:
         y = ln_qk_attention(x, pb["ln_w"], pb["ln_b"], pb["w_qk"], pb["b_qk"], pb["head_dim"],
@@ -528,6 +545,23 @@ def run_block(x, pb):
     s = _ACTS[se_act](torch.nn.functional.linear(m, w1.to(acc), b1.to(acc)))
     s = torch.sigmoid(torch.nn.functional.linear(s, w2.to(acc), b2.to(acc)))
     return expand(z, pb["w_proj_t"], None, "none", pb["cst"], xscale=s.contiguous())
+
+
+def _run_v_first(x, pb):
+    """EMOv2's hybrid attention block: qk = LN(x) @ W_qk^T + b_qk and v = act(LN(x) @
+    W_exp^T + b_exp) by K_A (two launches: the activation is v's only), the window attention
+    over v in its partition form (``window_attention``'s Triton kernels: padded keys b_qk[C:],
+    padded values act(b_exp)), then K_B (depthwise + SiLU + skip + projection + residual) with
+    no expansion. Reads x twice, writes qk (2C), v (Cmid) and the attention output (Cmid) per
+    pixel once, reads them back once: the attention needs whole windows of v."""
+    C = x.shape[1]
+    ln_w, ln_b = pb["ln_w"], pb["ln_b"]
+    qk = expand(x, pb["w_qk_t"], pb["b_qk"], "none", pb["cst"], ln_w, ln_b)
+    v = expand(x, pb["w_exp_t"], pb["b_exp"], pb["act"], pb["cst"], ln_w, ln_b)
+    y, _ = window_attention_fwd(qk[:, :C], qk[:, C:], v, pb["k_pad"], pb["head_dim"],
+                                pb["window_size"], pb["scale"], pb["v_pad"], pb["partition"])
+    return dwproj(y, pb["w_dw_t"], pb["b_dw"], pb["w_proj_t"], pb["k"], pb["stride"],
+                  pb["skip"], x=x)
 
 
 def nhwc(x):
@@ -549,11 +583,12 @@ def irmb_inference_triton_op(
         se_reduce_weight: Optional[Tensor], se_reduce_bias: Optional[Tensor],
         se_expand_weight: Optional[Tensor], se_expand_bias: Optional[Tensor], act: str,
         stride: int, skip: bool, eps: float, head_dim: int, window_size: int,
-        scale: Optional[float], se_act: str) -> Tensor:
+        scale: Optional[float], se_act: str, partition: str, attn_pre: bool) -> Tensor:
     kw = dict(act=act, stride=stride, skip=skip, eps=eps, ln_weight=ln_weight, ln_bias=ln_bias,
               w_qk=w_qk, b_qk=b_qk, head_dim=head_dim or None, window_size=window_size,
               scale=scale, se_reduce_weight=se_reduce_weight, se_reduce_bias=se_reduce_bias,
-              se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias, se_act=se_act)
+              se_expand_weight=se_expand_weight, se_expand_bias=se_expand_bias, se_act=se_act,
+              partition=partition, attn_pre=attn_pre)
     with torch.no_grad():
         pb = prepare_block((w_exp, b_exp, w_dw, b_dw, w_proj), kw, x.dtype, x.device)
         out = run_block(nhwc(x), pb)
@@ -563,7 +598,7 @@ def irmb_inference_triton_op(
 @irmb_inference_triton_op.register_fake
 def _(x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk, se_reduce_weight,
       se_reduce_bias, se_expand_weight, se_expand_bias, act, stride, skip, eps, head_dim,
-      window_size, scale, se_act):
+      window_size, scale, se_act, partition, attn_pre):
     k = w_dw.shape[-1]
     B, _, H, W = x.shape
     out = nhwc_empty(x, B, w_proj.shape[0], dw_out_size(H, k, stride), dw_out_size(W, k, stride))
@@ -574,7 +609,8 @@ def irmb_inference_triton(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", st
                           skip=False, ln_weight=None, ln_bias=None, eps=1e-6, w_qk=None,
                           b_qk=None, head_dim=None, window_size=7, scale=None,
                           se_reduce_weight=None, se_reduce_bias=None, se_expand_weight=None,
-                          se_expand_bias=None, se_act="silu"):
+                          se_expand_bias=None, se_act="silu", partition="remote",
+                          attn_pre=True):
     """The ``triton`` backend of ``emo_kernels.irmb_inference`` (arguments validated there):
     one opaque custom op, ``emo_kernels::irmb_inference_triton`` (no autograd: inference).
     The output has x's memory format (channels_last is the kernels' own: no copy)."""
@@ -582,7 +618,7 @@ def irmb_inference_triton(x, w_exp, b_exp, w_dw, b_dw, w_proj, *, act="silu", st
         x, w_exp, b_exp, w_dw, b_dw, w_proj, ln_weight, ln_bias, w_qk, b_qk, se_reduce_weight,
         se_reduce_bias, se_expand_weight, se_expand_bias, act, int(stride), bool(skip),
         float(eps), int(head_dim or 0), int(window_size), None if scale is None else
-        float(scale), se_act)
+        float(scale), se_act, partition, bool(attn_pre))
 
 
 def irmb_chain_triton(x, chain, outputs):
